@@ -1,0 +1,1 @@
+//! cgqos: quality of service for Linux sessions through cgroup v2.
