@@ -1,1 +1,19 @@
 //! cgqos: quality of service for Linux sessions through cgroup v2.
+//!
+//! Data flows one way: sysfs → [`topology`]; board files → [`board`]; (topology, board) →
+//! [`plan`], a pure list of steps; plan → [`apply`] against a [`cgroupfs`] root; requests →
+//! [`place`] against the same root, with [`procfs`] identifying tasks and [`state`]
+//! remembering what to undo.
+
+pub mod apply;
+pub mod board;
+pub mod cgroupfs;
+pub mod cli;
+pub mod cpulist;
+pub mod error;
+pub mod layout;
+pub mod place;
+pub mod plan;
+pub mod procfs;
+pub mod state;
+pub mod topology;

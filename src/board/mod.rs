@@ -1,0 +1,446 @@
+//! Board model: which `model.yaml` files, which device and SKU, and the typed, validated
+//! settings cgqos reads from them (`scheduler-tune` and cgqos's own `cgqos` section).
+
+pub mod model;
+pub mod yaml;
+
+use std::fs;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::cpulist::CpuList;
+use model::{DeviceConfig, describe};
+use yaml::{Location, Node, Value, YamlError};
+
+/// Boards shipped with cgqos, built into the binary so `cgqos plan` works from a checkout
+/// or a bare binary. A data directory (`--boards-dir`) overrides them by name.
+pub const BUILTIN_BOARDS: &[(&str, &str)] = &[
+    ("default", include_str!("../../boards/default/model.yaml")),
+    ("trogdor", include_str!("../../boards/trogdor/model.yaml")),
+    ("brya", include_str!("../../boards/brya/model.yaml")),
+];
+
+pub const DEFAULT_BOARD: &str = "default";
+pub const DEFAULT_BOARDS_DIR: &str = "/usr/share/cgqos/boards";
+
+/// A value and where it was set (`None`: the built-in default).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Setting<T> {
+    pub value: T,
+    #[serde(serialize_with = "ser_location")]
+    pub at: Option<Location>,
+}
+
+fn ser_location<S: serde::Serializer>(at: &Option<Location>, s: S) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(l) => s.collect_str(l),
+        None => s.serialize_str("default"),
+    }
+}
+
+impl<T> Setting<T> {
+    fn default(value: T) -> Self {
+        Setting { value, at: None }
+    }
+}
+
+/// ChromeOS `scheduler-tune`, validated like its schema.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SchedulerTune {
+    /// uclamp.min percent of urgent work (ui, foreground and their urgent threads).
+    pub boost_urgent: Setting<u32>,
+    pub input_boost: Option<Setting<u32>>,
+    pub cpuset_nonurgent: Option<Setting<CpuList>>,
+    pub boost_top_app: Option<Setting<u32>>,
+    pub boost_arcvm: Option<Setting<f64>>,
+}
+
+/// cgqos's own settings, under `cgqos:` beside `scheduler-tune`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Settings {
+    pub ui_cpu_weight: Setting<u32>,
+    pub foreground_cpu_weight: Setting<u32>,
+    pub background_cpu_weight: Setting<u32>,
+    pub arcvm: Setting<bool>,
+    pub arcvm_cpu_weight: Setting<u32>,
+    pub vm_cpu_weight: Setting<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Board {
+    pub name: String,
+    pub sku: Option<i64>,
+    pub files: Vec<String>,
+    pub scheduler_tune: SchedulerTune,
+    pub cgqos: Settings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BoardError {
+    #[error(transparent)]
+    Yaml(#[from] YamlError),
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Select(String),
+}
+
+/// Where board files come from.
+#[derive(Debug, Clone, Default)]
+pub struct BoardSource {
+    /// `--model` files, later ones overlaying earlier ones.
+    pub models: Vec<PathBuf>,
+    pub board: Option<String>,
+    pub sku: Option<i64>,
+    pub boards_dir: Option<PathBuf>,
+}
+
+impl BoardSource {
+    /// Loads the files and resolves the selected device into settings.
+    pub fn load(&self) -> Result<Board, BoardError> {
+        let mut docs = Vec::new();
+        if self.models.is_empty() {
+            let name = self.board.as_deref().unwrap_or(DEFAULT_BOARD);
+            let (file, text) = self.board_file(name)?;
+            docs.push(parse_file(&file, &text)?);
+        } else {
+            for path in &self.models {
+                let text = fs::read_to_string(path).map_err(|source| BoardError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                docs.push(parse_file(&path.display().to_string(), &text)?);
+            }
+        }
+        resolve(&docs, self.board.as_deref(), self.sku)
+    }
+
+    fn board_file(&self, name: &str) -> Result<(String, String), BoardError> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(BoardError::Select(format!("invalid board name {name:?}")));
+        }
+        let dir = self
+            .boards_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_BOARDS_DIR));
+        let path = dir.join(name).join("model.yaml");
+        match fs::read_to_string(&path) {
+            Ok(text) => return Ok((path.display().to_string(), text)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(BoardError::Read { path, source: e });
+            }
+            Err(_) => {}
+        }
+        BUILTIN_BOARDS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(n, text)| (format!("<built-in>/boards/{n}/model.yaml"), text.to_string()))
+            .ok_or_else(|| {
+                let known: Vec<&str> = BUILTIN_BOARDS.iter().map(|(n, _)| *n).collect();
+                BoardError::Select(format!(
+                    "no board {name:?}: {} does not exist and no built-in board has that name (built-in: {})",
+                    path.display(),
+                    known.join(", ")
+                ))
+            })
+    }
+}
+
+pub fn builtin_board_names() -> impl Iterator<Item = &'static str> {
+    BUILTIN_BOARDS.iter().map(|(n, _)| *n)
+}
+
+fn parse_file(file: &str, text: &str) -> Result<(String, Vec<DeviceConfig>), BoardError> {
+    let doc = yaml::parse(file, text)?;
+    Ok((file.to_string(), model::device_configs(&doc)?))
+}
+
+/// Picks one device (and SKU) and overlays its config from every file in order.
+fn select(
+    docs: &[(String, Vec<DeviceConfig>)],
+    board: Option<&str>,
+    sku: Option<i64>,
+) -> Result<(String, Option<i64>, Node), BoardError> {
+    let mut distinct: Vec<&str> = docs
+        .iter()
+        .flat_map(|(_, cfgs)| cfgs.iter().map(|c| c.name.as_str()))
+        .collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let name = match board {
+        Some(b) if distinct.contains(&b) => b.to_string(),
+        Some(b) => {
+            return Err(BoardError::Select(format!(
+                "no device named {b:?} in {} (devices: {})",
+                docs.iter()
+                    .map(|(f, _)| f.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                distinct.join(", ")
+            )));
+        }
+        None if distinct.len() == 1 => distinct[0].to_string(),
+        None if distinct.contains(&DEFAULT_BOARD) => DEFAULT_BOARD.to_string(),
+        None => {
+            return Err(BoardError::Select(format!(
+                "several devices and none named \"default\": choose one with --board (devices: {})",
+                distinct.join(", ")
+            )));
+        }
+    };
+    let mut merged: Option<Node> = None;
+    let mut chosen_sku = sku;
+    for (file, cfgs) in docs {
+        let matching: Vec<&DeviceConfig> = cfgs.iter().filter(|c| c.name == name).collect();
+        if matching.is_empty() {
+            return Err(BoardError::Select(format!(
+                "{file}: no device named {name:?} to overlay (devices here: {})",
+                cfgs.iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let pick = match chosen_sku {
+            Some(s) => matching
+                .iter()
+                .find(|c| c.sku == Some(s))
+                .or_else(|| matching.iter().find(|c| c.sku.is_none()))
+                .ok_or_else(|| {
+                    BoardError::Select(format!(
+                        "{file}: device {name:?} has no SKU {s} (SKUs: {})",
+                        matching
+                            .iter()
+                            .map(|c| c.sku.map_or("-".into(), |s| s.to_string()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?,
+            None => {
+                chosen_sku = matching[0].sku;
+                &matching[0]
+            }
+        };
+        match &mut merged {
+            None => merged = Some(pick.config.clone()),
+            Some(m) => m.overlay(&pick.config),
+        }
+    }
+    Ok((name, chosen_sku, merged.expect("at least one file")))
+}
+
+fn section<'a>(config: &'a Node, name: &str) -> Result<Option<&'a [(Node, Node)]>, YamlError> {
+    match config.get(name) {
+        None => Ok(None),
+        Some(n) if n.is_null() => Ok(Some(&[])),
+        Some(n) => n
+            .as_map()
+            .map(Some)
+            .ok_or_else(|| n.error(format!("`{name}` must be a mapping, found {}", n.kind()))),
+    }
+}
+
+fn check_keys(entries: &[(Node, Node)], section: &str, known: &[&str]) -> Result<(), YamlError> {
+    for (k, _) in entries {
+        let key = k.as_str().unwrap_or_default();
+        if !known.contains(&key) {
+            return Err(k.error(format!(
+                "{section}: unknown key `{key}` (expected one of: {})",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn find<'a>(entries: &'a [(Node, Node)], key: &str) -> Option<&'a Node> {
+    entries
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(key))
+        .map(|(_, v)| v)
+}
+
+fn int_in(node: &Node, key: &str, lo: u32, hi: u32) -> Result<Setting<u32>, YamlError> {
+    let parsed = match &node.value {
+        Value::Scalar {
+            text,
+            quoted: false,
+        } => text.parse::<u32>().ok(),
+        _ => None,
+    };
+    match parsed {
+        Some(v) if (lo..=hi).contains(&v) => Ok(Setting {
+            value: v,
+            at: Some(node.at.clone()),
+        }),
+        _ => Err(node.error(format!(
+            "{key}: expected an integer {lo}-{hi}, found {}",
+            describe(node)
+        ))),
+    }
+}
+
+fn bool_of(node: &Node, key: &str) -> Result<Setting<bool>, YamlError> {
+    match &node.value {
+        Value::Scalar {
+            text,
+            quoted: false,
+        } if text == "true" || text == "false" => Ok(Setting {
+            value: text == "true",
+            at: Some(node.at.clone()),
+        }),
+        _ => Err(node.error(format!(
+            "{key}: expected true or false, found {}",
+            describe(node)
+        ))),
+    }
+}
+
+const TUNE_KEYS: [&str; 5] = [
+    "boost-urgent",
+    "input-boost",
+    "cpuset-nonurgent",
+    "boost-top-app",
+    "boost-arcvm",
+];
+
+pub const DEFAULT_BOOST_URGENT: u32 = 20;
+
+fn scheduler_tune(config: &Node) -> Result<SchedulerTune, YamlError> {
+    let entries = section(config, "scheduler-tune")?.unwrap_or_default();
+    check_keys(entries, "scheduler-tune", &TUNE_KEYS)?;
+    let key = |k: &str| format!("scheduler-tune.{k}");
+    let opt_int = |k: &str| -> Result<Option<Setting<u32>>, YamlError> {
+        find(entries, k)
+            .map(|n| int_in(n, &key(k), 0, 100))
+            .transpose()
+    };
+    let cpuset_nonurgent = match find(entries, "cpuset-nonurgent") {
+        None => None,
+        Some(n) => {
+            let text = match &n.value {
+                Value::Scalar { text, .. } => text,
+                _ => {
+                    return Err(n.error(format!(
+                        "{}: expected a CPU list such as \"0-5\", found {}",
+                        key("cpuset-nonurgent"),
+                        n.kind()
+                    )));
+                }
+            };
+            let list: CpuList = text.parse().map_err(|e: crate::cpulist::CpuListError| {
+                n.error(format!(
+                    "{}: expected a CPU list such as \"0-5\": {}",
+                    key("cpuset-nonurgent"),
+                    e.reason
+                ))
+            })?;
+            if list.is_empty() {
+                return Err(n.error(format!(
+                    "{}: expected a CPU list such as \"0-5\", found an empty list",
+                    key("cpuset-nonurgent")
+                )));
+            }
+            Some(Setting {
+                value: list,
+                at: Some(n.at.clone()),
+            })
+        }
+    };
+    let boost_arcvm = match find(entries, "boost-arcvm") {
+        None => None,
+        Some(n) => {
+            let v = match &n.value {
+                Value::Scalar {
+                    text,
+                    quoted: false,
+                } => text.parse::<f64>().ok(),
+                _ => None,
+            };
+            match v {
+                Some(v) if (0.0..=1.0).contains(&v) => Some(Setting {
+                    value: v,
+                    at: Some(n.at.clone()),
+                }),
+                _ => {
+                    return Err(n.error(format!(
+                        "{}: expected a number 0.0-1.0, found {}",
+                        key("boost-arcvm"),
+                        describe(n)
+                    )));
+                }
+            }
+        }
+    };
+    Ok(SchedulerTune {
+        boost_urgent: opt_int("boost-urgent")?
+            .unwrap_or_else(|| Setting::default(DEFAULT_BOOST_URGENT)),
+        input_boost: opt_int("input-boost")?,
+        cpuset_nonurgent,
+        boost_top_app: opt_int("boost-top-app")?,
+        boost_arcvm,
+    })
+}
+
+const CGQOS_KEYS: [&str; 6] = [
+    "ui-cpu-weight",
+    "foreground-cpu-weight",
+    "background-cpu-weight",
+    "arcvm",
+    "arcvm-cpu-weight",
+    "vm-cpu-weight",
+];
+
+fn settings(config: &Node) -> Result<Settings, YamlError> {
+    let entries = section(config, "cgqos")?.unwrap_or_default();
+    check_keys(entries, "cgqos", &CGQOS_KEYS)?;
+    let weight = |k: &str, default: u32| -> Result<Setting<u32>, YamlError> {
+        match find(entries, k) {
+            Some(n) => int_in(n, &format!("cgqos.{k}"), 1, 10000),
+            None => Ok(Setting::default(default)),
+        }
+    };
+    Ok(Settings {
+        ui_cpu_weight: weight("ui-cpu-weight", 100)?,
+        foreground_cpu_weight: weight("foreground-cpu-weight", 100)?,
+        background_cpu_weight: weight("background-cpu-weight", 1)?,
+        arcvm: match find(entries, "arcvm") {
+            Some(n) => bool_of(n, "cgqos.arcvm")?,
+            None => Setting::default(true),
+        },
+        arcvm_cpu_weight: weight("arcvm-cpu-weight", 100)?,
+        vm_cpu_weight: weight("vm-cpu-weight", 100)?,
+    })
+}
+
+/// Loads a board from in-memory files (tests and `validate` of literal text).
+pub fn load_texts(
+    files: &[(&str, &str)],
+    board: Option<&str>,
+    sku: Option<i64>,
+) -> Result<Board, BoardError> {
+    let docs = files
+        .iter()
+        .map(|(f, t)| parse_file(f, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    resolve(&docs, board, sku)
+}
+
+fn resolve(
+    docs: &[(String, Vec<DeviceConfig>)],
+    board: Option<&str>,
+    sku: Option<i64>,
+) -> Result<Board, BoardError> {
+    let (name, sku, config) = select(docs, board, sku)?;
+    Ok(Board {
+        name,
+        sku,
+        files: docs.iter().map(|(f, _)| f.clone()).collect(),
+        scheduler_tune: scheduler_tune(&config)?,
+        cgqos: settings(&config)?,
+    })
+}

@@ -1,0 +1,73 @@
+//! `cgqos teardown`: every task back where it came from, then the hierarchy removed.
+
+use clap::Args;
+
+use super::Ctx;
+use crate::error::{CliError, CliResult, Exit};
+use crate::layout;
+use crate::place::{Placer, TeardownReport};
+
+#[derive(Args, Debug)]
+pub struct TeardownArgs {}
+
+pub fn run(ctx: &Ctx, _args: TeardownArgs) -> CliResult<()> {
+    let cg = ctx.cgroupfs()?;
+    let map = ctx.map(cg.root());
+    let proc = ctx.procfs();
+    let sd = ctx.state_dir()?;
+    let mut state = sd.load(cg.root())?;
+    let mut placer = Placer::new(&cg, &map, &proc);
+    let mut report = TeardownReport::default();
+    for subtree in [layout::CHROME, layout::VMS] {
+        placer.evacuate(subtree, &state, &mut report);
+    }
+    if state.created_root && report.errors.is_empty() {
+        match cg.rmdir("") {
+            Ok(()) => report.removed.push(cg.root().display().to_string()),
+            Err(e) => report.errors.push(e.to_string()),
+        }
+    }
+    if report.errors.is_empty() {
+        sd.clear()?;
+    } else {
+        // Keep what is still needed to finish the job on a rerun.
+        state.vms.clear();
+        sd.save(&state)?;
+    }
+    for r in &report.restored {
+        tracing::info!(id = r.id, to = %r.to.display(), note = r.note.as_deref().unwrap_or(""), "restored");
+    }
+    ctx.output(&report, |r| {
+        let mut s = String::new();
+        for t in &r.restored {
+            s.push_str(&format!(
+                "restored {} {} to {}{}\n",
+                if t.process { "process" } else { "thread" },
+                t.id,
+                t.to.display(),
+                t.note
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            ));
+        }
+        for g in &r.removed {
+            s.push_str(&format!("removed {g}\n"));
+        }
+        for e in &r.errors {
+            s.push_str(&format!("error: {e}\n"));
+        }
+        if r.restored.is_empty() && r.removed.is_empty() && r.errors.is_empty() {
+            s.push_str("nothing to tear down\n");
+        }
+        s
+    });
+    if report.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::new(
+            Exit::KernelRefused,
+            "teardown incomplete (see errors above); run it again once the cause is fixed",
+        ))
+    }
+}

@@ -1,0 +1,184 @@
+//! Processes and threads as `/proc` shows them, under a caller-given root.
+//!
+//! A task is identified by (id, start time): ids are reused, start times (clock ticks since
+//! boot, `/proc/<id>/stat` field 22) are not for the same id. A task that vanishes between
+//! two reads is a normal event (`ProcError::Gone`), never a crash.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ProcessId(pub u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ThreadId(pub u32);
+
+impl fmt::Display for ProcessId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for ThreadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// `PF_KTHREAD` in `/proc/<pid>/stat` flags (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub comm: String,
+    pub state: char,
+    pub ppid: u32,
+    pub flags: u64,
+    pub starttime: u64,
+}
+
+impl Stat {
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+
+    /// Parses `/proc/<id>/stat`; the comm may hold spaces and parentheses, so fields are
+    /// counted from the last `)`.
+    pub fn parse(text: &str) -> Option<Stat> {
+        let open = text.find('(')?;
+        let close = text.rfind(')')?;
+        let comm = text.get(open + 1..close)?.to_string();
+        let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+        Some(Stat {
+            comm,
+            state: rest.first()?.chars().next()?,
+            ppid: rest.get(1)?.parse().ok()?,
+            flags: rest.get(6)?.parse().ok()?,
+            starttime: rest.get(19)?.parse().ok()?,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("no such process or thread {0}")]
+    Gone(u32),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{0}: unexpected format")]
+    Format(PathBuf),
+}
+
+/// A `/proc` tree (`/proc` normally; a fixture in tests).
+#[derive(Debug, Clone)]
+pub struct Procfs {
+    root: PathBuf,
+}
+
+impl Procfs {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Procfs { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn read(&self, rel: &str, id: u32) -> Result<String, ProcError> {
+        let path = self.root.join(rel);
+        fs::read_to_string(&path).map_err(|source| match source.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ESRCH) => ProcError::Gone(id),
+            _ => ProcError::Io { path, source },
+        })
+    }
+
+    /// `/proc/<id>/stat`; for a thread id this is the thread's own stat.
+    pub fn stat(&self, id: u32) -> Result<Stat, ProcError> {
+        let rel = format!("{id}/stat");
+        let text = self.read(&rel, id)?;
+        Stat::parse(&text).ok_or_else(|| ProcError::Format(self.root.join(rel)))
+    }
+
+    /// The thread group (process) a thread id belongs to.
+    pub fn tgid(&self, tid: u32) -> Result<u32, ProcError> {
+        let rel = format!("{tid}/status");
+        let text = self.read(&rel, tid)?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("Tgid:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| ProcError::Format(self.root.join(rel)))
+    }
+
+    /// Thread ids of a process. The kernel's readdir of `task/` can skip a live thread
+    /// while another exits, so the list is read twice and merged.
+    pub fn threads(&self, pid: ProcessId) -> Result<Vec<ThreadId>, ProcError> {
+        let dir = self.root.join(format!("{}/task", pid.0));
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let entries = fs::read_dir(&dir).map_err(|source| match source.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ESRCH) => ProcError::Gone(pid.0),
+                _ => ProcError::Io {
+                    path: dir.clone(),
+                    source,
+                },
+            })?;
+            ids.extend(
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()),
+            );
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids.into_iter().map(ThreadId).collect())
+    }
+
+    /// The cgroup v2 path of a task (`/chrome/ui`), from the `0::` line of its cgroup file.
+    pub fn cgroup(&self, pid: ProcessId, tid: ThreadId) -> Result<String, ProcError> {
+        let rel = format!("{}/task/{}/cgroup", pid.0, tid.0);
+        let text = self.read(&rel, tid.0)?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .map(|p| p.trim().to_string())
+            .ok_or_else(|| ProcError::Format(self.root.join(rel)))
+    }
+
+    pub fn mountinfo(&self) -> Result<String, ProcError> {
+        self.read("self/mountinfo", 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_spaces_and_parens_in_comm() {
+        let s = "1234 (we ird) (x) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 98765 1000 100 18446744073709551615";
+        let st = Stat::parse(s).unwrap();
+        assert_eq!(st.comm, "we ird) (x");
+        assert_eq!(st.state, 'S');
+        assert_eq!(st.ppid, 1);
+        assert_eq!(st.starttime, 98765);
+        assert!(!st.is_kernel_thread());
+    }
+
+    #[test]
+    fn kernel_threads_are_recognised_by_flags() {
+        let s = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 3 0 0";
+        assert!(Stat::parse(s).unwrap().is_kernel_thread());
+    }
+
+    #[test]
+    fn a_vanished_task_is_gone_not_an_io_error() {
+        let p = Procfs::new("/proc");
+        // pid_max is at most 2^22, so this id cannot exist.
+        assert!(matches!(p.stat(4_999_999), Err(ProcError::Gone(4_999_999))));
+    }
+}
