@@ -1,7 +1,7 @@
 //! Converges a cgroup tree to a plan: reads before it writes, so a second run writes
 //! nothing; reports what the kernel does not support instead of failing on it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -65,29 +65,43 @@ pub struct ApplyError {
     pub source: FsError,
 }
 
-/// Applies `steps` in order. `dry_run` reads the tree and reports what would change.
+/// Applies `steps` in order. `dry_run` reads the tree and reports what would change,
+/// predicting for groups it would create which files the kernel would give them.
 pub fn apply(
     steps: &[Step],
     cg: &CgroupFs,
     sysfs_root: &Path,
     dry_run: bool,
 ) -> Result<Report, ApplyError> {
+    let mut c = Converger {
+        cg,
+        dry_run,
+        pending: HashMap::new(),
+        enabled: HashMap::new(),
+        uclamp: None,
+    };
+    if dry_run && !cg.root().exists() {
+        // A root setup would create: its controllers are what its parent enables.
+        let parent = cg.root().parent().map(|p| p.join(files::SUBTREE_CONTROL));
+        let avail = parent
+            .and_then(|p| fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        c.pending.insert(String::new(), words(&avail));
+    }
     let mut report = Report {
         dry_run,
         steps: Vec::with_capacity(steps.len()),
     };
-    // Groups a dry run would have created: everything inside them would change too.
-    let mut pending: HashSet<String> = HashSet::new();
-    if dry_run && !cg.root().exists() {
-        pending.insert(String::new());
-    }
     for (index, step) in steps.iter().enumerate() {
-        let outcome = apply_one(step, cg, sysfs_root, dry_run, &mut pending).map_err(|source| {
-            ApplyError {
-                index: index + 1,
-                step: Box::new(step.clone()),
-                source,
-            }
+        let outcome = if step.tree == Tree::Sysfs {
+            apply_sysfs(step, &sysfs_root.join(&step.path), dry_run)
+        } else {
+            c.step(step)
+        }
+        .map_err(|source| ApplyError {
+            index: index + 1,
+            step: Box::new(step.clone()),
+            source,
         })?;
         report.steps.push(StepReport {
             step: step.clone(),
@@ -97,121 +111,173 @@ pub fn apply(
     Ok(report)
 }
 
-fn apply_one(
-    step: &Step,
-    cg: &CgroupFs,
-    sysfs_root: &Path,
+struct Converger<'a> {
+    cg: &'a CgroupFs,
     dry_run: bool,
-    pending: &mut HashSet<String>,
-) -> Result<Outcome, FsError> {
-    if step.tree == Tree::Sysfs {
-        return apply_sysfs(step, &sysfs_root.join(&step.path), dry_run);
-    }
-    if step.op == Op::Mkdir {
-        if under(pending, &step.path) {
+    /// Groups a dry run would create, with the controllers they would have.
+    pending: HashMap<String, Vec<String>>,
+    /// Controllers a dry run would have enabled in `cgroup.subtree_control`.
+    enabled: HashMap<String, Vec<String>>,
+    uclamp: Option<bool>,
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(String::from).collect()
+}
+
+fn parent_of(group: &str) -> &str {
+    group.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+impl Converger<'_> {
+    fn step(&mut self, step: &Step) -> Result<Outcome, FsError> {
+        let cg = self.cg;
+        if step.op == Op::Mkdir {
+            if !self.pending.contains_key(&step.path) && cg.exists(&step.path) {
+                return Ok(Outcome::Unchanged);
+            }
+            if self.dry_run {
+                let avail = self.subtree_enabled(parent_of(&step.path))?;
+                self.pending.insert(step.path.clone(), avail);
+            } else {
+                cg.mkdir(&step.path)?;
+            }
             return Ok(Outcome::Changed);
         }
-        if cg.exists(&step.path) {
-            return Ok(Outcome::Unchanged);
+        let (group, file) = step.split();
+        let value = step.value.as_deref().unwrap_or_default();
+        if file == files::SUBTREE_CONTROL {
+            return self.enable_controllers(group, value);
         }
-        if dry_run {
-            pending.insert(step.path.clone());
-        } else {
-            cg.mkdir(&step.path)?;
+        if let Some(avail) = self.pending.get(group).cloned() {
+            // A group that does not exist yet: predict from its controllers.
+            let controller = match file {
+                files::TYPE => None,
+                f if f.starts_with("cpuset.") => Some("cpuset"),
+                f if f.starts_with("cpu.") => Some("cpu"),
+                _ => None,
+            };
+            let has = controller.is_none_or(|c| avail.iter().any(|a| a == c));
+            if !has || (file == files::CPU_UCLAMP_MIN && !self.uclamp_supported()) {
+                return Ok(Outcome::Unsupported(missing_reason(file)));
+            }
+            return Ok(Outcome::Changed);
         }
-        return Ok(Outcome::Changed);
-    }
-    let (group, file) = step.split();
-    let value = step.value.as_deref().unwrap_or_default();
-    if under(pending, group) {
-        return Ok(Outcome::Changed);
-    }
-    match file {
-        files::SUBTREE_CONTROL => enable_controllers(cg, group, value, dry_run),
-        files::TYPE => {
+        if file == files::TYPE {
             let current = cg.read(&step.path)?;
             if current.trim() == value {
                 return Ok(Outcome::Unchanged);
             }
-            if !dry_run {
+            if !self.dry_run {
                 cg.write(&step.path, value)?;
             }
-            Ok(Outcome::Changed)
+            return Ok(Outcome::Changed);
         }
-        _ => {
-            if !cg.exists(&step.path) {
-                if file == files::CPU_UCLAMP_MIN && cg.is_hierarchy_root(group) {
-                    return Ok(Outcome::Skipped(
-                        "the cgroup2 root has no cpu.uclamp.min; nothing above caps the groups"
-                            .into(),
-                    ));
-                }
-                return Ok(Outcome::Unsupported(missing_reason(file)));
+        if !cg.exists(&step.path) {
+            if file == files::CPU_UCLAMP_MIN && cg.is_hierarchy_root(group) {
+                return Ok(Outcome::Skipped(
+                    "the cgroup2 root has no cpu.uclamp.min; nothing above caps the groups".into(),
+                ));
             }
-            let current = cg.read(&step.path)?;
-            if same_value(file, &current, value) {
-                return Ok(Outcome::Unchanged);
-            }
-            if !dry_run {
-                cg.write(&step.path, value)?;
-            }
-            Ok(Outcome::Changed)
+            return Ok(Outcome::Unsupported(missing_reason(file)));
         }
+        let current = cg.read(&step.path)?;
+        if same_value(file, &current, value) {
+            return Ok(Outcome::Unchanged);
+        }
+        if !self.dry_run {
+            cg.write(&step.path, value)?;
+        }
+        Ok(Outcome::Changed)
     }
-}
 
-/// Whether `group` is, or is below, a group a dry run would have created.
-fn under(pending: &HashSet<String>, group: &str) -> bool {
-    pending
-        .iter()
-        .any(|p| p.is_empty() || group == p || group.starts_with(&format!("{p}/")))
-}
+    /// Controllers enabled for the children of `group` (after simulated enables).
+    fn subtree_enabled(&self, group: &str) -> Result<Vec<String>, FsError> {
+        if let Some(e) = self.enabled.get(group) {
+            return Ok(e.clone());
+        }
+        if self.pending.contains_key(group) {
+            return Ok(Vec::new());
+        }
+        Ok(words(
+            &self
+                .cg
+                .read(&crate::plan::join(group, files::SUBTREE_CONTROL))?,
+        ))
+    }
 
-/// Enables the requested controllers that are available and not yet enabled, one write.
-fn enable_controllers(
-    cg: &CgroupFs,
-    group: &str,
-    request: &str,
-    dry_run: bool,
-) -> Result<Outcome, FsError> {
-    let available = cg.read(&crate::plan::join(group, files::CONTROLLERS))?;
-    let enabled = cg.read(&crate::plan::join(group, files::SUBTREE_CONTROL))?;
-    let available: Vec<&str> = available.split_whitespace().collect();
-    let enabled: Vec<&str> = enabled.split_whitespace().collect();
-    let mut missing = Vec::new();
-    let mut to_enable = Vec::new();
-    for c in request
-        .split_whitespace()
-        .filter_map(|c| c.strip_prefix('+'))
-    {
-        if enabled.contains(&c) {
-            continue;
-        }
-        if available.contains(&c) {
-            to_enable.push(format!("+{c}"));
-        } else {
-            missing.push(c);
-        }
-    }
-    if !to_enable.is_empty() && !dry_run {
-        cg.write(
-            &crate::plan::join(group, files::SUBTREE_CONTROL),
-            &to_enable.join(" "),
-        )?;
-    }
-    match (to_enable.is_empty(), missing.is_empty()) {
-        (_, false) => Ok(Outcome::Unsupported(format!(
-            "controller {} not available here (cgroup.controllers: {:?}){}",
-            missing.join(", "),
-            available.join(" "),
-            if to_enable.is_empty() {
-                String::new()
+    /// Enables the requested controllers that are available and not yet enabled, one write.
+    fn enable_controllers(&mut self, group: &str, request: &str) -> Result<Outcome, FsError> {
+        let available = match self.pending.get(group) {
+            Some(a) => a.clone(),
+            None => words(
+                &self
+                    .cg
+                    .read(&crate::plan::join(group, files::CONTROLLERS))?,
+            ),
+        };
+        let mut enabled = self.subtree_enabled(group)?;
+        let mut missing = Vec::new();
+        let mut to_enable = Vec::new();
+        for c in request
+            .split_whitespace()
+            .filter_map(|c| c.strip_prefix('+'))
+        {
+            if enabled.iter().any(|e| e == c) {
+                continue;
+            }
+            if available.iter().any(|a| a == c) {
+                to_enable.push(format!("+{c}"));
+                enabled.push(c.to_string());
             } else {
-                format!("; enabled {}", to_enable.join(" "))
+                missing.push(c);
             }
-        ))),
-        (true, true) => Ok(Outcome::Unchanged),
-        (false, true) => Ok(Outcome::Changed),
+        }
+        if !to_enable.is_empty() {
+            if self.dry_run {
+                self.enabled.insert(group.to_string(), enabled);
+            } else {
+                self.cg.write(
+                    &crate::plan::join(group, files::SUBTREE_CONTROL),
+                    &to_enable.join(" "),
+                )?;
+            }
+        }
+        match (to_enable.is_empty(), missing.is_empty()) {
+            (_, false) => Ok(Outcome::Unsupported(format!(
+                "controller {} not available here (cgroup.controllers: {:?}){}",
+                missing.join(", "),
+                available.join(" "),
+                if to_enable.is_empty() {
+                    String::new()
+                } else {
+                    format!("; enabled {}", to_enable.join(" "))
+                }
+            ))),
+            (true, true) => Ok(Outcome::Unchanged),
+            (false, true) => Ok(Outcome::Changed),
+        }
+    }
+
+    /// Whether groups would get `cpu.uclamp.min`: an existing group with the cpu controller
+    /// answers; otherwise the per-task uclamp probe (group uclamp needs task uclamp).
+    fn uclamp_supported(&mut self) -> bool {
+        *self.uclamp.get_or_insert_with(|| {
+            let root = self.cg.root();
+            for dir in [root.to_path_buf()].into_iter().chain(
+                fs::read_dir(root)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.ok().map(|e| e.path())),
+            ) {
+                let cpu = fs::read_to_string(dir.join(files::CONTROLLERS))
+                    .is_ok_and(|c| c.split_whitespace().any(|w| w == "cpu"));
+                if cpu && dir.join(files::TYPE).exists() {
+                    return dir.join(files::CPU_UCLAMP_MIN).exists();
+                }
+            }
+            crate::sched::uclamp_supported()
+        })
     }
 }
 

@@ -15,5 +15,6 @@ pub mod layout;
 pub mod place;
 pub mod plan;
 pub mod procfs;
+pub mod sched;
 pub mod state;
 pub mod topology;

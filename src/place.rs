@@ -47,7 +47,10 @@ impl CgroupMap {
         let inside = cgroup
             .strip_prefix(self.mount.root.trim_end_matches('/'))
             .unwrap_or(cgroup);
-        self.mount.dir.join(inside.trim_start_matches('/'))
+        match inside.trim_start_matches('/') {
+            "" => self.mount.dir.clone(),
+            rel => self.mount.dir.join(rel),
+        }
     }
 
     /// The cgroup path relative to the cgqos root, when it lies inside it.

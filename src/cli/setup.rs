@@ -81,9 +81,15 @@ pub fn run(ctx: &Ctx, args: SetupArgs) -> CliResult<()> {
     for s in &report.steps {
         match &s.outcome {
             Outcome::Changed => tracing::info!("{}", s.step),
-            Outcome::Unsupported(why) => tracing::warn!("unsupported: {}: {why}", s.step),
+            Outcome::Unsupported(why) => tracing::debug!("unsupported: {}: {why}", s.step),
             _ => {}
         }
+    }
+    let unsupported = report.unsupported().count();
+    if unsupported > 0 {
+        tracing::warn!(
+            "{unsupported} setting(s) not supported by this kernel (see `cgqos status`)"
+        );
     }
     sd.save(&state)?;
     print(ctx, &root, created_root, &report);
@@ -115,14 +121,24 @@ fn print(ctx: &Ctx, root: &std::path::Path, created_root: bool, report: &Report)
         if o.created_root {
             s.push_str(&format!("created cgqos root {}\n", o.root));
         }
+        // Unsupported settings grouped by reason: one line per missing kernel feature.
+        let mut by_reason: Vec<(&str, Vec<&str>)> = Vec::new();
         for step in &o.report.steps {
             match &step.outcome {
                 Outcome::Changed => s.push_str(&format!("{verb}: {}\n", step.step)),
-                Outcome::Unsupported(why) => {
-                    s.push_str(&format!("unsupported: {} ({why})\n", step.step))
-                }
+                Outcome::Unsupported(why) => match by_reason.iter_mut().find(|(r, _)| r == why) {
+                    Some((_, paths)) => paths.push(&step.step.path),
+                    None => by_reason.push((why, vec![&step.step.path])),
+                },
                 _ => {}
             }
+        }
+        for (why, paths) in by_reason {
+            s.push_str(&format!(
+                "unsupported ({} setting(s)): {why}: {}\n",
+                paths.len(),
+                paths.join(", ")
+            ));
         }
         if o.changed == 0 {
             s.push_str(&format!(

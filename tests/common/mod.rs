@@ -1,0 +1,139 @@
+//! Shared helpers for the integration tests: run the binary with a clean environment, find
+//! fixtures, build fake cgroup trees.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    manifest_dir().join("tests/fixtures/sysfs").join(name)
+}
+
+pub fn board_file(rel: &str) -> PathBuf {
+    manifest_dir().join("boards").join(rel)
+}
+
+/// The cgqos binary with no CGQOS_* variables from the caller's environment.
+pub fn cgqos() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cgqos"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CGQOS_") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(cmd: &mut Command) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("cgqos runs");
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+pub fn json(r: &Run) -> serde_json::Value {
+    serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", r.stdout, r.stderr))
+}
+
+/// A fake cgroup2 tree that, like cgroupfs, has exactly the files the kernel would create
+/// for a group, so writes to anything else fail with ENOENT.
+pub struct FakeCgroup {
+    pub dir: tempfile::TempDir,
+    /// Controllers the fake kernel offers at the root.
+    pub controllers: Vec<&'static str>,
+    pub uclamp: bool,
+}
+
+impl FakeCgroup {
+    pub fn new(controllers: &[&'static str], uclamp: bool) -> FakeCgroup {
+        let f = FakeCgroup {
+            dir: tempfile::tempdir().unwrap(),
+            controllers: controllers.to_vec(),
+            uclamp,
+        };
+        let root = f.dir.path();
+        for (name, value) in [
+            ("cgroup.procs", ""),
+            ("cgroup.threads", ""),
+            ("cgroup.controllers", &controllers.join(" ")[..]),
+            ("cgroup.subtree_control", ""),
+        ] {
+            fs::write(root.join(name), value).unwrap();
+        }
+        f
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Creates a group as the kernel would, with the controllers its parent offers.
+    pub fn group(&self, rel: &str, threaded: bool) {
+        let dir = self.root().join(rel);
+        fs::create_dir_all(&dir).unwrap();
+        let files: Vec<(&str, &str)> = vec![
+            ("cgroup.procs", ""),
+            ("cgroup.threads", ""),
+            ("cgroup.controllers", ""),
+            ("cgroup.subtree_control", ""),
+            ("cgroup.type", if threaded { "threaded" } else { "domain" }),
+        ];
+        for (name, value) in files {
+            fs::write(dir.join(name), format!("{value}\n")).unwrap();
+        }
+        let offered = self.controllers.join(" ");
+        fs::write(dir.join("cgroup.controllers"), format!("{offered}\n")).unwrap();
+        if self.controllers.contains(&"cpu") {
+            fs::write(dir.join("cpu.weight"), "100\n").unwrap();
+            fs::write(dir.join("cpu.max"), "max 100000\n").unwrap();
+            if self.uclamp {
+                fs::write(dir.join("cpu.uclamp.min"), "0.00\n").unwrap();
+            }
+        }
+        if self.controllers.contains(&"cpuset") {
+            fs::write(dir.join("cpuset.cpus"), "\n").unwrap();
+            fs::write(dir.join("cpuset.cpus.effective"), "0-7\n").unwrap();
+        }
+    }
+
+    /// Every file below the root, relative, sorted: to prove nothing was created.
+    pub fn files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        walk(self.root(), self.root(), &mut out);
+        out.sort();
+        out
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        fs::read_to_string(self.root().join(rel)).unwrap()
+    }
+}
+
+fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            walk(base, &p, out);
+        } else {
+            out.push(p.strip_prefix(base).unwrap().display().to_string());
+        }
+    }
+}
