@@ -193,8 +193,10 @@ impl CgroupFs {
 }
 
 pub fn write_existing(path: &Path, value: &str) -> Result<(), FsError> {
+    // O_TRUNC as a shell's `echo v > file` does: kernfs ignores it, plain files need it.
     let mut f = OpenOptions::new()
         .write(true)
+        .truncate(true)
         .open(path)
         .map_err(|source| FsError {
             op: "open",
