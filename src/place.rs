@@ -117,6 +117,8 @@ impl From<ProcError> for PlaceError {
 #[derive(Debug, Clone, Serialize)]
 pub struct ThreadPlace {
     pub tid: ThreadId,
+    /// Empty after a move (not read on that hot path); `where` fills it.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub comm: String,
     /// The cgroup path as `/proc` shows it.
     pub cgroup: String,
@@ -228,11 +230,20 @@ impl<'a> Placer<'a> {
         if !self.cg.exists(&group) {
             return Err(PlaceError::NotSetUp(group));
         }
-        let before = self.locate(pid)?;
+        // One read per thread: its cgroup (the class to keep). Threads that exit meanwhile
+        // are simply not there.
+        let mut before: Vec<(ThreadId, String)> = Vec::new();
+        for tid in self.proc.threads(pid)? {
+            match self.proc.cgroup(pid, tid) {
+                Ok(c) => before.push((tid, c)),
+                Err(ProcError::Gone(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let main_cgroup = before
             .iter()
-            .find(|t| t.tid.0 == pid.0)
-            .map(|t| t.cgroup.clone())
+            .find(|(t, _)| t.0 == pid.0)
+            .map(|(_, c)| c.clone())
             .ok_or(PlaceError::Gone(pid.0))?;
         state.remember(
             pid.0,
@@ -243,17 +254,19 @@ impl<'a> Placer<'a> {
                 process: true,
             },
         );
-        for t in before
+        // Threads living apart from their process (another threaded group) are recorded
+        // one by one, so teardown can put them back there.
+        for (tid, cgroup) in before
             .iter()
-            .filter(|t| t.tid.0 != pid.0 && t.cgroup != main_cgroup)
+            .filter(|(t, c)| t.0 != pid.0 && *c != main_cgroup)
         {
-            if let Ok(ts) = self.proc.stat(t.tid.0) {
+            if let Ok(ts) = self.proc.stat(tid.0) {
                 state.remember(
-                    t.tid.0,
+                    tid.0,
                     Record {
                         pid: pid.0,
                         starttime: ts.starttime,
-                        original: self.map.dir_of(&t.cgroup),
+                        original: self.map.dir_of(cgroup),
                         process: false,
                     },
                 );
@@ -263,19 +276,42 @@ impl<'a> Placer<'a> {
         self.attach(&self.cg.path(&format!("{group}/{}", files::PROCS)), pid.0)
             .map_err(gone_or_kernel(pid.0))?;
         let classes = target.classes();
-        for t in &before {
-            let Some(class) = t.class.as_deref().filter(|c| classes.contains(c)) else {
-                continue;
+        let group_cgroup = self.cgroup_path(&group);
+        let mut after = Vec::with_capacity(before.len());
+        for (tid, cgroup) in &before {
+            let class = self
+                .map
+                .relative(cgroup)
+                .and_then(|r| layout::classify(&r))
+                .and_then(|p| p.class)
+                .filter(|c| classes.contains(&c.as_str()));
+            let mut place = ThreadPlace {
+                tid: *tid,
+                comm: String::new(),
+                cgroup: group_cgroup.clone(),
+                group: Some(group.clone()),
+                class: Some(class.clone().unwrap_or_else(|| "default".into())),
             };
-            let file = self.cg.path(&format!("{group}/{class}/{}", files::THREADS));
-            match self.attach(&file, t.tid.0) {
-                Ok(()) => {}
-                Err(e) if e.refusal() == Refusal::Gone => {}
-                Err(e) => return Err(e.into()),
+            if let Some(class) = class {
+                let file = self.cg.path(&format!("{group}/{class}/{}", files::THREADS));
+                match self.attach(&file, tid.0) {
+                    Ok(()) => place.cgroup = format!("{group_cgroup}/{class}"),
+                    Err(e) if e.refusal() == Refusal::Gone => continue,
+                    Err(e) => return Err(e.into()),
+                }
             }
+            after.push(place);
         }
         self.recheck(pid.0, stat.starttime)?;
-        self.locate(pid)
+        Ok(after)
+    }
+
+    /// The path `/proc/<pid>/cgroup` shows for a group relative to the cgqos root.
+    fn cgroup_path(&self, group: &str) -> String {
+        let dir = self.cg.path(group);
+        let inside = dir.strip_prefix(&self.map.mount.dir).unwrap_or(&dir);
+        let base = self.map.mount.root.trim_end_matches('/');
+        format!("{base}/{}", inside.display())
     }
 
     /// Moves one thread to a class of its current process group (`None`: the default).
