@@ -5,6 +5,7 @@
 
 mod common;
 use common::*;
+use std::process::Command;
 
 /// The groups a plan creates, pre-made as a kernel that had them would show them.
 fn fake_with_groups(controllers: &[&'static str], uclamp: bool) -> FakeCgroup {
@@ -357,4 +358,41 @@ fn kernel_threads_are_refused() {
         .arg(state.path()));
     assert_eq!(r.code, 2, "{}", r.stdout);
     assert!(r.stdout.contains("is a kernel thread"), "{}", r.stdout);
+}
+
+#[test]
+fn input_boost_is_written_where_the_cpu_boost_module_exists() {
+    let f = fake_with_groups(&["cpu", "cpuset"], true);
+    let state = tempfile::tempdir().unwrap();
+    // A copy of the trogdor sysfs with ChromeOS's cpu_boost module parameter.
+    let sysfs = tempfile::tempdir().unwrap();
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(fixture("trogdor").join("devices"))
+        .arg(sysfs.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let param = sysfs
+        .path()
+        .join("module/cpu_boost/parameters/input_boost_freq_percent");
+    std::fs::create_dir_all(param.parent().unwrap()).unwrap();
+    std::fs::write(&param, "0\n").unwrap();
+    let r = run(cgqos()
+        .args([
+            "setup",
+            "--board",
+            "trogdor",
+            "--allow-non-cgroupfs",
+            "--json",
+            "--sysfs-root",
+        ])
+        .arg(sysfs.path())
+        .arg("--cgroup-root")
+        .arg(f.root())
+        .arg("--state-dir")
+        .arg(state.path()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(json(&r)["unsupported"], 0);
+    assert_eq!(std::fs::read_to_string(&param).unwrap(), "75");
 }

@@ -1,0 +1,277 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# Real-kernel test suite: build cgqos statically for x86_64 and aarch64, then boot each guest
+# once and run every tests/vm/scenarios/*.sh in it, in order. Prints "N passed, M failed"
+# (one result per scenario and guest) as its last line and exits non-zero if anything failed.
+# See docs/testing.md, section "Real-kernel tests".
+set -uo pipefail
+
+VM_PROG=cgqos-vm-suite
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+
+ALL_GUESTS=(x86_64 arm64-biglittle x86_64-nocpuset x86_64-nouclamp)
+# The "no uclamp" guest runs trixie's stable kernel (6.12, CONFIG_UCLAMP_TASK not set): there
+# is no boot parameter that removes uclamp from a kernel built with it.
+NOUCLAMP_KERNEL=${CGQOS_VM_NOUCLAMP_KERNEL:-linux-image-cloud-amd64/trixie}
+
+usage() {
+	cat <<EOF
+usage: tests/vm/suite.sh [OPTIONS]
+
+options:
+  --guests LIST     comma-separated guests (default: ${ALL_GUESTS[*]})
+  --only GLOB       run only scenarios whose file name matches GLOB (repeatable)
+  --jobs N          guests booted in parallel (default 2; output is then shown per guest)
+  --timeout SECS    limit for each guest boot (default 300)
+  --bins DIR        use prebuilt binaries from DIR/x86_64 and DIR/aarch64 instead of building
+  --scenarios DIR   take the scenarios from DIR instead of tests/vm/scenarios
+  --verbose         pass --verbose to run.sh
+  --keep            keep the suite's work directory
+EOF
+}
+
+guests_csv=$(
+	IFS=,
+	echo "${ALL_GUESTS[*]}"
+)
+only=() jobs=2 timeout=300 bins="" verbose=() keep=0 scenario_dir=$HERE/scenarios
+while [[ $# -gt 0 ]]; do
+	case $1 in
+	--guests | --only | --jobs | --timeout | --bins | --scenarios)
+		[[ $# -ge 2 ]] || vm_die 2 "option $1 needs an argument (see --help)"
+		;;&
+	--guests) guests_csv=$2; shift 2 ;;
+	--only) only+=("$2"); shift 2 ;;
+	--jobs) jobs=$2; shift 2 ;;
+	--timeout) timeout=$2; shift 2 ;;
+	--bins) bins=$2; shift 2 ;;
+	--scenarios) scenario_dir=$2; shift 2 ;;
+	--verbose) verbose=(--verbose); shift ;;
+	--keep) keep=1; shift ;;
+	-h | --help) usage; exit 0 ;;
+	*) usage >&2; exit 2 ;;
+	esac
+done
+IFS=, read -r -a guests <<<"$guests_csv"
+for g in "${guests[@]}"; do
+	[[ " ${ALL_GUESTS[*]} " == *" $g "* ]] || vm_die 2 "unknown guest $g (known: ${ALL_GUESTS[*]})"
+done
+[[ $jobs =~ ^[1-9][0-9]*$ ]] || vm_die 2 "--jobs must be a positive number"
+
+# run.sh options for each guest.
+guest_opts() {
+	case $1 in
+	x86_64) echo --arch x86_64 --smp 4 ;;
+	arm64-biglittle) echo --arch arm64 --capacities 512,512,1024,1024 ;;
+	x86_64-nocpuset) echo --arch x86_64 --smp 4 --append cgroup_disable=cpuset ;;
+	x86_64-nouclamp) echo --arch x86_64 --smp 4 --kernel-package "$NOUCLAMP_KERNEL" ;;
+	esac
+}
+guest_binarch() { [[ $1 == arm64* ]] && echo aarch64 || echo x86_64; }
+
+t_start=$SECONDS
+work=$(mktemp -d "${TMPDIR:-/tmp}/cgqos-vm-suite.XXXXXX") || vm_die 125 "cannot create a work directory"
+cleanup() {
+	jobs -p | xargs -r kill 2>/dev/null
+	if ((keep)); then vm_log "work directory kept: $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+scenarios=()
+for s in "$scenario_dir"/*.sh; do
+	[[ -f $s ]] || continue
+	name=${s##*/}
+	if ((${#only[@]})); then
+		match=0
+		for pat in "${only[@]}"; do
+			# shellcheck disable=SC2053 # glob match on purpose
+			[[ $name == $pat ]] && match=1
+		done
+		((match)) || continue
+	fi
+	scenarios+=("$s")
+done
+((${#scenarios[@]})) || vm_die 2 "no scenario in $scenario_dir matches"
+
+# Prefetch and build --------------------------------------------------------------------------
+#
+# The cache (host packages, kernels, busybox, dtb) fills in the background while cargo builds.
+
+prefetch() {
+	local g opts rc=0 t=$SECONDS
+	for g in "${guests[@]}"; do
+		read -r -a opts <<<"$(guest_opts "$g")"
+		"$HERE/run.sh" "${opts[@]}" "${verbose[@]}" --prefetch || rc=1
+	done
+	echo "# prefetch took $((SECONDS - t)) s"
+	return "$rc"
+}
+prefetch >"$work/prefetch.log" 2>&1 &
+prefetch_pid=$!
+
+declare -A build_ok=()
+for g in "${guests[@]}"; do build_ok[$(guest_binarch "$g")]=1; done
+for a in $(printf '%s\n' "${!build_ok[@]}" | sort); do
+	if [[ -n $bins ]]; then
+		[[ -d $bins/$a ]] || vm_die 2 "--bins $bins has no $a directory"
+		cp -a "$bins/$a" "$work/bin-$a"
+		continue
+	fi
+	t0=$SECONDS
+	if "$HERE/build.sh" "$a" "$work/bin-$a"; then
+		echo "# build $a: ok ($((SECONDS - t0)) s)"
+	else
+		echo "# build $a: FAILED ($((SECONDS - t0)) s)"
+		build_ok[$a]=0
+	fi
+done
+
+wait "$prefetch_pid"
+prefetch_rc=$?
+cat "$work/prefetch.log"
+if ((prefetch_rc == 0)); then
+	echo "# prefetch: ok"
+else
+	echo "# prefetch: FAILED (status $prefetch_rc); the boots will report why"
+fi
+
+# Payloads ----------------------------------------------------------------------------------
+
+make_payload() { # GUEST DIR
+	local dir=$2
+	mkdir -p "$dir/scenarios"
+	cp -a "$work/bin-$(guest_binarch "$1")/." "$dir/"
+	cp "$HERE/scenario-lib.sh" "$dir/scenario-lib.sh"
+	cp "${scenarios[@]}" "$dir/scenarios/"
+	cat >"$dir/vmtest.sh" <<'EOF'
+#!/bin/sh
+# Generated by tests/vm/suite.sh: run every scenario in order, one VMTEST-RESULT line each.
+cd /vmtest || exit 125
+failed=0
+for s in /vmtest/scenarios/*.sh; do
+	name=${s##*/}
+	read -r t0 _ </proc/uptime
+	echo "VMTEST-SCENARIO $name"
+	timeout "${VMTEST_SCENARIO_TIMEOUT:-120}" sh "$s" </dev/null
+	rc=$?
+	read -r t1 _ </proc/uptime
+	echo "VMTEST-RESULT $name $rc $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')s"
+	[ "$rc" -eq 0 ] || failed=$((failed + 1))
+done
+[ "$failed" -eq 0 ]
+EOF
+}
+
+# run_guest GUEST [stream]: boot it; console in $work/GUEST.log (also on stdout with "stream"),
+# run.sh status and seconds in $work/GUEST.rc.
+run_guest() {
+	local g=$1 stream=${2:-} opts t0 rc
+	read -r -a opts <<<"$(guest_opts "$g")"
+	make_payload "$g" "$work/payload-$g"
+	t0=$SECONDS
+	[[ -n $stream ]] && guest_header "$g"
+	"$HERE/run.sh" "${opts[@]}" "${verbose[@]}" --timeout "$timeout" --env "VMTEST_GUEST=$g" \
+		--env "VMTEST_SCENARIO_TIMEOUT=${CGQOS_VM_SCENARIO_TIMEOUT:-120}" \
+		"$work/payload-$g" 2>&1 | if [[ -n $stream ]]; then tee "$work/$g.log"; else cat >"$work/$g.log"; fi
+	rc=${PIPESTATUS[0]}
+	echo "$rc $((SECONDS - t0))" >"$work/$g.rc"
+	[[ -n $stream ]] && guest_footer "$g"
+}
+
+guest_header() {
+	local opts
+	read -r -a opts <<<"$(guest_opts "$1")"
+	echo "=== guest $1: tests/vm/run.sh ${opts[*]} --env VMTEST_GUEST=$1 PAYLOAD"
+}
+guest_footer() {
+	local rc secs
+	read -r rc secs <"$work/$1.rc"
+	echo "=== guest $1: run.sh exited $rc after $secs s"
+}
+show_guest() {
+	guest_header "$1"
+	cat "$work/$1.log"
+	guest_footer "$1"
+}
+
+runnable=()
+for g in "${guests[@]}"; do
+	if [[ ${build_ok[$(guest_binarch "$g")]} == 1 ]]; then
+		runnable+=("$g")
+	else
+		echo "# guest $g: skipped, the build failed"
+	fi
+done
+
+if ((jobs == 1)); then
+	for g in "${runnable[@]}"; do
+		run_guest "$g" stream
+	done
+else
+	# Kernels and busybox are fetched under a lock, so parallel first runs just queue.
+	declare -A pid_of=()
+	pending=("${runnable[@]}")
+	running=()
+	while ((${#pending[@]} + ${#running[@]})); do
+		while ((${#running[@]} < jobs && ${#pending[@]})); do
+			g=${pending[0]}
+			pending=("${pending[@]:1}")
+			run_guest "$g" &
+			pid_of[$g]=$!
+			running+=("$g")
+		done
+		wait -n 2>/dev/null
+		still=()
+		for g in "${running[@]}"; do
+			if kill -0 "${pid_of[$g]}" 2>/dev/null; then
+				still+=("$g")
+			else
+				wait "${pid_of[$g]}" 2>/dev/null
+				show_guest "$g"
+			fi
+		done
+		running=("${still[@]}")
+	done
+fi
+
+# Summary -------------------------------------------------------------------------------------
+
+passed=0 failed=0
+echo
+echo "# results (guest, scenario, status, time in guest)"
+for g in "${guests[@]}"; do
+	rc="" secs=0
+	[[ -f $work/$g.rc ]] && read -r rc secs <"$work/$g.rc"
+	guest_failed=0
+	for s in "${scenarios[@]}"; do
+		name=${s##*/}
+		line=$(grep -a "^VMTEST-RESULT $name " "$work/$g.log" 2>/dev/null | tail -n1)
+		read -r _ _ src stime <<<"$line"
+		if [[ -z $rc ]]; then
+			printf '#   %-18s %-28s %s\n' "$g" "$name" "FAILED (not run: the $(guest_binarch "$g") build failed)"
+			failed=$((failed + 1)) guest_failed=1
+		elif [[ -z $line ]]; then
+			printf '#   %-18s %-28s %s\n' "$g" "$name" "FAILED (no result: run.sh exited $rc)"
+			failed=$((failed + 1)) guest_failed=1
+		elif [[ $src == 0 ]]; then
+			printf '#   %-18s %-28s %s\n' "$g" "$name" "ok ($stime)"
+			passed=$((passed + 1))
+		elif [[ $src == 143 ]]; then
+			printf '#   %-18s %-28s %s\n' "$g" "$name" "FAILED (killed after $stime: scenario timeout)"
+			failed=$((failed + 1)) guest_failed=1
+		else
+			printf '#   %-18s %-28s %s\n' "$g" "$name" "FAILED (status $src, $stime)"
+			failed=$((failed + 1)) guest_failed=1
+		fi
+	done
+	if [[ -n $rc && $rc != 0 && $guest_failed == 0 ]]; then
+		printf '#   %-18s %-28s %s\n' "$g" "(harness)" "FAILED (run.sh exited $rc)"
+		failed=$((failed + 1))
+	fi
+done
+echo "# total $((SECONDS - t_start)) s"
+echo "$passed passed, $failed failed"
+((failed == 0))
