@@ -39,7 +39,11 @@ fn main() {
             while woke.elapsed() < work {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
             }
-            frame.push((Instant::now() - start).saturating_sub(interval).as_micros() as u64);
+            frame.push(
+                (Instant::now() - start)
+                    .saturating_sub(interval)
+                    .as_micros() as u64,
+            );
         }
     }
     late.sort_unstable();

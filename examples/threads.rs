@@ -12,10 +12,13 @@ fn gettid() -> u32 {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or_else(|| {
-        eprintln!("usage: threads N [--spin] [--name PREFIX] [--wait-stdin]");
-        std::process::exit(2);
-    });
+    let n: usize = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| {
+            eprintln!("usage: threads N [--spin] [--name PREFIX] [--wait-stdin]");
+            std::process::exit(2);
+        });
     let spin = args.iter().any(|a| a == "--spin");
     let wait_stdin = args.iter().any(|a| a == "--wait-stdin");
     let prefix = args

@@ -432,7 +432,7 @@ impl<'a> Placer<'a> {
                 } else {
                     files::THREADS
                 };
-                self.restore(id, rec.process, Some(&rec.original), file, report);
+                self.restore(group, id, rec.process, Some(&rec.original), file, report);
             }
         }
         // 2. Anything else still inside (children forked in the groups, tasks placed by
@@ -452,7 +452,7 @@ impl<'a> Placer<'a> {
                     .and_then(|s| state.tasks.get(&s.ppid))
                     .filter(|r| r.process)
                     .map(|r| r.original.clone());
-                self.restore(pid, true, origin.as_deref(), files::PROCS, report);
+                self.restore(group, pid, true, origin.as_deref(), files::PROCS, report);
             }
         }
         // 3. Remove the groups, deepest first.
@@ -472,8 +472,10 @@ impl<'a> Placer<'a> {
             .is_some_and(|r| r == group || r.starts_with(&format!("{group}/")))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn restore(
         &mut self,
+        group: &str,
         id: u32,
         process: bool,
         origin: Option<&Path>,
@@ -482,8 +484,9 @@ impl<'a> Placer<'a> {
     ) {
         let fallback = self.map.fallback();
         let mut candidates: Vec<(PathBuf, Option<String>)> = Vec::new();
-        // An origin inside the tree being removed is no origin at all.
-        if let Some(o) = origin.filter(|o| !o.starts_with(&self.map.root) || *o == self.map.root) {
+        // An origin inside the subtree being emptied is no origin at all.
+        let emptied = self.cg.path(group);
+        if let Some(o) = origin.filter(|o| !o.starts_with(&emptied)) {
             candidates.push((o.to_path_buf(), None));
         }
         let why = if candidates.is_empty() {

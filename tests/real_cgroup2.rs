@@ -344,3 +344,32 @@ fn forked_children_of_moved_processes_follow_their_parent_home() {
     let _ = sh.kill();
     let _ = sh.wait();
 }
+
+#[test]
+fn an_origin_inside_the_cgqos_root_but_outside_its_groups_is_restored() {
+    let Some(mut env) = Env::new("sibling") else {
+        return;
+    };
+    assert_eq!(env.cmd(&["setup"]).code, 0);
+    // A group of someone else's beside chrome/ and vms/, under the same cgqos root.
+    let sibling = env.root.join("elsewhere");
+    std::fs::create_dir(&sibling).unwrap();
+    let pid = env.spawn(1);
+    std::fs::write(sibling.join("cgroup.procs"), pid.to_string()).unwrap();
+    let base = rel(&env.root);
+    assert_eq!(cgroup_of(pid, pid), format!("{base}/elsewhere"));
+    assert_eq!(env.cmd(&["move", &pid.to_string(), "ui"]).code, 0);
+    let r = env.cmd(&["teardown"]);
+    // The root stays (it holds `elsewhere`), so teardown reports that and exits 4.
+    assert_eq!(
+        cgroup_of(pid, pid),
+        format!("{base}/elsewhere"),
+        "{}",
+        r.stdout
+    );
+    assert!(!env.root.join("chrome").exists());
+    let mut c = env.children.pop().unwrap();
+    c.kill().unwrap();
+    c.wait().unwrap();
+    std::fs::remove_dir(&sibling).unwrap();
+}

@@ -18,10 +18,10 @@ use serde::Serialize;
 use crate::board::{Board, BoardSource};
 use crate::cgroupfs::CgroupFs;
 use crate::error::{CliError, CliResult, Exit};
-use crate::place::CgroupMap;
+use crate::place::{CgroupMap, Placer};
 use crate::plan::Plan;
 use crate::procfs::Procfs;
-use crate::state::StateDir;
+use crate::state::{State, StateDir};
 use crate::topology::Topology;
 
 const AFTER_HELP: &str = "\
@@ -165,6 +165,25 @@ pub fn run(cli: Cli) -> CliResult<()> {
     }
 }
 
+/// A cgroup tree, the view of it from /proc, and the locked record of what cgqos changed.
+pub struct Session {
+    pub cg: CgroupFs,
+    pub map: CgroupMap,
+    pub proc: Procfs,
+    pub sd: StateDir,
+    pub state: State,
+}
+
+impl Session {
+    pub fn placer(&self) -> Placer<'_> {
+        Placer::new(&self.cg, &self.map, &self.proc)
+    }
+
+    pub fn save(&self) -> CliResult<()> {
+        Ok(self.sd.save(&self.state)?)
+    }
+}
+
 /// Resolves the global options into the pieces each command needs.
 pub struct Ctx {
     pub g: Global,
@@ -237,6 +256,21 @@ impl Ctx {
 
     pub fn state_dir(&self) -> CliResult<StateDir> {
         Ok(StateDir::lock(&self.g.state_dir)?)
+    }
+
+    /// Everything a command that moves tasks needs, with the state file locked and loaded.
+    pub fn session(&self) -> CliResult<Session> {
+        let cg = self.cgroupfs()?;
+        let map = self.map(cg.root());
+        let sd = self.state_dir()?;
+        let state = sd.load(cg.root())?;
+        Ok(Session {
+            map,
+            proc: self.procfs(),
+            sd,
+            state,
+            cg,
+        })
     }
 
     /// Checks that `dir` (or its nearest existing ancestor) is on cgroup2 and writable.

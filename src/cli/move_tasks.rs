@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::Ctx;
 use crate::error::{CliError, CliResult, Exit};
 use crate::layout::{self, Target};
-use crate::place::{Placer, ThreadPlace};
+use crate::place::ThreadPlace;
 use crate::procfs::{ProcessId, ThreadId};
 
 #[derive(Args, Debug)]
@@ -66,12 +66,9 @@ pub fn run(ctx: &Ctx, args: MoveArgs) -> CliResult<()> {
         Dest::Group(Target::parse(dest).map_err(CliError::bad_input)?)
     };
 
-    let cg = ctx.cgroupfs()?;
-    let map = ctx.map(cg.root());
-    let proc = ctx.procfs();
-    let sd = ctx.state_dir()?;
-    let mut state = sd.load(cg.root())?;
-    let mut placer = Placer::new(&cg, &map, &proc);
+    let mut session = ctx.session()?;
+    let mut state = std::mem::take(&mut session.state);
+    let mut placer = session.placer();
     let mut results = Vec::new();
     let mut worst: Option<CliError> = None;
     for id in ids {
@@ -109,7 +106,8 @@ pub fn run(ctx: &Ctx, args: MoveArgs) -> CliResult<()> {
             }
         }
     }
-    sd.save(&state)?;
+    session.state = state;
+    session.save()?;
     ctx.output(&results, |rs| {
         let mut s = String::new();
         for r in rs {

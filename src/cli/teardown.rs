@@ -5,34 +5,30 @@ use clap::Args;
 use super::Ctx;
 use crate::error::{CliError, CliResult, Exit};
 use crate::layout;
-use crate::place::{Placer, TeardownReport};
+use crate::place::TeardownReport;
 
 #[derive(Args, Debug)]
 pub struct TeardownArgs {}
 
 pub fn run(ctx: &Ctx, _args: TeardownArgs) -> CliResult<()> {
-    let cg = ctx.cgroupfs()?;
-    let map = ctx.map(cg.root());
-    let proc = ctx.procfs();
-    let sd = ctx.state_dir()?;
-    let mut state = sd.load(cg.root())?;
-    let mut placer = Placer::new(&cg, &map, &proc);
+    let mut session = ctx.session()?;
     let mut report = TeardownReport::default();
+    let mut placer = session.placer();
     for subtree in [layout::CHROME, layout::VMS] {
-        placer.evacuate(subtree, &state, &mut report);
+        placer.evacuate(subtree, &session.state, &mut report);
     }
-    if state.created_root && report.errors.is_empty() {
-        match cg.rmdir("") {
-            Ok(()) => report.removed.push(cg.root().display().to_string()),
+    if session.state.created_root && report.errors.is_empty() {
+        match session.cg.rmdir("") {
+            Ok(()) => report.removed.push(session.cg.root().display().to_string()),
             Err(e) => report.errors.push(e.to_string()),
         }
     }
     if report.errors.is_empty() {
-        sd.clear()?;
+        session.sd.clear()?;
     } else {
         // Keep what is still needed to finish the job on a rerun.
-        state.vms.clear();
-        sd.save(&state)?;
+        session.state.vms.clear();
+        session.save()?;
     }
     for r in &report.restored {
         tracing::info!(id = r.id, to = %r.to.display(), note = r.note.as_deref().unwrap_or(""), "restored");

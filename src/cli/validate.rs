@@ -3,7 +3,8 @@
 use clap::Args;
 
 use super::Ctx;
-use crate::board::Board;
+use crate::board::yaml::Location;
+use crate::board::{Board, Setting};
 use crate::error::{CliError, CliResult};
 
 #[derive(Args, Debug)]
@@ -20,11 +21,14 @@ pub fn run(ctx: &Ctx, _args: ValidateArgs) -> CliResult<()> {
     Ok(())
 }
 
-fn text(b: &Board) -> String {
-    let at = |a: &Option<crate::board::yaml::Location>| match a {
+fn at(a: &Option<Location>) -> String {
+    match a {
         Some(l) => l.to_string(),
         None => "default".into(),
-    };
+    }
+}
+
+fn text(b: &Board) -> String {
     let t = &b.scheduler_tune;
     let c = &b.cgqos;
     let mut out = format!(
@@ -33,70 +37,48 @@ fn text(b: &Board) -> String {
         b.sku.map(|s| format!(" SKU {s}")).unwrap_or_default(),
         b.files.join(", ")
     );
-    let mut line =
-        |k: &str, v: String, a: String| out.push_str(&format!("  {k:<28} {v:<10} {a}\n"));
-    line(
-        "scheduler-tune.boost-urgent",
-        t.boost_urgent.value.to_string(),
-        at(&t.boost_urgent.at),
-    );
-    match &t.input_boost {
-        Some(s) => line("scheduler-tune.input-boost", s.value.to_string(), at(&s.at)),
-        None => line("scheduler-tune.input-boost", "-".into(), "not set".into()),
+    fn opt<T: ToString>(s: Option<&Setting<T>>, unset: &str) -> (String, String) {
+        match s {
+            Some(s) => (s.value.to_string(), at(&s.at)),
+            None => ("-".into(), unset.into()),
+        }
     }
-    match &t.cpuset_nonurgent {
-        Some(s) => line(
+    let rows = [
+        (
+            "scheduler-tune.boost-urgent",
+            opt(Some(&t.boost_urgent), ""),
+        ),
+        (
+            "scheduler-tune.input-boost",
+            opt(t.input_boost.as_ref(), "not set"),
+        ),
+        (
             "scheduler-tune.cpuset-nonurgent",
-            s.value.to_string(),
-            at(&s.at),
+            opt(t.cpuset_nonurgent.as_ref(), "detected"),
         ),
-        None => line(
-            "scheduler-tune.cpuset-nonurgent",
-            "-".into(),
-            "detected".into(),
-        ),
-    }
-    match &t.boost_top_app {
-        Some(s) => line(
+        (
             "scheduler-tune.boost-top-app",
-            s.value.to_string(),
-            at(&s.at),
+            opt(t.boost_top_app.as_ref(), "computed"),
         ),
-        None => line(
-            "scheduler-tune.boost-top-app",
-            "-".into(),
-            "computed".into(),
+        (
+            "scheduler-tune.boost-arcvm",
+            opt(t.boost_arcvm.as_ref(), "not set"),
         ),
+        ("cgqos.ui-cpu-weight", opt(Some(&c.ui_cpu_weight), "")),
+        (
+            "cgqos.foreground-cpu-weight",
+            opt(Some(&c.foreground_cpu_weight), ""),
+        ),
+        (
+            "cgqos.background-cpu-weight",
+            opt(Some(&c.background_cpu_weight), ""),
+        ),
+        ("cgqos.arcvm", opt(Some(&c.arcvm), "")),
+        ("cgqos.arcvm-cpu-weight", opt(Some(&c.arcvm_cpu_weight), "")),
+        ("cgqos.vm-cpu-weight", opt(Some(&c.vm_cpu_weight), "")),
+    ];
+    for (k, (v, a)) in rows {
+        out.push_str(&format!("  {k:<32} {v:<10} {a}\n"));
     }
-    match &t.boost_arcvm {
-        Some(s) => line("scheduler-tune.boost-arcvm", s.value.to_string(), at(&s.at)),
-        None => line("scheduler-tune.boost-arcvm", "-".into(), "not set".into()),
-    }
-    line(
-        "cgqos.ui-cpu-weight",
-        c.ui_cpu_weight.value.to_string(),
-        at(&c.ui_cpu_weight.at),
-    );
-    line(
-        "cgqos.foreground-cpu-weight",
-        c.foreground_cpu_weight.value.to_string(),
-        at(&c.foreground_cpu_weight.at),
-    );
-    line(
-        "cgqos.background-cpu-weight",
-        c.background_cpu_weight.value.to_string(),
-        at(&c.background_cpu_weight.at),
-    );
-    line("cgqos.arcvm", c.arcvm.value.to_string(), at(&c.arcvm.at));
-    line(
-        "cgqos.arcvm-cpu-weight",
-        c.arcvm_cpu_weight.value.to_string(),
-        at(&c.arcvm_cpu_weight.at),
-    );
-    line(
-        "cgqos.vm-cpu-weight",
-        c.vm_cpu_weight.value.to_string(),
-        at(&c.vm_cpu_weight.at),
-    );
     out
 }

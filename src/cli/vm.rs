@@ -8,7 +8,7 @@ use crate::apply::{Outcome, apply};
 use crate::cgroupfs::files;
 use crate::error::{CliError, CliResult, Exit};
 use crate::layout::{self, validate_vm_name};
-use crate::place::{Placer, TeardownReport};
+use crate::place::TeardownReport;
 use crate::plan::vm_steps;
 
 #[derive(Subcommand, Debug)]
@@ -121,25 +121,22 @@ fn add(ctx: &Ctx, name: &str) -> CliResult<()> {
 
 fn remove(ctx: &Ctx, name: &str) -> CliResult<()> {
     validate_vm_name(name).map_err(CliError::bad_input)?;
-    let cg = ctx.cgroupfs()?;
+    let mut session = ctx.session()?;
     let group = format!("{}/{name}", layout::VMS);
-    if !cg.exists(&group) {
+    if !session.cg.exists(&group) {
         return Err(CliError::bad_input(format!(
             "no VM group {}",
-            cg.path(&group).display()
+            session.cg.path(&group).display()
         )));
     }
-    let map = ctx.map(cg.root());
-    let proc = ctx.procfs();
-    let sd = ctx.state_dir()?;
-    let mut state = sd.load(cg.root())?;
-    let mut placer = Placer::new(&cg, &map, &proc);
     let mut report = TeardownReport::default();
-    placer.evacuate(&group, &state, &mut report);
+    session
+        .placer()
+        .evacuate(&group, &session.state, &mut report);
     if report.errors.is_empty() {
-        state.vms.remove(name);
+        session.state.vms.remove(name);
     }
-    sd.save(&state)?;
+    session.save()?;
     ctx.output(&report, |r| {
         let mut s = format!(
             "vm {name}: {} task(s) moved out, {} group(s) removed\n",

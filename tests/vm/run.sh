@@ -260,7 +260,7 @@ cat >"$root/init" <<EOF
 /bin/busybox mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 /bin/busybox --install -s
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=dumb
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=dumb NO_COLOR=1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t tmpfs tmpfs /tmp

@@ -32,6 +32,7 @@ fi
 
 enable="+cpu"
 [ "$has_cpuset" = 1 ] && enable="+cpuset +cpu"
+orig_subtree=$(t_read "$CG/cgroup.subtree_control")
 t_check "root cgroup.subtree_control accepts '$enable'" t_write "$enable" "$CG/cgroup.subtree_control"
 t_note "root cgroup.subtree_control: $(t_read "$CG/cgroup.subtree_control")"
 
@@ -113,5 +114,13 @@ else
 	t_eq "cpu.uclamp.max reads back 80.50" "80.50" "$(t_read "$U/cpu.uclamp.max")"
 fi
 t_check "the uclamp cgroup can be removed" rmdir "$U"
+
+# Give the root cgroup.subtree_control back as it was, for the scenarios after this one.
+disable=""
+for c in cpuset cpu; do
+	case " $orig_subtree " in *" $c "*) ;; *) case " $enable " in *"+$c "*) disable="$disable -$c" ;; esac ;; esac
+done
+[ -n "$disable" ] && t_write "${disable# }" "$CG/cgroup.subtree_control"
+t_eq "root cgroup.subtree_control is back to '$orig_subtree'" "$orig_subtree" "$(t_read "$CG/cgroup.subtree_control")"
 
 t_done
