@@ -25,6 +25,10 @@ pub enum Exit {
     KernelRefused = 4,
     /// `--strict`: a setting the kernel does not support.
     Unsupported = 5,
+    /// The daemon's policy refused the request.
+    Denied = 6,
+    /// The daemon is busy or went away mid-request.
+    Unavailable = 7,
 }
 
 #[derive(Debug)]

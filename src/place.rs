@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cgroupfs::{Attacher, CgroupFs, FsError, Mount, Refusal, files};
 use crate::layout::{self, Placement, Target};
@@ -114,11 +114,12 @@ impl From<ProcError> for PlaceError {
 }
 
 /// One thread after a move.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ThreadPlace {
     pub tid: ThreadId,
     /// Empty after a move (not read on that hot path); `where` fills it.
     #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default)]
     pub comm: String,
     /// The cgroup path as `/proc` shows it.
     pub cgroup: String,
@@ -388,17 +389,17 @@ fn gone_or_kernel(id: u32) -> impl Fn(FsError) -> PlaceError {
 }
 
 /// What teardown did with one task.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Restored {
     pub id: u32,
     pub process: bool,
     pub to: PathBuf,
     /// Why it did not go back to its recorded origin, if it did not.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct TeardownReport {
     pub restored: Vec<Restored>,
     pub removed: Vec<String>,

@@ -39,6 +39,17 @@ pub struct State {
     /// Keyed by task id (a process's id for process records).
     pub tasks: BTreeMap<u32, Record>,
     pub vms: BTreeSet<String>,
+    /// Restrictions set through the daemon (`restrict`), by group path; re-applied after a
+    /// converge, which resets weights to the plan's.
+    #[serde(default)]
+    pub restrictions: BTreeMap<String, Restriction>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restriction {
+    pub weight: u32,
+    /// The `cpu.max` value written (`max 100000` for none).
+    pub cpu_max: String,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -17,11 +17,13 @@ use serde::Serialize;
 
 use crate::board::{Board, BoardSource};
 use crate::cgroupfs::CgroupFs;
+use crate::daemon::client::Client;
 use crate::error::{CliError, CliResult, Exit};
-use crate::place::{CgroupMap, Placer};
+use crate::ops::Session;
+use crate::place::CgroupMap;
 use crate::plan::Plan;
 use crate::procfs::Procfs;
-use crate::state::{State, StateDir};
+use crate::state::StateDir;
 use crate::topology::Topology;
 
 const AFTER_HELP: &str = "\
@@ -116,6 +118,18 @@ pub struct Global {
     #[arg(long, global = true, env = "CGQOS_BOARDS_DIR", value_name = "DIR")]
     pub boards_dir: Option<PathBuf>,
 
+    /// The daemon's socket: commands that place work go through the daemon when it answers
+    #[arg(long, global = true, env = "CGQOS_SOCKET", default_value = crate::daemon::DEFAULT_SOCKET, value_name = "PATH")]
+    pub socket: PathBuf,
+
+    /// Work directly on the cgroup tree even if a daemon answers (needs root)
+    #[arg(long, global = true, env = "CGQOS_DIRECT")]
+    pub direct: bool,
+
+    /// The daemon's configuration directory (daemon.yaml), watched for changes
+    #[arg(long, global = true, env = "CGQOS_CONFIG_DIR", default_value = crate::daemon::DEFAULT_CONFIG_DIR, value_name = "DIR")]
+    pub config_dir: PathBuf,
+
     /// Print machine-readable JSON instead of text
     #[arg(long, global = true)]
     pub json: bool,
@@ -162,25 +176,6 @@ pub fn run(cli: Cli) -> CliResult<()> {
         Command::Where(a) => where_::run(&ctx, a),
         Command::Vm(c) => vm::run(&ctx, c),
         Command::Teardown(a) => teardown::run(&ctx, a),
-    }
-}
-
-/// A cgroup tree, the view of it from /proc, and the locked record of what cgqos changed.
-pub struct Session {
-    pub cg: CgroupFs,
-    pub map: CgroupMap,
-    pub proc: Procfs,
-    pub sd: StateDir,
-    pub state: State,
-}
-
-impl Session {
-    pub fn placer(&self) -> Placer<'_> {
-        Placer::new(&self.cg, &self.map, &self.proc)
-    }
-
-    pub fn save(&self) -> CliResult<()> {
-        Ok(self.sd.save(&self.state)?)
     }
 }
 
@@ -256,6 +251,23 @@ impl Ctx {
 
     pub fn state_dir(&self) -> CliResult<StateDir> {
         Ok(StateDir::lock(&self.g.state_dir)?)
+    }
+
+    /// The daemon, when one answers on `--socket` (and `--direct` is not given).
+    pub fn daemon(&self) -> CliResult<Option<Client>> {
+        if self.g.direct {
+            return Ok(None);
+        }
+        match Client::connect(&self.g.socket) {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                tracing::debug!(
+                    "daemon at {} unusable ({e}); working directly",
+                    self.g.socket.display()
+                );
+                Ok(None)
+            }
+        }
     }
 
     /// Everything a command that moves tasks needs, with the state file locked and loaded.

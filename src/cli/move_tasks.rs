@@ -1,13 +1,12 @@
 //! `cgqos move`: whole processes to a group, or threads to a class.
 
 use clap::Args;
-use serde::Serialize;
 
 use super::Ctx;
+use crate::daemon::protocol::{Request, TaskRef};
 use crate::error::{CliError, CliResult, Exit};
 use crate::layout::{self, Target};
-use crate::place::ThreadPlace;
-use crate::procfs::{ProcessId, ThreadId};
+use crate::ops::{self, Dest, Moved};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -29,15 +28,6 @@ pub struct MoveArgs {
     pub args: Vec<String>,
 }
 
-#[derive(Serialize)]
-struct Moved {
-    id: u32,
-    ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    threads: Vec<ThreadPlace>,
-}
-
 pub fn run(ctx: &Ctx, args: MoveArgs) -> CliResult<()> {
     let (ids, dest) = args.args.split_at(args.args.len() - 1);
     let dest = &dest[0];
@@ -56,58 +46,38 @@ pub fn run(ctx: &Ctx, args: MoveArgs) -> CliResult<()> {
             "--expect-starttime takes exactly one id",
         ));
     }
-    enum Dest {
-        Group(Target),
-        Class(Option<&'static str>),
-    }
-    let dest = if args.thread {
-        Dest::Class(layout::parse_class(dest).map_err(CliError::bad_input)?)
+    let targets: Vec<TaskRef> = ids
+        .iter()
+        .map(|&id| TaskRef {
+            id,
+            starttime: args.expect_starttime,
+        })
+        .collect();
+    let results: Vec<Moved> = if args.thread {
+        let class = layout::parse_class(dest).map_err(CliError::bad_input)?;
+        match ctx.daemon()? {
+            Some(mut d) => d.call(&Request::MoveThreads {
+                class: dest.clone(),
+                targets,
+            })?,
+            None => run_direct(ctx, &Dest::Class(class), &targets)?,
+        }
     } else {
-        Dest::Group(Target::parse(dest).map_err(CliError::bad_input)?)
+        let group = Target::parse(dest).map_err(CliError::bad_input)?;
+        match ctx.daemon()? {
+            Some(mut d) => d.call(&Request::Move {
+                group: dest.clone(),
+                targets,
+            })?,
+            None => run_direct(ctx, &Dest::Group(group), &targets)?,
+        }
     };
-
-    let mut session = ctx.session()?;
-    let mut state = std::mem::take(&mut session.state);
-    let mut placer = session.placer();
-    let mut results = Vec::new();
-    let mut worst: Option<CliError> = None;
-    for id in ids {
-        let r = match &dest {
-            Dest::Group(t) => {
-                placer.move_process(ProcessId(id), t, args.expect_starttime, &mut state)
-            }
-            Dest::Class(c) => placer
-                .move_thread(ThreadId(id), *c, args.expect_starttime, &mut state)
-                .map(|t| vec![t]),
-        };
-        match r {
-            Ok(threads) => {
-                tracing::info!(id, to = %label, "moved");
-                results.push(Moved {
-                    id,
-                    ok: true,
-                    error: None,
-                    threads,
-                })
-            }
-            Err(e) => {
-                let e = CliError::from(e);
-                tracing::warn!(id, "{e}");
-                results.push(Moved {
-                    id,
-                    ok: false,
-                    error: Some(e.message.clone()),
-                    threads: vec![],
-                });
-                // A vanished id is the mildest failure; anything else decides the exit.
-                if worst.as_ref().is_none_or(|w| w.exit == Exit::NoSuchProcess) {
-                    worst = Some(e);
-                }
-            }
+    for r in &results {
+        match &r.error {
+            None => tracing::info!(id = r.id, to = %label, "moved"),
+            Some(e) => tracing::warn!(id = r.id, "{e}"),
         }
     }
-    session.state = state;
-    session.save()?;
     ctx.output(&results, |rs| {
         let mut s = String::new();
         for r in rs {
@@ -142,8 +112,15 @@ pub fn run(ctx: &Ctx, args: MoveArgs) -> CliResult<()> {
         s
     });
     // Each failure was printed above; the exit code tells the worst of them.
-    match worst {
-        Some(e) => Err(CliError::new(e.exit, String::new())),
-        None => Ok(()),
+    match ops::moves_exit(&results) {
+        Exit::Ok => Ok(()),
+        exit => Err(CliError::new(exit, String::new())),
     }
+}
+
+fn run_direct(ctx: &Ctx, dest: &Dest, targets: &[TaskRef]) -> CliResult<Vec<Moved>> {
+    let mut s = ctx.session()?;
+    let results = ops::move_tasks(&mut s, dest, targets);
+    s.save()?;
+    Ok(results)
 }

@@ -1,153 +1,28 @@
 //! `cgqos status`: the hierarchy as the kernel has it, next to what the plan asks for.
 
 use clap::Args;
-use serde::Serialize;
 
 use super::Ctx;
-use crate::apply::same_value;
-use crate::cgroupfs::{CgroupFs, files};
+use crate::daemon::protocol::Request;
 use crate::error::CliResult;
-use crate::layout;
-use crate::plan::{Op, Tree, join, vm_steps};
+use crate::ops::{self, Status};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {}
 
-#[derive(Serialize)]
-struct Setting {
-    file: String,
-    requested: String,
-    current: Option<String>,
-    /// `ok`, `differs`, `unsupported` (the kernel has no such file), or `missing` (the
-    /// group does not exist: run setup)
-    state: &'static str,
-}
-
-#[derive(Serialize)]
-struct Group {
-    path: String,
-    exists: bool,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    cpus_effective: Option<String>,
-    threads: Option<usize>,
-    settings: Vec<Setting>,
-}
-
-#[derive(Serialize)]
-struct StatusOut {
-    root: String,
-    board: String,
-    in_sync: bool,
-    unsupported: Vec<String>,
-    groups: Vec<Group>,
-}
-
 pub fn run(ctx: &Ctx, _args: StatusArgs) -> CliResult<()> {
-    let (_topo, board, plan) = ctx.plan()?;
-    let cg = ctx.cgroupfs()?;
-    let mut steps: Vec<_> = plan
-        .steps
-        .iter()
-        .filter(|s| s.tree == Tree::Cgroup)
-        .cloned()
-        .collect();
-    // VM groups added at run time are part of the tree too.
-    for vm in cg.children(layout::VMS) {
-        if vm != layout::ARCVM || !board.cgqos.arcvm.value {
-            steps.extend(vm_steps(&vm, board.cgqos.vm_cpu_weight.value, None));
+    let out: Status = match ctx.daemon()? {
+        Some(mut d) => d.call(&Request::Status)?,
+        None => {
+            let (_topo, board, plan) = ctx.plan()?;
+            ops::status(&ctx.cgroupfs()?, &board, &plan)
         }
-    }
-    let mut groups: Vec<Group> = Vec::new();
-    for step in &steps {
-        match step.op {
-            Op::Mkdir => groups.push(group(&cg, &step.path)),
-            Op::Write => {
-                let (dir, file) = step.split();
-                if groups.iter().all(|g| g.path != dir) {
-                    groups.push(group(&cg, dir));
-                }
-                let g = groups
-                    .iter_mut()
-                    .find(|g| g.path == dir)
-                    .expect("pushed above");
-                let requested = step.value.clone().unwrap_or_default();
-                let current = cg.read(&step.path).ok().map(|v| v.trim().to_string());
-                let state = match (&current, g.exists) {
-                    (_, false) => "missing",
-                    (None, true) if file == files::CPU_UCLAMP_MIN && cg.is_hierarchy_root(dir) => {
-                        continue;
-                    }
-                    (None, true) => "unsupported",
-                    (Some(c), true) if file == files::SUBTREE_CONTROL => {
-                        let available = cg.read(&join(dir, files::CONTROLLERS)).unwrap_or_default();
-                        let wanted: Vec<&str> = requested
-                            .split_whitespace()
-                            .map(|c| c.trim_start_matches('+'))
-                            .collect();
-                        if wanted.iter().all(|w| c.split_whitespace().any(|x| x == *w)) {
-                            "ok"
-                        } else if wanted
-                            .iter()
-                            .any(|w| !available.split_whitespace().any(|x| x == *w))
-                        {
-                            "unsupported"
-                        } else {
-                            "differs"
-                        }
-                    }
-                    (Some(c), true) if same_value(file, c, &requested) => "ok",
-                    (Some(_), true) => "differs",
-                };
-                g.settings.push(Setting {
-                    file: file.to_string(),
-                    requested,
-                    current,
-                    state,
-                });
-            }
-        }
-    }
-    let unsupported: Vec<String> = groups
-        .iter()
-        .flat_map(|g| {
-            g.settings
-                .iter()
-                .filter(|s| s.state == "unsupported")
-                .map(move |s| join(&g.path, &s.file))
-        })
-        .collect();
-    let in_sync = groups.iter().all(|g| {
-        g.exists
-            && g.settings
-                .iter()
-                .all(|s| s.state == "ok" || s.state == "unsupported")
-    });
-    let out = StatusOut {
-        root: cg.root().display().to_string(),
-        board: board.name.clone(),
-        in_sync,
-        unsupported,
-        groups,
     };
     ctx.output(&out, text);
     Ok(())
 }
 
-fn group(cg: &CgroupFs, rel: &str) -> Group {
-    let exists = cg.exists(rel);
-    let read = |f: &str| cg.read(&join(rel, f)).ok().map(|v| v.trim().to_string());
-    Group {
-        path: rel.to_string(),
-        exists,
-        kind: read(files::TYPE),
-        cpus_effective: read(files::CPUSET_CPUS_EFFECTIVE),
-        threads: cg.members(rel, files::THREADS).ok().map(|m| m.len()),
-        settings: Vec::new(),
-    }
-}
-
-fn text(o: &StatusOut) -> String {
+fn text(o: &Status) -> String {
     let mut s = format!(
         "root {} (board {:?}): {}\n",
         o.root,
@@ -179,7 +54,7 @@ fn text(o: &StatusOut) -> String {
                 "    {:<24} {:<12} {}\n",
                 st.file,
                 st.requested,
-                match st.state {
+                match st.state.as_str() {
                     "ok" => "ok".to_string(),
                     "differs" => format!("differs: {}", st.current.as_deref().unwrap_or("")),
                     other => other.to_string(),

@@ -4,12 +4,12 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::Ctx;
-use crate::apply::{Outcome, apply};
 use crate::cgroupfs::files;
-use crate::error::{CliError, CliResult, Exit};
-use crate::layout::{self, validate_vm_name};
+use crate::daemon::protocol::Request;
+use crate::error::CliResult;
+use crate::layout;
+use crate::ops::{self, Added};
 use crate::place::TeardownReport;
-use crate::plan::vm_steps;
 
 #[derive(Subcommand, Debug)]
 pub enum VmCommand {
@@ -22,19 +22,6 @@ pub enum VmCommand {
     Remove { name: String },
     /// List VM groups and their members
     List,
-}
-
-#[derive(Serialize)]
-struct Added {
-    name: String,
-    group: String,
-    vcpu: String,
-    io: String,
-    changed: usize,
-    unsupported: Vec<String>,
-    /// uclamp.min percent for the guest's top app (ARCVM's androidboot.arc_top_app_uclamp_min)
-    boost_top_app: Option<u32>,
-    cpu_uclamp_min: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -54,53 +41,15 @@ pub fn run(ctx: &Ctx, cmd: VmCommand) -> CliResult<()> {
 }
 
 fn add(ctx: &Ctx, name: &str) -> CliResult<()> {
-    validate_vm_name(name).map_err(CliError::bad_input)?;
-    let (_topo, board, plan) = ctx.plan()?;
-    let cg = ctx.cgroupfs()?;
-    if !cg.exists(layout::VMS) {
-        return Err(CliError::bad_input(format!(
-            "{} does not exist: run `cgqos setup` first",
-            cg.path(layout::VMS).display()
-        )));
-    }
-    let is_arcvm = name == layout::ARCVM;
-    let (weight, uclamp) = if is_arcvm {
-        (
-            board.cgqos.arcvm_cpu_weight.value,
-            plan.derived.arcvm_uclamp_min,
-        )
-    } else {
-        (board.cgqos.vm_cpu_weight.value, None)
-    };
-    let steps = vm_steps(name, weight, uclamp);
-    let sd = ctx.state_dir()?;
-    let mut state = sd.load(cg.root())?;
-    let report = apply(&steps, &cg, &ctx.g.sysfs_root, false)?;
-    state.vms.insert(name.to_string());
-    sd.save(&state)?;
-    let group = format!("{}/{name}", layout::VMS);
-    let out = Added {
-        name: name.into(),
-        vcpu: cg
-            .path(&format!("{group}/{}", layout::VCPU))
-            .display()
-            .to_string(),
-        io: cg
-            .path(&format!("{group}/{}", layout::IO))
-            .display()
-            .to_string(),
-        group: cg.path(&group).display().to_string(),
-        changed: report.changed(),
-        unsupported: report
-            .steps
-            .iter()
-            .filter_map(|s| match &s.outcome {
-                Outcome::Unsupported(why) => Some(format!("{}: {why}", s.step)),
-                _ => None,
-            })
-            .collect(),
-        boost_top_app: plan.derived.boost_top_app,
-        cpu_uclamp_min: uclamp,
+    let out: Added = match ctx.daemon()? {
+        Some(mut d) => d.call(&Request::VmAdd { name: name.into() })?,
+        None => {
+            let (_topo, board, plan) = ctx.plan()?;
+            let mut s = ctx.session()?;
+            let added = ops::vm_add(&mut s, &board, &plan, &ctx.g.sysfs_root, name)?;
+            s.save()?;
+            added
+        }
     };
     ctx.output(&out, |o| {
         let mut s = format!(
@@ -120,23 +69,15 @@ fn add(ctx: &Ctx, name: &str) -> CliResult<()> {
 }
 
 fn remove(ctx: &Ctx, name: &str) -> CliResult<()> {
-    validate_vm_name(name).map_err(CliError::bad_input)?;
-    let mut session = ctx.session()?;
-    let group = format!("{}/{name}", layout::VMS);
-    if !session.cg.exists(&group) {
-        return Err(CliError::bad_input(format!(
-            "no VM group {}",
-            session.cg.path(&group).display()
-        )));
-    }
-    let mut report = TeardownReport::default();
-    session
-        .placer()
-        .evacuate(&group, &session.state, &mut report);
-    if report.errors.is_empty() {
-        session.state.vms.remove(name);
-    }
-    session.save()?;
+    let report: TeardownReport = match ctx.daemon()? {
+        Some(mut d) => d.call(&Request::VmRemove { name: name.into() })?,
+        None => {
+            let mut s = ctx.session()?;
+            let r = ops::vm_remove(&mut s, name);
+            s.save()?;
+            r?
+        }
+    };
     ctx.output(&report, |r| {
         let mut s = format!(
             "vm {name}: {} task(s) moved out, {} group(s) removed\n",
@@ -148,11 +89,7 @@ fn remove(ctx: &Ctx, name: &str) -> CliResult<()> {
         }
         s
     });
-    if report.errors.is_empty() {
-        Ok(())
-    } else {
-        Err(CliError::new(Exit::KernelRefused, "vm remove incomplete"))
-    }
+    Ok(())
 }
 
 fn list(ctx: &Ctx) -> CliResult<()> {

@@ -3,8 +3,9 @@
 use clap::Args;
 
 use super::Ctx;
+use crate::daemon::protocol::Request;
 use crate::error::{CliError, CliResult};
-use crate::place::Placer;
+use crate::place::{Placer, ThreadPlace};
 use crate::procfs::ProcessId;
 
 #[derive(Args, Debug)]
@@ -17,11 +18,15 @@ pub fn run(ctx: &Ctx, args: WhereArgs) -> CliResult<()> {
     if args.pid == 0 {
         return Err(CliError::bad_input("0 is not a process id"));
     }
-    let cg = ctx.cgroupfs()?;
-    let map = ctx.map(cg.root());
-    let proc = ctx.procfs();
-    let placer = Placer::new(&cg, &map, &proc);
-    let threads = placer.locate(ProcessId(args.pid))?;
+    let threads: Vec<ThreadPlace> = match ctx.daemon()? {
+        Some(mut d) => d.call(&Request::Where { pid: args.pid })?,
+        None => {
+            let cg = ctx.cgroupfs()?;
+            let map = ctx.map(cg.root());
+            let proc = ctx.procfs();
+            Placer::new(&cg, &map, &proc).locate(ProcessId(args.pid))?
+        }
+    };
     ctx.output(&threads, |ts| {
         let mut s = format!(
             "{:<8} {:<16} {:<20} {:<11} cgroup\n",

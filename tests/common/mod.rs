@@ -26,6 +26,8 @@ pub fn cgqos() -> Command {
             c.env_remove(k);
         }
     }
+    // Never talk to a daemon that may run on the test machine.
+    c.env("CGQOS_SOCKET", "/nonexistent/cgqos-test.sock");
     c
 }
 

@@ -1,0 +1,396 @@
+//! The daemon's wire protocol, version 1: one JSON object per line each way.
+//!
+//! A request is `{"v": 1, "id": <any JSON scalar, echoed>, "op": "<operation>", ...}`; a reply
+//! is `{"v": 1, "id": ..., "ok": true, "result": ...}` or
+//! `{"v": 1, "id": ..., "ok": false, "error": {"code": "...", "message": "..."}}`.
+//! Unknown fields, wrong types and oversized lists are errors, never guesses. docs/protocol.md
+//! documents every request, reply and error code.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub const VERSION: u64 = 1;
+/// Longest request line accepted, in bytes (the newline excluded).
+pub const MAX_LINE: usize = 64 * 1024;
+/// Most ids in one move request.
+pub const MAX_TARGETS: usize = 1024;
+
+/// A process or thread named by a request, optionally with the start time the caller saw
+/// (field 22 of `/proc/<id>/stat`), so a reused id is refused instead of moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRef {
+    pub id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starttime: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Ping,
+    Status,
+    Where {
+        pid: u32,
+    },
+    /// Whole processes to a group (path or alias); threads keep their class.
+    Move {
+        group: String,
+        targets: Vec<TaskRef>,
+    },
+    /// Threads to a class of their current process group.
+    MoveThreads {
+        class: String,
+        targets: Vec<TaskRef>,
+    },
+    VmAdd {
+        name: String,
+    },
+    VmRemove {
+        name: String,
+    },
+    /// Foreground / background CPU share of a VM or a browser process group, and an optional
+    /// CPU quota (concierge's SetVmCpuRestriction).
+    Restrict {
+        group: String,
+        state: RestrictState,
+        /// Percent of one CPU per period (`cpu.max`); absent or null: no quota.
+        #[serde(default)]
+        quota_percent: Option<u32>,
+    },
+    /// Re-read the configuration, re-plan and converge.
+    Reload,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestrictState {
+    Foreground,
+    Background,
+}
+
+impl Request {
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::Status => "status",
+            Request::Where { .. } => "where",
+            Request::Move { .. } => "move",
+            Request::MoveThreads { .. } => "move_threads",
+            Request::VmAdd { .. } => "vm_add",
+            Request::VmRemove { .. } => "vm_remove",
+            Request::Restrict { .. } => "restrict",
+            Request::Reload => "reload",
+        }
+    }
+}
+
+/// Error codes of failed replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    /// Not JSON, not an object, unknown op or field, wrong type.
+    BadRequest,
+    /// `v` is not a version this daemon speaks.
+    UnsupportedVersion,
+    /// The line is longer than MAX_LINE, or a list longer than MAX_TARGETS.
+    TooLarge,
+    /// The caller may not do this (the message says which rule).
+    Denied,
+    /// Unknown group or class, kernel thread, group not set up.
+    InvalidTarget,
+    /// The process or thread does not exist, or its id was reused.
+    NoSuchProcess,
+    /// The kernel refused (EBUSY, EOPNOTSUPP, EINVAL, EACCES).
+    KernelRefused,
+    /// Too many connections; try again.
+    Busy,
+    /// The new configuration is invalid; the old one stays in force.
+    InvalidConfig,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    pub code: Code,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reply {
+    pub v: u64,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub id: Value,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Reply {
+    pub fn ok(id: Value, result: Value) -> Reply {
+        Reply {
+            v: VERSION,
+            id,
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    pub fn err(id: Value, code: Code, message: impl Into<String>) -> Reply {
+        Reply {
+            v: VERSION,
+            id,
+            ok: false,
+            result: None,
+            error: Some(ErrorBody {
+                code,
+                message: message.into(),
+            }),
+        }
+    }
+
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).expect("replies serialise");
+        s.push('\n');
+        s
+    }
+}
+
+/// Parses one request line. On failure, the reply to send (with the request's `id` when it
+/// could be read).
+pub fn parse(line: &[u8]) -> Result<(Value, Request), Reply> {
+    if line.len() > MAX_LINE {
+        return Err(Reply::err(
+            Value::Null,
+            Code::TooLarge,
+            format!("request longer than {MAX_LINE} bytes"),
+        ));
+    }
+    let value: Value = serde_json::from_slice(line)
+        .map_err(|e| Reply::err(Value::Null, Code::BadRequest, format!("not JSON: {e}")))?;
+    let Value::Object(mut obj) = value else {
+        return Err(Reply::err(
+            Value::Null,
+            Code::BadRequest,
+            "a request is a JSON object",
+        ));
+    };
+    let id = obj.remove("id").unwrap_or(Value::Null);
+    if matches!(id, Value::Array(_) | Value::Object(_)) {
+        return Err(Reply::err(
+            Value::Null,
+            Code::BadRequest,
+            "`id` must be a string, number, boolean or null",
+        ));
+    }
+    match obj.remove("v") {
+        Some(Value::Number(n)) if n.as_u64() == Some(VERSION) => {}
+        Some(other) => {
+            return Err(Reply::err(
+                id,
+                Code::UnsupportedVersion,
+                format!("protocol version {other} is not supported (this daemon speaks {VERSION})"),
+            ));
+        }
+        None => {
+            return Err(Reply::err(
+                id,
+                Code::BadRequest,
+                format!("missing `v` (the protocol version, {VERSION})"),
+            ));
+        }
+    }
+    let request: Request = serde_json::from_value(Value::Object(obj))
+        .map_err(|e| Reply::err(id.clone(), Code::BadRequest, e.to_string()))?;
+    let targets = match &request {
+        Request::Move { targets, .. } | Request::MoveThreads { targets, .. } => targets.len(),
+        _ => 0,
+    };
+    if targets > MAX_TARGETS {
+        return Err(Reply::err(
+            id,
+            Code::TooLarge,
+            format!("{targets} targets in one request; at most {MAX_TARGETS}"),
+        ));
+    }
+    if matches!(&request, Request::Move { targets, .. } | Request::MoveThreads { targets, .. } if targets.is_empty())
+    {
+        return Err(Reply::err(id, Code::BadRequest, "`targets` is empty"));
+    }
+    Ok((id, request))
+}
+
+/// Serialises a request as a line (the client side).
+pub fn request_line(id: u64, request: &Request) -> String {
+    let mut v = serde_json::to_value(request).expect("requests serialise");
+    if let Value::Object(o) = &mut v {
+        o.insert("v".into(), VERSION.into());
+        o.insert("id".into(), id.into());
+    }
+    let mut s = v.to_string();
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Request, (Code, String)> {
+        parse(s.as_bytes()).map(|(_, r)| r).map_err(|r| {
+            let e = r.error.unwrap();
+            (e.code, e.message)
+        })
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        let reqs = [
+            Request::Ping,
+            Request::Status,
+            Request::Where { pid: 5 },
+            Request::Move {
+                group: "background".into(),
+                targets: vec![TaskRef {
+                    id: 7,
+                    starttime: Some(99),
+                }],
+            },
+            Request::MoveThreads {
+                class: "urgent".into(),
+                targets: vec![TaskRef {
+                    id: 8,
+                    starttime: None,
+                }],
+            },
+            Request::VmAdd {
+                name: "termina".into(),
+            },
+            Request::VmRemove {
+                name: "termina".into(),
+            },
+            Request::Restrict {
+                group: "vm:arcvm".into(),
+                state: RestrictState::Background,
+                quota_percent: Some(50),
+            },
+            Request::Reload,
+        ];
+        for r in reqs {
+            let line = request_line(3, &r);
+            let (id, back) = parse(line.trim_end().as_bytes()).unwrap();
+            assert_eq!(back, r);
+            assert_eq!(id, Value::from(3));
+        }
+    }
+
+    #[test]
+    fn malformed_requests_get_precise_codes() {
+        assert_eq!(p("not json").unwrap_err().0, Code::BadRequest);
+        assert_eq!(p("[1]").unwrap_err().0, Code::BadRequest);
+        assert_eq!(p(r#"{"op":"ping"}"#).unwrap_err().0, Code::BadRequest);
+        assert_eq!(
+            p(r#"{"v":2,"op":"ping"}"#).unwrap_err().0,
+            Code::UnsupportedVersion
+        );
+        assert_eq!(
+            p(r#"{"v":1,"op":"dance"}"#).unwrap_err().0,
+            Code::BadRequest
+        );
+        let (c, m) = p(r#"{"v":1,"op":"where","pid":1,"extra":2}"#).unwrap_err();
+        assert_eq!(c, Code::BadRequest);
+        assert!(m.contains("extra"), "{m}");
+        assert_eq!(
+            p(r#"{"v":1,"op":"where","pid":-1}"#).unwrap_err().0,
+            Code::BadRequest
+        );
+        assert_eq!(
+            p(r#"{"v":1,"op":"where","pid":"1"}"#).unwrap_err().0,
+            Code::BadRequest
+        );
+        assert_eq!(
+            p(r#"{"v":1,"op":"move","group":"ui","targets":[]}"#)
+                .unwrap_err()
+                .0,
+            Code::BadRequest
+        );
+        assert_eq!(
+            p(r#"{"v":1,"op":"move","group":"ui","targets":[{"id":1,"pid":2}]}"#)
+                .unwrap_err()
+                .0,
+            Code::BadRequest
+        );
+        let many: Vec<String> = (1..=MAX_TARGETS + 1)
+            .map(|i| format!("{{\"id\":{i}}}"))
+            .collect();
+        let line = format!(
+            r#"{{"v":1,"op":"move","group":"ui","targets":[{}]}}"#,
+            many.join(",")
+        );
+        assert_eq!(p(&line).unwrap_err().0, Code::TooLarge);
+        assert_eq!(p(&"x".repeat(MAX_LINE + 1)).unwrap_err().0, Code::TooLarge);
+    }
+
+    #[test]
+    fn the_id_is_echoed_even_on_errors() {
+        let e = parse(br#"{"v":1,"id":"abc","op":"nope"}"#).unwrap_err();
+        assert_eq!(e.id, Value::from("abc"));
+    }
+
+    /// Mutation fuzzing: bytes flipped, inserted and cut in valid requests never panic the
+    /// parser, and every failure is a reply with a code.
+    #[test]
+    fn mutated_requests_never_panic() {
+        let seeds = [
+            request_line(1, &Request::Ping),
+            request_line(
+                2,
+                &Request::Move {
+                    group: "chrome/background".into(),
+                    targets: vec![TaskRef {
+                        id: 1234,
+                        starttime: Some(5678),
+                    }],
+                },
+            ),
+            request_line(
+                3,
+                &Request::Restrict {
+                    group: "vm:termina".into(),
+                    state: RestrictState::Foreground,
+                    quota_percent: None,
+                },
+            ),
+        ];
+        let alphabet = br#"{}[]":,0123456789-.eE \ntrufalsn"vidoptargesu"#;
+        let mut x: u64 = 0x2545F4914F6CDD1D;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..20_000 {
+            let mut bytes = seeds[round % seeds.len()].trim_end().as_bytes().to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let pos = (next() as usize) % (bytes.len() + 1);
+                match next() % 3 {
+                    0 if pos < bytes.len() => {
+                        bytes[pos] = alphabet[(next() as usize) % alphabet.len()]
+                    }
+                    1 => bytes.insert(pos, alphabet[(next() as usize) % alphabet.len()]),
+                    _ => bytes.truncate(pos.max(1)),
+                }
+            }
+            if let Err(reply) = parse(&bytes) {
+                assert!(!reply.ok);
+                assert!(reply.error.is_some());
+            }
+        }
+    }
+}

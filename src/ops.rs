@@ -1,0 +1,438 @@
+//! Operations shared by the command line (run directly) and the daemon (run on request):
+//! each takes the pieces it needs and returns a serialisable result, so both paths print
+//! the same thing and exit with the same code.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::apply::{Outcome, apply, same_value};
+use crate::board::Board;
+use crate::cgroupfs::{CgroupFs, files};
+use crate::daemon::protocol::{Code, RestrictState, TaskRef};
+use crate::error::{CliError, CliResult, Exit};
+use crate::layout::{self, Target, validate_vm_name};
+use crate::place::{CgroupMap, Placer, TeardownReport, ThreadPlace};
+use crate::plan::{Op, Plan, Tree, join, vm_steps};
+use crate::procfs::{ProcessId, Procfs, ThreadId};
+use crate::state::{Restriction, State, StateDir};
+
+/// A cgroup tree, the view of it from /proc, and the locked record of what cgqos changed.
+pub struct Session {
+    pub cg: CgroupFs,
+    pub map: CgroupMap,
+    pub proc: Procfs,
+    pub sd: StateDir,
+    pub state: State,
+}
+
+impl Session {
+    pub fn placer(&self) -> Placer<'_> {
+        Placer::new(&self.cg, &self.map, &self.proc)
+    }
+
+    pub fn save(&self) -> CliResult<()> {
+        Ok(self.sd.save(&self.state)?)
+    }
+}
+
+/// Where a move sends its targets.
+#[derive(Debug, Clone)]
+pub enum Dest {
+    Group(Target),
+    /// A thread class (`None`: the group's default).
+    Class(Option<&'static str>),
+}
+
+/// The outcome for one id of a move.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Moved {
+    pub id: u32,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<Code>,
+    #[serde(default)]
+    pub threads: Vec<ThreadPlace>,
+}
+
+pub fn code_of(exit: Exit) -> Code {
+    match exit {
+        Exit::NoSuchProcess => Code::NoSuchProcess,
+        Exit::BadInput => Code::InvalidTarget,
+        Exit::KernelRefused => Code::KernelRefused,
+        Exit::Denied => Code::Denied,
+        Exit::Unsupported | Exit::Failure | Exit::Unavailable | Exit::Ok => Code::Internal,
+    }
+}
+
+pub fn exit_of(code: Code) -> Exit {
+    match code {
+        Code::NoSuchProcess => Exit::NoSuchProcess,
+        Code::BadRequest | Code::InvalidTarget | Code::TooLarge | Code::InvalidConfig => {
+            Exit::BadInput
+        }
+        Code::UnsupportedVersion | Code::Internal => Exit::Failure,
+        Code::KernelRefused => Exit::KernelRefused,
+        Code::Denied => Exit::Denied,
+        Code::Busy => Exit::Unavailable,
+    }
+}
+
+/// Moves each target; a failure for one id does not stop the others.
+pub fn move_tasks(s: &mut Session, dest: &Dest, targets: &[TaskRef]) -> Vec<Moved> {
+    let mut state = std::mem::take(&mut s.state);
+    let mut placer = s.placer();
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        let r = match dest {
+            Dest::Group(g) => placer.move_process(ProcessId(t.id), g, t.starttime, &mut state),
+            Dest::Class(c) => placer
+                .move_thread(ThreadId(t.id), *c, t.starttime, &mut state)
+                .map(|p| vec![p]),
+        };
+        out.push(match r {
+            Ok(threads) => Moved {
+                id: t.id,
+                ok: true,
+                error: None,
+                code: None,
+                threads,
+            },
+            Err(e) => {
+                let e = CliError::from(e);
+                Moved {
+                    id: t.id,
+                    ok: false,
+                    error: Some(e.message),
+                    code: Some(code_of(e.exit)),
+                    threads: vec![],
+                }
+            }
+        });
+    }
+    s.state = state;
+    out
+}
+
+/// The exit status a list of move outcomes deserves: the worst failure, where a vanished id
+/// is the mildest.
+pub fn moves_exit(moved: &[Moved]) -> Exit {
+    let mut worst = Exit::Ok;
+    for m in moved.iter().filter(|m| !m.ok) {
+        let e = exit_of(m.code.unwrap_or(Code::Internal));
+        if worst == Exit::Ok || worst == Exit::NoSuchProcess {
+            worst = e;
+        }
+    }
+    worst
+}
+
+/// What `vm add` reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Added {
+    pub name: String,
+    pub group: String,
+    pub vcpu: String,
+    pub io: String,
+    pub changed: usize,
+    pub unsupported: Vec<String>,
+    /// uclamp.min percent for the guest's top app (ARCVM's androidboot.arc_top_app_uclamp_min)
+    pub boost_top_app: Option<u32>,
+    pub cpu_uclamp_min: Option<f64>,
+}
+
+pub fn vm_add(
+    s: &mut Session,
+    board: &Board,
+    plan: &Plan,
+    sysfs: &Path,
+    name: &str,
+) -> CliResult<Added> {
+    validate_vm_name(name).map_err(CliError::bad_input)?;
+    if !s.cg.exists(layout::VMS) {
+        return Err(CliError::bad_input(format!(
+            "{} does not exist: run `cgqos setup` first",
+            s.cg.path(layout::VMS).display()
+        )));
+    }
+    let (weight, uclamp) = vm_settings(board, plan, name);
+    let report = apply(&vm_steps(name, weight, uclamp), &s.cg, sysfs, false)?;
+    s.state.vms.insert(name.to_string());
+    let group = format!("{}/{name}", layout::VMS);
+    Ok(Added {
+        name: name.into(),
+        vcpu: s
+            .cg
+            .path(&format!("{group}/{}", layout::VCPU))
+            .display()
+            .to_string(),
+        io: s
+            .cg
+            .path(&format!("{group}/{}", layout::IO))
+            .display()
+            .to_string(),
+        group: s.cg.path(&group).display().to_string(),
+        changed: report.changed(),
+        unsupported: report
+            .steps
+            .iter()
+            .filter_map(|st| match &st.outcome {
+                Outcome::Unsupported(why) => Some(format!("{}: {why}", st.step)),
+                _ => None,
+            })
+            .collect(),
+        boost_top_app: plan.derived.boost_top_app,
+        cpu_uclamp_min: uclamp,
+    })
+}
+
+/// cpu.weight and uclamp of a VM's group (ArcVM's from the board, others' the VM default).
+fn vm_settings(board: &Board, plan: &Plan, name: &str) -> (u32, Option<f64>) {
+    if name == layout::ARCVM {
+        (
+            board.cgqos.arcvm_cpu_weight.value,
+            plan.derived.arcvm_uclamp_min,
+        )
+    } else {
+        (board.cgqos.vm_cpu_weight.value, None)
+    }
+}
+
+pub fn vm_remove(s: &mut Session, name: &str) -> CliResult<TeardownReport> {
+    validate_vm_name(name).map_err(CliError::bad_input)?;
+    let group = format!("{}/{name}", layout::VMS);
+    if !s.cg.exists(&group) {
+        return Err(CliError::bad_input(format!(
+            "no VM group {}",
+            s.cg.path(&group).display()
+        )));
+    }
+    let mut report = TeardownReport::default();
+    s.placer().evacuate(&group, &s.state, &mut report);
+    if report.errors.is_empty() {
+        s.state.vms.remove(name);
+        s.state.restrictions.remove(&group);
+        Ok(report)
+    } else {
+        Err(CliError::new(
+            Exit::KernelRefused,
+            format!("vm remove incomplete: {}", report.errors.join("; ")),
+        ))
+    }
+}
+
+/// The full-speed `cpu.weight` of a group, as the board configures it.
+fn full_weight(board: &Board, group: &str) -> u32 {
+    match group {
+        "chrome/ui" => board.cgqos.ui_cpu_weight.value,
+        "chrome/foreground" => board.cgqos.foreground_cpu_weight.value,
+        "chrome/background" => board.cgqos.background_cpu_weight.value,
+        g if g == format!("{}/{}", layout::VMS, layout::ARCVM) => {
+            board.cgqos.arcvm_cpu_weight.value
+        }
+        _ => board.cgqos.vm_cpu_weight.value,
+    }
+}
+
+/// Period of `cpu.max` quotas, in microseconds (the kernel's default).
+pub const CPU_MAX_PERIOD: u64 = 100_000;
+
+/// Writes a restriction (foreground/background weight, optional quota) to a process group
+/// and remembers it so it survives a re-converge. Background is 1/16 of the full weight,
+/// as concierge's 64 against 1024 shares.
+pub fn restrict(
+    s: &mut Session,
+    board: &Board,
+    group: &str,
+    state: RestrictState,
+    quota_percent: Option<u32>,
+) -> CliResult<Restriction> {
+    let target = Target::parse(group).map_err(CliError::bad_input)?;
+    if matches!(&target, Target::Vm { part: Some(_), .. }) {
+        return Err(CliError::bad_input(
+            "restrict a whole VM (vm:<name>) or browser group, not a vcpu/io part",
+        ));
+    }
+    let path = target.path();
+    if !s.cg.exists(&path) {
+        return Err(CliError::bad_input(format!(
+            "group {path} does not exist: run `cgqos setup` (or `cgqos vm add`) first"
+        )));
+    }
+    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    if let Some(q) = quota_percent {
+        if q == 0 || q > 100 * ncpus {
+            return Err(CliError::bad_input(format!(
+                "quota_percent {q}: expected 1-{} (percent of one CPU)",
+                100 * ncpus
+            )));
+        }
+    }
+    let full = full_weight(board, &path);
+    let r = Restriction {
+        weight: match state {
+            RestrictState::Foreground => full,
+            RestrictState::Background => (full / 16).max(1),
+        },
+        cpu_max: match quota_percent {
+            Some(q) => format!("{} {CPU_MAX_PERIOD}", CPU_MAX_PERIOD * q as u64 / 100),
+            None => format!("max {CPU_MAX_PERIOD}"),
+        },
+    };
+    write_restriction(&s.cg, &path, &r)?;
+    s.state.restrictions.insert(path, r.clone());
+    Ok(r)
+}
+
+/// Applies a remembered restriction (after a converge reset the group's weight).
+pub fn write_restriction(cg: &CgroupFs, group: &str, r: &Restriction) -> CliResult<()> {
+    for (file, value) in [
+        (files::CPU_WEIGHT, r.weight.to_string()),
+        (files::CPU_MAX, r.cpu_max.clone()),
+    ] {
+        let rel = join(group, file);
+        if !cg.exists(&rel) {
+            return Err(CliError::new(
+                Exit::Unsupported,
+                format!("{}: no cpu controller here", cg.path(&rel).display()),
+            ));
+        }
+        if !same_value(file, &cg.read(&rel).unwrap_or_default(), &value) {
+            cg.write(&rel, &value)?;
+        }
+    }
+    Ok(())
+}
+
+/// One planned setting of a group, next to what the kernel has.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SettingStatus {
+    pub file: String,
+    pub requested: String,
+    pub current: Option<String>,
+    /// `ok`, `differs` (the current value is another), `unsupported` (the kernel has no such
+    /// file), or `missing` (the group does not exist: run setup)
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub path: String,
+    pub exists: bool,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub cpus_effective: Option<String>,
+    pub threads: Option<usize>,
+    pub settings: Vec<SettingStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub root: String,
+    pub board: String,
+    pub in_sync: bool,
+    pub unsupported: Vec<String>,
+    pub groups: Vec<GroupStatus>,
+}
+
+pub fn status(cg: &CgroupFs, board: &Board, plan: &Plan) -> Status {
+    let mut steps: Vec<_> = plan
+        .steps
+        .iter()
+        .filter(|s| s.tree == Tree::Cgroup)
+        .cloned()
+        .collect();
+    // VM groups added at run time are part of the tree too.
+    for vm in cg.children(layout::VMS) {
+        if vm != layout::ARCVM || !board.cgqos.arcvm.value {
+            let (weight, uclamp) = vm_settings(board, plan, &vm);
+            steps.extend(vm_steps(&vm, weight, uclamp));
+        }
+    }
+    let mut groups: Vec<GroupStatus> = Vec::new();
+    for step in &steps {
+        let (dir, file) = match step.op {
+            Op::Mkdir => (step.path.as_str(), None),
+            Op::Write => {
+                let (d, f) = step.split();
+                (d, Some(f))
+            }
+        };
+        if groups.iter().all(|g| g.path != dir) {
+            groups.push(group_status(cg, dir));
+        }
+        let Some(file) = file else { continue };
+        let g = groups
+            .iter_mut()
+            .find(|g| g.path == dir)
+            .expect("pushed above");
+        let requested = step.value.clone().unwrap_or_default();
+        let current = cg.read(&step.path).ok().map(|v| v.trim().to_string());
+        let state = match (&current, g.exists) {
+            (_, false) => "missing",
+            (None, true) if file == files::CPU_UCLAMP_MIN && cg.is_hierarchy_root(dir) => continue,
+            (None, true) => "unsupported",
+            (Some(c), true) if file == files::SUBTREE_CONTROL => {
+                let available = cg.read(&join(dir, files::CONTROLLERS)).unwrap_or_default();
+                let wanted: Vec<&str> = requested
+                    .split_whitespace()
+                    .map(|c| c.trim_start_matches('+'))
+                    .collect();
+                if wanted.iter().all(|w| c.split_whitespace().any(|x| x == *w)) {
+                    "ok"
+                } else if wanted
+                    .iter()
+                    .any(|w| !available.split_whitespace().any(|x| x == *w))
+                {
+                    "unsupported"
+                } else {
+                    "differs"
+                }
+            }
+            (Some(c), true) if same_value(file, c, &requested) => "ok",
+            (Some(_), true) => "differs",
+        };
+        g.settings.push(SettingStatus {
+            file: file.to_string(),
+            requested,
+            current,
+            state: state.into(),
+        });
+    }
+    let unsupported: Vec<String> = groups
+        .iter()
+        .flat_map(|g| {
+            g.settings
+                .iter()
+                .filter(|s| s.state == "unsupported")
+                .map(move |s| join(&g.path, &s.file))
+        })
+        .collect();
+    let in_sync = groups.iter().all(|g| {
+        g.exists
+            && g.settings
+                .iter()
+                .all(|s| s.state == "ok" || s.state == "unsupported")
+    });
+    Status {
+        root: cg.root().display().to_string(),
+        board: board.name.clone(),
+        in_sync,
+        unsupported,
+        groups,
+    }
+}
+
+fn group_status(cg: &CgroupFs, rel: &str) -> GroupStatus {
+    let read = |f: &str| cg.read(&join(rel, f)).ok().map(|v| v.trim().to_string());
+    GroupStatus {
+        path: rel.to_string(),
+        exists: cg.exists(rel),
+        kind: read(files::TYPE),
+        cpus_effective: read(files::CPUSET_CPUS_EFFECTIVE),
+        threads: cg.members(rel, files::THREADS).ok().map(|m| m.len()),
+        settings: Vec::new(),
+    }
+}
