@@ -115,6 +115,33 @@ impl Procfs {
             .ok_or_else(|| ProcError::Format(self.root.join(rel)))
     }
 
+    /// Real uid of a task (`Uid:` of its status: real, effective, saved, filesystem).
+    pub fn ruid(&self, id: u32) -> Result<u32, ProcError> {
+        self.status_ids(id, "Uid:").and_then(|v| {
+            v.first()
+                .copied()
+                .ok_or_else(|| ProcError::Format(self.root.join(format!("{id}/status"))))
+        })
+    }
+
+    /// Supplementary groups of a task (`Groups:` of its status).
+    pub fn groups(&self, id: u32) -> Result<Vec<u32>, ProcError> {
+        self.status_ids(id, "Groups:")
+    }
+
+    fn status_ids(&self, id: u32, field: &str) -> Result<Vec<u32>, ProcError> {
+        let rel = format!("{id}/status");
+        let text = self.read(&rel, id)?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+            .ok_or_else(|| ProcError::Format(self.root.join(rel)))
+    }
+
     /// Thread ids of a process. The kernel's readdir of `task/` can skip a live thread
     /// while another exits, so the list is read twice and merged.
     pub fn threads(&self, pid: ProcessId) -> Result<Vec<ThreadId>, ProcError> {

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 pub const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
 const VERSION: u32 = 1;
+/// How long a command waits for the state lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -62,6 +64,10 @@ pub enum StateError {
         source: serde_json::Error,
     },
     #[error(
+        "{0}: locked by another cgqos process (a running daemon holds it: talk to it, without --direct, or stop it)"
+    )]
+    Locked(PathBuf),
+    #[error(
         "{path}: state of cgqos root {other}, not {ours}; run teardown with --cgroup-root {other} first, or use another --state-dir"
     )]
     OtherRoot {
@@ -92,13 +98,26 @@ impl StateDir {
             .write(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        // SAFETY: flock on a file descriptor we own; no memory is passed.
-        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(StateError::Io {
-                path: lock_path,
-                source: io::Error::last_os_error(),
-            });
+        // Another cgqos command finishes in milliseconds; a daemon holds the lock for its
+        // whole life, so give up after a few seconds with a message that says so.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            // SAFETY: flock on a file descriptor we own; no memory is passed.
+            let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(StateError::Io {
+                    path: lock_path,
+                    source: e,
+                });
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(StateError::Locked(lock_path));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         Ok(StateDir {
             dir: dir.to_path_buf(),

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
@@ -20,7 +20,7 @@ pub const MAX_DEPTH: usize = 128;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Location {
-    pub file: Rc<str>,
+    pub file: Arc<str>,
     pub line: usize,
     pub col: usize,
 }
@@ -139,7 +139,7 @@ impl Node {
 /// Parses one YAML document. An empty file or a file of only comments is an error: a board
 /// file that says nothing is a mistake, not a default.
 pub fn parse(file: &str, text: &str) -> Result<Node, YamlError> {
-    let file: Rc<str> = Rc::from(file);
+    let file: Arc<str> = Arc::from(file);
     let mut b = Builder {
         file: file.clone(),
         anchors: HashMap::new(),
@@ -185,7 +185,7 @@ enum Frame {
 }
 
 struct Builder {
-    file: Rc<str>,
+    file: Arc<str>,
     anchors: HashMap<usize, Node>,
     stack: Vec<Frame>,
     root: Option<Node>,

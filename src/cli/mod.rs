@@ -1,5 +1,6 @@
 //! The `cgqos` command line: global options, shared context, one module per subcommand.
 
+mod daemon;
 mod detect;
 mod move_tasks;
 mod plan;
@@ -161,6 +162,8 @@ pub enum Command {
     Vm(vm::VmCommand),
     /// Move every task back where it came from and remove the hierarchy
     Teardown(teardown::TeardownArgs),
+    /// Serve the placement API on --socket (converges the hierarchy first)
+    Daemon(daemon::DaemonArgs),
 }
 
 /// Runs a parsed command line.
@@ -176,6 +179,7 @@ pub fn run(cli: Cli) -> CliResult<()> {
         Command::Where(a) => where_::run(&ctx, a),
         Command::Vm(c) => vm::run(&ctx, c),
         Command::Teardown(a) => teardown::run(&ctx, a),
+        Command::Daemon(a) => daemon::run(&ctx, a),
     }
 }
 

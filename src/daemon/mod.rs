@@ -1,7 +1,91 @@
 //! `cgqos daemon`: the placement API over a Unix socket.
+//!
+//! At start it converges the hierarchy (as `setup`) and adopts the state file of earlier
+//! runs; then it serves `--socket` until SIGTERM or SIGINT. Requests are authenticated by
+//! SO_PEERCRED and checked against the policy in `<config-dir>/daemon.yaml`.
 
 pub mod client;
+pub mod engine;
+pub mod policy;
 pub mod protocol;
+pub mod server;
+pub mod watch;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::error::{CliError, CliResult, Exit};
+use engine::{Engine, Paths};
+use server::Shared;
 
 pub const DEFAULT_SOCKET: &str = "/run/cgqos/cgqos.sock";
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/cgqos";
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(paths: Paths, socket: PathBuf) -> CliResult<()> {
+    let config_dir = paths.config_dir.clone();
+    let engine = Engine::start(paths)?;
+    let cfg = engine.loaded.config.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(Exit::Failure, format!("tokio runtime: {e}")))?;
+    rt.block_on(async move {
+        let std_listener = server::bind(&socket, cfg.socket_mode, cfg.socket_gid).map_err(|e| {
+            CliError::new(Exit::BadInput, format!("socket {}: {e}", socket.display()))
+        })?;
+        let listener = tokio::net::UnixListener::from_std(std_listener)
+            .map_err(|e| CliError::new(Exit::Failure, format!("socket: {e}")))?;
+        let shared = Arc::new(Shared {
+            engine: Mutex::new(engine),
+            connections: Arc::new(Semaphore::new(cfg.max_connections)),
+            idle_timeout: Duration::from_secs(cfg.idle_timeout_secs),
+        });
+        // Processes recorded by earlier runs get exit watches too.
+        let adopted: Vec<(u32, u64)> = shared
+            .with_engine(|e| {
+                let list: Vec<(u32, u64)> = e
+                    .session
+                    .state
+                    .tasks
+                    .iter()
+                    .filter(|(_, r)| r.process)
+                    .map(|(&id, r)| (id, r.starttime))
+                    .collect();
+                e.watched.extend(list.iter().map(|(p, _)| *p));
+                list
+            })
+            .await;
+        for (pid, st) in adopted {
+            watch::exit_watch(shared.clone(), pid, st);
+        }
+        watch::config_watch(shared.clone(), &config_dir);
+        watch::sighup(shared.clone());
+        watch::hotplug(shared.clone());
+        tracing::info!("serving {}", socket.display());
+        watch::notify_ready();
+        server::accept_loop(shared, listener, shutdown()).await;
+        server::unbind(&socket);
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

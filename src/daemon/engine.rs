@@ -1,0 +1,443 @@
+//! The daemon's state and request execution: one `Engine` behind a mutex, so requests apply
+//! one at a time, and every acknowledged change is in the state file before the reply.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use super::policy::{self, Action, Caller, Config};
+use super::protocol::{Code, Reply, Request, TaskRef};
+use crate::apply::{Outcome, apply};
+use crate::board::{Board, BoardSource};
+use crate::cgroupfs::CgroupFs;
+use crate::error::{CliError, Exit};
+use crate::layout::{self, Target};
+use crate::ops::{self, Dest, Moved, Session, code_of};
+use crate::place::{CgroupMap, Placer};
+use crate::plan::Plan;
+use crate::procfs::{ProcError, ProcessId, Procfs};
+use crate::state::StateDir;
+use crate::topology::Topology;
+
+/// Where the daemon's inputs live.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub sysfs: PathBuf,
+    pub proc: PathBuf,
+    pub cgroup_root: PathBuf,
+    pub state_dir: PathBuf,
+    pub config_dir: PathBuf,
+    /// Where passwd and group are read (`/etc`).
+    pub etc: PathBuf,
+    pub board: BoardSource,
+}
+
+/// Everything derived from configuration; replaced as a whole on reload.
+pub struct Loaded {
+    pub config: Config,
+    pub board: Board,
+    pub topology: Topology,
+    pub plan: Plan,
+}
+
+pub struct Engine {
+    pub paths: Paths,
+    pub loaded: Loaded,
+    pub session: Session,
+    /// Processes with a pidfd exit watch.
+    pub watched: HashSet<u32>,
+}
+
+fn fail(e: CliError) -> (Code, String) {
+    (code_of(e.exit), e.message)
+}
+
+impl Engine {
+    /// Reads configuration, board and topology, and plans: all or nothing.
+    pub fn load(paths: &Paths) -> Result<Loaded, String> {
+        let config = policy::load(&paths.config_dir, &paths.etc).map_err(|e| e.to_string())?;
+        let board = paths.board.load().map_err(|e| e.to_string())?;
+        let topology = Topology::detect(&paths.sysfs).map_err(|e| e.to_string())?;
+        let plan = Plan::build(&topology, &board).map_err(|e| e.to_string())?;
+        Ok(Loaded {
+            config,
+            board,
+            topology,
+            plan,
+        })
+    }
+
+    pub fn start(paths: Paths) -> Result<Engine, CliError> {
+        let loaded = Engine::load(&paths).map_err(CliError::bad_input)?;
+        let cg = CgroupFs::new(&paths.cgroup_root);
+        let proc = Procfs::new(&paths.proc);
+        let map = CgroupMap::new(&paths.cgroup_root, &proc.mountinfo().unwrap_or_default());
+        let sd = StateDir::lock(&paths.state_dir)?;
+        let state = sd.load(&paths.cgroup_root)?;
+        let mut engine = Engine {
+            paths,
+            loaded,
+            session: Session {
+                cg,
+                map,
+                proc,
+                sd,
+                state,
+            },
+            watched: HashSet::new(),
+        };
+        engine.converge()?;
+        engine.forget_exited();
+        engine.session.save()?;
+        Ok(engine)
+    }
+
+    /// Converges the tree to the plan (creating the root if needed) and re-applies
+    /// restrictions. Unsupported settings are logged, not fatal.
+    pub fn converge(&mut self) -> Result<(), CliError> {
+        let root = &self.paths.cgroup_root;
+        if !root.exists() {
+            std::fs::create_dir(root).map_err(|e| {
+                CliError::new(
+                    Exit::KernelRefused,
+                    format!("mkdir {}: {e}", root.display()),
+                )
+            })?;
+            self.session.state.created_root = true;
+        }
+        let report = apply(
+            &self.loaded.plan.steps,
+            &self.session.cg,
+            &self.paths.sysfs,
+            false,
+        )?;
+        let mut unsupported = 0;
+        for s in &report.steps {
+            match &s.outcome {
+                Outcome::Changed => tracing::info!("converge: {}", s.step),
+                Outcome::Unsupported(_) => unsupported += 1,
+                _ => {}
+            }
+        }
+        if unsupported > 0 {
+            tracing::warn!(
+                "{unsupported} setting(s) not supported by this kernel (see `cgqos status`)"
+            );
+        }
+        for (group, r) in &self.session.state.restrictions {
+            if let Err(e) = ops::write_restriction(&self.session.cg, group, r) {
+                tracing::warn!("restriction of {group} not re-applied: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads configuration and converges; an invalid configuration keeps the old one.
+    pub fn reload(&mut self, why: &str) -> Result<usize, (Code, String)> {
+        match Engine::load(&self.paths) {
+            Ok(loaded) => {
+                self.loaded = loaded;
+                self.converge().map_err(fail)?;
+                self.session.save().map_err(fail)?;
+                tracing::info!("reloaded ({why}): board {:?}", self.loaded.board.name);
+                Ok(self.loaded.plan.steps.len())
+            }
+            Err(e) => {
+                tracing::error!(
+                    "reload ({why}) refused, the previous configuration stays in force: {e}"
+                );
+                Err((Code::InvalidConfig, e))
+            }
+        }
+    }
+
+    /// Re-detects the CPUs (hotplug) and converges the cpusets.
+    pub fn redetect(&mut self) {
+        match Topology::detect(&self.paths.sysfs)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                Plan::build(&t, &self.loaded.board)
+                    .map(|p| (t, p))
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok((t, p)) => {
+                let changed =
+                    t.all != self.loaded.topology.all || t.little != self.loaded.topology.little;
+                self.loaded.topology = t;
+                self.loaded.plan = p;
+                if changed {
+                    tracing::info!(
+                        "CPUs changed: all {}, little {}",
+                        self.loaded.topology.all,
+                        self.loaded.topology.little
+                    );
+                }
+                if let Err(e) = self.converge() {
+                    tracing::error!("converge after a CPU change failed: {e}");
+                }
+            }
+            Err(e) => tracing::error!("re-detecting CPUs failed: {e}"),
+        }
+    }
+
+    /// Drops state records of tasks that exited (bounded memory, whatever the history).
+    pub fn forget_exited(&mut self) {
+        let proc = &self.session.proc;
+        self.session
+            .state
+            .tasks
+            .retain(|&id, r| proc.stat(id).is_ok_and(|s| s.starttime == r.starttime));
+        self.watched
+            .retain(|pid| self.session.state.tasks.contains_key(pid));
+    }
+
+    /// A watched process exited: forget it and its threads.
+    pub fn process_exited(&mut self, pid: u32) {
+        self.watched.remove(&pid);
+        let before = self.session.state.tasks.len();
+        self.session.state.tasks.retain(|_, r| r.pid != pid);
+        if self.session.state.tasks.len() != before {
+            if let Err(e) = self.session.save() {
+                tracing::warn!("saving state after {pid} exited: {e}");
+            }
+        }
+    }
+
+    /// Executes one authenticated request. Returns the reply and the processes that now
+    /// want an exit watch.
+    pub fn handle(
+        &mut self,
+        caller: &Caller,
+        id: Value,
+        req: &Request,
+    ) -> (Reply, Vec<(u32, u64)>) {
+        let mut watch = Vec::new();
+        let result = self.execute(caller, req, &mut watch);
+        let reply = match result {
+            Ok(v) => Reply::ok(id, v),
+            Err((code, msg)) => Reply::err(id, code, msg),
+        };
+        (reply, watch)
+    }
+
+    fn authorize(&self, caller: &Caller, action: &Action) -> Result<(), (Code, String)> {
+        self.loaded
+            .config
+            .authorize(caller, action)
+            .map_err(|m| (Code::Denied, m))
+    }
+
+    fn execute(
+        &mut self,
+        caller: &Caller,
+        req: &Request,
+        watch: &mut Vec<(u32, u64)>,
+    ) -> Result<Value, (Code, String)> {
+        match req {
+            Request::Ping => Ok(json!({"pong": true, "version": env!("CARGO_PKG_VERSION")})),
+            Request::Status => {
+                self.authorize(caller, &Action::Read)?;
+                let s = ops::status(&self.session.cg, &self.loaded.board, &self.loaded.plan);
+                Ok(value(&s))
+            }
+            Request::Where { pid } => {
+                self.authorize(caller, &Action::Read)?;
+                let placer = Placer::new(&self.session.cg, &self.session.map, &self.session.proc);
+                let t = placer.locate(ProcessId(*pid)).map_err(|e| fail(e.into()))?;
+                Ok(value(&t))
+            }
+            Request::Move { group, targets } => {
+                let target = Target::parse(group).map_err(|e| (Code::InvalidTarget, e))?;
+                let (pgroup, class) = match &target {
+                    Target::Vm { name, part } => (format!("{}/{name}", layout::VMS), part.clone()),
+                    t => (t.path(), None),
+                };
+                self.authorize(
+                    caller,
+                    &Action::Place {
+                        group: &pgroup,
+                        class: class.as_deref(),
+                    },
+                )?;
+                let moved = self.move_checked(caller, &Dest::Group(target), targets, |_| Ok(()));
+                self.finish_moves(moved, watch)
+            }
+            Request::MoveThreads { class, targets } => {
+                let c = layout::parse_class(class).map_err(|e| (Code::InvalidTarget, e))?;
+                let config = self.loaded.config.clone();
+                let map = self.session.map.clone();
+                let proc = self.session.proc.clone();
+                // Each thread's own process group decides what the class means there.
+                let check = move |t: &TaskRef| -> Result<(), (Code, String)> {
+                    let tgid = proc.tgid(t.id).map_err(proc_fail)?;
+                    let cgroup = proc
+                        .cgroup(ProcessId(tgid), crate::procfs::ThreadId(t.id))
+                        .map_err(proc_fail)?;
+                    let group = map
+                        .relative(&cgroup)
+                        .and_then(|r| layout::classify(&r))
+                        .map(|p| p.group)
+                        .unwrap_or_default();
+                    config
+                        .authorize(
+                            caller,
+                            &Action::Place {
+                                group: &group,
+                                class: Some(class),
+                            },
+                        )
+                        .map_err(|m| (Code::Denied, m))
+                };
+                let moved = self.move_checked(caller, &Dest::Class(c), targets, check);
+                self.finish_moves(moved, watch)
+            }
+            Request::VmAdd { name } => {
+                self.authorize(
+                    caller,
+                    &Action::ChangeGroup {
+                        group: &format!("{}/{name}", layout::VMS),
+                    },
+                )?;
+                let added = ops::vm_add(
+                    &mut self.session,
+                    &self.loaded.board,
+                    &self.loaded.plan,
+                    &self.paths.sysfs,
+                    name,
+                )
+                .map_err(fail)?;
+                self.session.save().map_err(fail)?;
+                Ok(value(&added))
+            }
+            Request::VmRemove { name } => {
+                self.authorize(
+                    caller,
+                    &Action::ChangeGroup {
+                        group: &format!("{}/{name}", layout::VMS),
+                    },
+                )?;
+                let r = ops::vm_remove(&mut self.session, name);
+                self.session.save().map_err(fail)?;
+                Ok(value(&r.map_err(fail)?))
+            }
+            Request::Restrict {
+                group,
+                state,
+                quota_percent,
+            } => {
+                let path = Target::parse(group)
+                    .map_err(|e| (Code::InvalidTarget, e))?
+                    .path();
+                self.authorize(caller, &Action::ChangeGroup { group: &path })?;
+                let r = ops::restrict(
+                    &mut self.session,
+                    &self.loaded.board,
+                    group,
+                    *state,
+                    *quota_percent,
+                )
+                .map_err(fail)?;
+                self.session.save().map_err(fail)?;
+                Ok(json!({"group": path, "cpu_weight": r.weight, "cpu_max": r.cpu_max}))
+            }
+            Request::Reload => {
+                self.authorize(caller, &Action::Reload)?;
+                let steps = self.reload("request")?;
+                Ok(json!({"reloaded": true, "steps": steps}))
+            }
+        }
+    }
+
+    /// Checks each target's owner (and `extra`), pins its start time, then moves the ones
+    /// allowed; refusals are per target.
+    fn move_checked(
+        &mut self,
+        caller: &Caller,
+        dest: &Dest,
+        targets: &[TaskRef],
+        extra: impl Fn(&TaskRef) -> Result<(), (Code, String)>,
+    ) -> Vec<Moved> {
+        let mut allowed = Vec::new();
+        let mut refused = Vec::new();
+        for t in targets {
+            match self
+                .check_target(caller, t)
+                .and_then(|pinned| extra(t).map(|()| pinned))
+            {
+                Ok(pinned) => allowed.push(pinned),
+                Err((code, message)) => refused.push(Moved {
+                    id: t.id,
+                    ok: false,
+                    error: Some(message),
+                    code: Some(code),
+                    threads: vec![],
+                }),
+            }
+        }
+        let mut moved = ops::move_tasks(&mut self.session, dest, &allowed);
+        moved.extend(refused);
+        moved
+    }
+
+    /// The target's owner may be touched by the caller; returns the target with its start
+    /// time pinned, so the move hits the process that was checked, not a successor.
+    fn check_target(&self, caller: &Caller, t: &TaskRef) -> Result<TaskRef, (Code, String)> {
+        let proc = &self.session.proc;
+        let stat = proc.stat(t.id).map_err(proc_fail)?;
+        if let Some(expected) = t.starttime {
+            if expected != stat.starttime {
+                return Err((
+                    Code::NoSuchProcess,
+                    format!("{} is a different process now (the id was reused)", t.id),
+                ));
+            }
+        }
+        let owner = proc.ruid(t.id).map_err(proc_fail)?;
+        self.loaded
+            .config
+            .may_touch(caller, owner)
+            .map_err(|m| (Code::Denied, m))?;
+        Ok(TaskRef {
+            id: t.id,
+            starttime: Some(stat.starttime),
+        })
+    }
+
+    fn finish_moves(
+        &mut self,
+        moved: Vec<Moved>,
+        watch: &mut Vec<(u32, u64)>,
+    ) -> Result<Value, (Code, String)> {
+        // Acknowledged means recorded: the state is on disk before the reply leaves.
+        self.session.save().map_err(fail)?;
+        for m in moved.iter().filter(|m| m.ok) {
+            let pid = match self.session.proc.tgid(m.id) {
+                Ok(p) => p,
+                Err(_) => continue,
+            };
+            if let (false, Some(rec)) = (
+                self.watched.contains(&pid),
+                self.session.state.tasks.get(&pid),
+            ) {
+                watch.push((pid, rec.starttime));
+                self.watched.insert(pid);
+            }
+        }
+        Ok(value(&moved))
+    }
+}
+
+fn proc_fail(e: ProcError) -> (Code, String) {
+    match e {
+        ProcError::Gone(id) => (
+            Code::NoSuchProcess,
+            format!("no such process or thread {id}"),
+        ),
+        other => (Code::Internal, other.to_string()),
+    }
+}
+
+fn value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("results serialise")
+}

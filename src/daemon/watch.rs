@@ -1,0 +1,256 @@
+//! What the daemon listens to besides its socket: process exits (pidfds), configuration
+//! changes (inotify on the configuration directory, and SIGHUP), CPU hotplug (kernel
+//! uevents), and systemd's readiness socket.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use super::server::Shared;
+
+/// pidfd_open(2): a file descriptor that becomes readable when the process exits.
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Forgets `pid` (and its threads) in the state once it exits, so the daemon's memory and
+/// state file follow the live processes, not every process it ever moved.
+pub fn exit_watch(shared: Arc<Shared>, pid: u32, starttime: u64) {
+    let fd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(_) => {
+            // Already gone.
+            tokio::spawn(async move { shared.with_engine(move |e| e.process_exited(pid)).await });
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        // The pidfd must name the process we moved, not a successor with the same id.
+        let same = shared
+            .with_engine(move |e| {
+                e.session
+                    .proc
+                    .stat(pid)
+                    .is_ok_and(|s| s.starttime == starttime)
+            })
+            .await;
+        if same {
+            // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: open for its whole life.
+            if let Ok(afd) = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+                let _ = afd.readable().await;
+            }
+        }
+        shared.with_engine(move |e| e.process_exited(pid)).await;
+    });
+}
+
+/// Reloads when a file in the configuration directory is written, renamed into place,
+/// created or removed (editors replace files by rename), after a short quiet period.
+pub fn config_watch(shared: Arc<Shared>, dir: &Path) {
+    use inotify::{Inotify, WatchMask};
+    let mut ino = match Inotify::init() {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!("inotify unavailable ({e}): configuration changes need SIGHUP");
+            return;
+        }
+    };
+    let mask = WatchMask::CLOSE_WRITE
+        | WatchMask::MOVED_TO
+        | WatchMask::MOVED_FROM
+        | WatchMask::CREATE
+        | WatchMask::DELETE;
+    if let Err(e) = ino.watches().add(dir, mask) {
+        tracing::warn!(
+            "cannot watch {} ({e}): configuration changes need SIGHUP",
+            dir.display()
+        );
+        return;
+    }
+    tracing::info!("watching {} for configuration changes", dir.display());
+    tokio::spawn(async move {
+        let fd = ino.as_raw_fd();
+        // SAFETY: `ino` owns the descriptor and lives in this task longer than `afd`.
+        let Ok(afd) = (unsafe { AsyncFd::register_with_interest(Fd(fd), Interest::READABLE) })
+        else {
+            return;
+        };
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok(mut guard) = afd.readable().await else {
+                return;
+            };
+            let mut relevant = false;
+            match ino.read_events(&mut buf) {
+                Ok(events) => {
+                    for ev in events {
+                        let name = ev.name.and_then(|n| n.to_str()).unwrap_or("");
+                        // Editors' temporary files (.swp, ~, .#x) are not configuration.
+                        if name.ends_with(".yaml")
+                            || name.ends_with(".yml")
+                            || name.ends_with(".json")
+                        {
+                            relevant = true;
+                        }
+                    }
+                    guard.clear_ready();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("inotify: {e}");
+                    return;
+                }
+            }
+            if relevant {
+                // Coalesce a burst (write + rename) into one reload.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while ino
+                    .read_events(&mut buf)
+                    .is_ok_and(|mut e| e.next().is_some())
+                {}
+                let _ = shared
+                    .with_engine(|e| e.reload("configuration changed"))
+                    .await;
+            }
+        }
+    });
+}
+
+/// A raw fd for AsyncFd that does not close it (its owner does).
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Reloads on SIGHUP.
+pub fn sighup(shared: Arc<Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = shared.with_engine(|e| e.reload("SIGHUP")).await;
+        }
+    });
+}
+
+const NETLINK_KOBJECT_UEVENT: i32 = 15;
+
+/// Re-detects CPUs when one goes online or offline (kernel uevents, SUBSYSTEM=cpu).
+pub fn hotplug(shared: Arc<Shared>) {
+    // SAFETY: socket(2) with constant arguments; returns a new fd or -1.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            NETLINK_KOBJECT_UEVENT,
+        )
+    };
+    if fd < 0 {
+        tracing::warn!(
+            "no uevent socket ({}): CPU hotplug needs SIGHUP",
+            io::Error::last_os_error()
+        );
+        return;
+    }
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_nl is plain data; zeroed is a valid value before we fill it.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as u16;
+    addr.nl_groups = 1; // the kernel's uevent broadcast group
+    // SAFETY: `addr` is a valid sockaddr_nl and its size is passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(
+            "cannot bind the uevent socket ({}): CPU hotplug needs SIGHUP",
+            io::Error::last_os_error()
+        );
+        return;
+    }
+    tokio::spawn(async move {
+        // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: open for its whole life.
+        let Ok(afd) = (unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }) else {
+            return;
+        };
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let Ok(mut guard) = afd.readable().await else {
+                return;
+            };
+            let mut cpu_event = false;
+            loop {
+                // SAFETY: recv into our own buffer of the given length.
+                let n = unsafe {
+                    libc::recv(
+                        afd.get_ref().as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        0,
+                    )
+                };
+                if n <= 0 {
+                    break;
+                }
+                let msg = &buf[..n as usize];
+                let is_cpu = msg.split(|&b| b == 0).any(|f| f == b"SUBSYSTEM=cpu");
+                let action = msg
+                    .split(|&b| b == 0)
+                    .any(|f| f == b"ACTION=online" || f == b"ACTION=offline");
+                cpu_event |= is_cpu && action;
+            }
+            guard.clear_ready();
+            if cpu_event {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                shared.with_engine(|e| e.redetect()).await;
+            }
+        }
+    });
+}
+
+/// Tells systemd (Type=notify) that the daemon is ready, when NOTIFY_SOCKET is set.
+pub fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
+    } else {
+        sock.send_to(b"READY=1", Path::new(&path))
+    };
+    if let Err(e) = r {
+        tracing::warn!("sd_notify: {e}");
+    }
+}
