@@ -27,17 +27,24 @@ pub const DEFAULT_CONFIG_DIR: &str = "/etc/cgqos";
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(paths: Paths, socket: PathBuf) -> CliResult<()> {
     let config_dir = paths.config_dir.clone();
-    let engine = Engine::start(paths)?;
-    let cfg = engine.loaded.config.clone();
+    // The socket first: a path that is not ours stops the daemon before it touches cgroups.
+    let cfg = policy::load(&paths.config_dir, &paths.etc)
+        .map_err(|e| CliError::bad_input(e.to_string()))?;
+    let std_listener = server::bind(&socket, cfg.socket_mode, cfg.socket_gid)
+        .map_err(|e| CliError::new(Exit::BadInput, format!("socket {}: {e}", socket.display())))?;
+    let engine = match Engine::start(paths) {
+        Ok(e) => e,
+        Err(e) => {
+            server::unbind(&socket);
+            return Err(e);
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| CliError::new(Exit::Failure, format!("tokio runtime: {e}")))?;
     rt.block_on(async move {
-        let std_listener = server::bind(&socket, cfg.socket_mode, cfg.socket_gid).map_err(|e| {
-            CliError::new(Exit::BadInput, format!("socket {}: {e}", socket.display()))
-        })?;
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .map_err(|e| CliError::new(Exit::Failure, format!("socket: {e}")))?;
         let shared = Arc::new(Shared {

@@ -1,0 +1,581 @@
+//! The daemon against the real cgroup2 mount (root only; skipped with the reason otherwise):
+//! a temporary socket, state and configuration, and a unique sub-root of the mount.
+
+mod common;
+use common::*;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const UNPRIV_UID: u32 = 54321;
+
+struct Daemon {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    model: Option<PathBuf>,
+    sleepers: Vec<Child>,
+}
+
+fn usable(tag: &str) -> Option<PathBuf> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: not root (the daemon tests need root)");
+        return None;
+    }
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let Some(m) = cgqos::cgroupfs::cgroup2_mounts(&mi)
+        .into_iter()
+        .find(|m| m.root == "/")
+    else {
+        eprintln!("skipped: no cgroup2 mount");
+        return None;
+    };
+    Some(
+        m.dir
+            .join(format!("cgqos-dtest-{tag}-{}", std::process::id())),
+    )
+}
+
+impl Daemon {
+    fn new(tag: &str, config: &str, model: Option<&str>) -> Option<Daemon> {
+        let root = usable(tag)?;
+        let dir = tempfile::tempdir().unwrap();
+        // The socket's directory must be traversable by the unprivileged client.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("conf")).unwrap();
+        std::fs::write(dir.path().join("conf/daemon.yaml"), config).unwrap();
+        let model_path = model.map(|m| {
+            let p = dir.path().join("conf/model.yaml");
+            std::fs::write(&p, m).unwrap();
+            p
+        });
+        let mut d = Daemon {
+            child: None,
+            dir,
+            root,
+            model: model_path,
+            sleepers: Vec::new(),
+        };
+        d.start();
+        Some(d)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/cgqos.sock")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
+        let mut c = cgqos();
+        c.arg("daemon")
+            .arg("--cgroup-root")
+            .arg(&self.root)
+            .arg("--state-dir")
+            .arg(self.state())
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--config-dir")
+            .arg(self.dir.path().join("conf"))
+            .env("CGQOS_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(m) = &self.model {
+            c.arg("--model").arg(m);
+        }
+        self.child = Some(c.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = UnixStream::connect(self.socket()) {
+                if request(&mut s, r#"{"v":1,"op":"ping"}"#).contains("pong") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn signal(&mut self, sig: i32) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, sig) };
+            c.wait().unwrap();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Run {
+        run(cgqos().args(args).arg("--socket").arg(self.socket()))
+    }
+
+    fn connect(&self) -> UnixStream {
+        UnixStream::connect(self.socket()).unwrap()
+    }
+
+    fn sleeper(&mut self) -> u32 {
+        let c = Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = c.id();
+        self.sleepers.push(c);
+        pid
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.signal(libc::SIGTERM);
+        for s in &mut self.sleepers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = run(cgqos()
+            .args(["teardown", "--direct", "--cgroup-root"])
+            .arg(&self.root)
+            .arg("--state-dir")
+            .arg(self.state()));
+        if self.root.exists() {
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "find '{}' -depth -type d -exec rmdir {{}} \\; 2>/dev/null",
+                    self.root.display()
+                ))
+                .status();
+        }
+    }
+}
+
+/// One request line, one reply line.
+fn request(s: &mut UnixStream, line: &str) -> String {
+    s.write_all(line.as_bytes()).unwrap();
+    s.write_all(b"\n").unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut out = String::new();
+    r.read_line(&mut out).unwrap();
+    out
+}
+
+fn cgroup_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap()
+        .to_string()
+}
+
+const OPEN_SOCKET: &str = "socket:\n  mode: \"0666\"\n";
+
+#[test]
+fn moves_through_the_daemon_match_direct_moves() {
+    let Some(mut d) = Daemon::new("moves", OPEN_SOCKET, None) else {
+        return;
+    };
+    let pid = d.sleeper();
+    let r = d.cli(&["move", &pid.to_string(), "background"]);
+    assert_eq!(r.code, 0, "{}{}", r.stderr, d.log());
+    assert!(
+        r.stdout.contains(&format!(
+            "{pid}: in chrome/background: 1 thread(s) (1 default)"
+        )),
+        "{}",
+        r.stdout
+    );
+    assert!(cgroup_of(pid).ends_with("/chrome/background"));
+    // The same exit codes as a direct run: a vanished pid is 3, an unknown group 2.
+    assert_eq!(d.cli(&["move", "4999999", "ui"]).code, 3);
+    assert_eq!(d.cli(&["move", &pid.to_string(), "nowhere"]).code, 2);
+    let w = json(&d.cli(&["where", "--json", &pid.to_string()]));
+    assert_eq!(w[0]["group"], "chrome/background");
+    // Threads by id, and a class the group has.
+    assert_eq!(
+        d.cli(&["move", "--thread", &pid.to_string(), "non-urgent"])
+            .code,
+        0
+    );
+    assert!(cgroup_of(pid).ends_with("/chrome/background/non-urgent"));
+    // VM groups through the daemon.
+    let r = d.cli(&["vm", "add", "termina", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        json(&r)["vcpu"]
+            .as_str()
+            .unwrap()
+            .ends_with("vms/termina/vcpu")
+    );
+    let mut s = d.connect();
+    let reply = request(
+        &mut s,
+        r#"{"v":1,"id":1,"op":"restrict","group":"vm:termina","state":"background","quota_percent":50}"#,
+    );
+    // This host's cgroup2 may lack the cpu controller; then the daemon says so.
+    assert!(
+        reply.contains("\"cpu_weight\":6") || reply.contains("no cpu controller"),
+        "{reply}"
+    );
+    assert_eq!(d.cli(&["vm", "remove", "termina"]).code, 0);
+    assert!(
+        d.log().contains("applied:"),
+        "one log line per applied request: {}",
+        d.log()
+    );
+}
+
+#[test]
+fn malformed_oversized_and_concurrent_requests() {
+    let Some(d) = Daemon::new("robust", OPEN_SOCKET, None) else {
+        return;
+    };
+    let mut s = d.connect();
+    for (line, code) in [
+        ("garbage", "bad_request"),
+        ("[]", "bad_request"),
+        (r#"{"v":1,"op":"where","pid":"x"}"#, "bad_request"),
+        (
+            r#"{"v":1,"op":"where","pid":1,"extra":true}"#,
+            "bad_request",
+        ),
+        (r#"{"v":9,"op":"ping"}"#, "unsupported_version"),
+        (
+            r#"{"v":1,"op":"move","group":"ui","targets":[]}"#,
+            "bad_request",
+        ),
+    ] {
+        let reply = request(&mut s, line);
+        assert!(
+            reply.contains(&format!("\"code\":\"{code}\"")),
+            "{line} -> {reply}"
+        );
+    }
+    let huge = format!(r#"{{"v":1,"op":"ping","pad":"{}"}}"#, "x".repeat(70_000));
+    let reply = request(&mut s, &huge);
+    assert!(reply.contains("too_large"), "{reply}");
+    // The same connection still works after all that.
+    assert!(request(&mut s, r#"{"v":1,"id":"after","op":"ping"}"#).contains("\"id\":\"after\""));
+
+    // 50 concurrent clients.
+    let socket = d.socket();
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut s = UnixStream::connect(&socket).unwrap();
+                for j in 0..10 {
+                    let r = request(
+                        &mut s,
+                        &format!(r#"{{"v":1,"id":{},"op":"ping"}}"#, i * 100 + j),
+                    );
+                    assert!(
+                        r.contains("\"ok\":true") && r.contains(&format!("\"id\":{}", i * 100 + j)),
+                        "{r}"
+                    );
+                }
+                let pid = std::process::id();
+                assert!(
+                    request(&mut s, &format!(r#"{{"v":1,"op":"where","pid":{pid}}}"#))
+                        .contains("\"ok\":true")
+                );
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+/// Not a test: the unprivileged client, run as uid 54321 by `an_unprivileged_caller_...`.
+#[test]
+#[ignore = "helper process for the daemon tests"]
+fn unprivileged_client() {
+    let Ok(socket) = std::env::var("CGQOS_TEST_SOCKET") else {
+        return;
+    };
+    let foreign: u32 = std::env::var("CGQOS_TEST_FOREIGN")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut own = Command::new("sleep").arg("30").spawn().unwrap();
+    let mut s = UnixStream::connect(&socket).unwrap();
+    let mine = request(
+        &mut s,
+        &format!(
+            r#"{{"v":1,"op":"move","group":"background","targets":[{{"id":{}}}]}}"#,
+            own.id()
+        ),
+    );
+    let theirs = request(
+        &mut s,
+        &format!(r#"{{"v":1,"op":"move","group":"background","targets":[{{"id":{foreign}}}]}}"#),
+    );
+    let urgent = request(
+        &mut s,
+        &format!(
+            r#"{{"v":1,"op":"move_threads","class":"urgent","targets":[{{"id":{}}}]}}"#,
+            own.id()
+        ),
+    );
+    let reload = request(&mut s, r#"{"v":1,"op":"reload"}"#);
+    println!("MINE {mine}THEIRS {theirs}URGENT {urgent}RELOAD {reload}");
+    own.kill().unwrap();
+    own.wait().unwrap();
+}
+
+#[test]
+fn an_unprivileged_caller_may_place_its_own_processes_only() {
+    let config = "socket:\n  mode: \"0666\"\npolicy:\n  reserved:\n    - target: class:urgent\n      users: [12345]\n";
+    let Some(mut d) = Daemon::new("unpriv", config, None) else {
+        return;
+    };
+    let foreign = d.sleeper();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "unprivileged_client",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CGQOS_TEST_SOCKET", d.socket())
+        .env("CGQOS_TEST_FOREIGN", foreign.to_string())
+        .uid(UNPRIV_UID)
+        .gid(UNPRIV_UID)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = |tag: &str| {
+        text.split(tag)
+            .nth(1)
+            .and_then(|r| r.lines().next())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {tag} in {text} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+            .to_string()
+    };
+    let mine = line("MINE ");
+    assert!(
+        mine.contains("\"ok\":true") && mine.contains("chrome/background"),
+        "{mine}"
+    );
+    let theirs = line("THEIRS ");
+    assert!(theirs.contains("\"code\":\"denied\""), "{theirs}");
+    assert!(
+        theirs.contains("uid 54321 may only place its own processes"),
+        "{theirs}"
+    );
+    let urgent = line("URGENT ");
+    assert!(
+        urgent.contains("\"code\":\"denied\"") && urgent.contains("class urgent is reserved"),
+        "{urgent}"
+    );
+    assert!(line("RELOAD ").contains("\"code\":\"denied\""));
+    // The foreign process did not move; the denial is logged with the caller.
+    assert!(!cgroup_of(foreign).contains("chrome"));
+    let log = d.log();
+    assert!(
+        log.contains("denied") && log.contains(&format!("uid={UNPRIV_UID}")),
+        "{log}"
+    );
+}
+
+const MODEL: &str =
+    "chromeos:\n  configs:\n    - name: default\n      cgqos: {background-cpu-weight: 1}\n";
+
+fn requested_background_weight(d: &Daemon) -> String {
+    let st = json(&d.cli(&["status", "--json"]));
+    let g = st["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["path"] == "chrome/background")
+        .unwrap()
+        .clone();
+    let w = g["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["file"] == "cpu.weight")
+        .unwrap()
+        .clone();
+    w["requested"].as_str().unwrap().to_string()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn reload_on_rename_and_an_invalid_file_keeps_the_old_configuration() {
+    let Some(d) = Daemon::new("reload", OPEN_SOCKET, Some(MODEL)) else {
+        return;
+    };
+    assert_eq!(requested_background_weight(&d), "1");
+    // An editor's save: write a temporary file, rename it over the old one.
+    let conf = d.dir.path().join("conf");
+    std::fs::write(
+        conf.join(".model.yaml.tmp"),
+        MODEL.replace("background-cpu-weight: 1", "background-cpu-weight: 7"),
+    )
+    .unwrap();
+    std::fs::rename(conf.join(".model.yaml.tmp"), conf.join("model.yaml")).unwrap();
+    wait_for("the reload after a rename", || {
+        requested_background_weight(&d) == "7"
+    });
+    // An invalid file: refused, logged with file and line, the old configuration stays.
+    std::fs::write(
+        conf.join("model.yaml"),
+        MODEL.replace("background-cpu-weight: 1", "background-cpu-weight: zero"),
+    )
+    .unwrap();
+    wait_for("the refusal in the log", || {
+        d.log()
+            .contains("refused, the previous configuration stays in force")
+    });
+    assert!(d.log().contains("model.yaml:4:"), "{}", d.log());
+    assert_eq!(requested_background_weight(&d), "7");
+    // An explicit reload request says why it failed.
+    let mut s = d.connect();
+    let r = request(&mut s, r#"{"v":1,"op":"reload"}"#);
+    assert!(
+        r.contains("invalid_config") && r.contains("background-cpu-weight"),
+        "{r}"
+    );
+}
+
+#[test]
+fn sigkill_mid_burst_loses_nothing_acknowledged() {
+    let Some(mut d) = Daemon::new("kill", OPEN_SOCKET, None) else {
+        return;
+    };
+    let original = cgroup_of(std::process::id());
+    let pids: Vec<u32> = (0..30).map(|_| d.sleeper()).collect();
+    let socket = d.socket();
+    let burst_pids = pids.clone();
+    let burst = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        let mut s = UnixStream::connect(&socket).unwrap();
+        for pid in burst_pids {
+            let line =
+                format!(r#"{{"v":1,"op":"move","group":"foreground","targets":[{{"id":{pid}}}]}}"#);
+            if s.write_all(format!("{line}\n").as_bytes()).is_err() {
+                break;
+            }
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut reply = String::new();
+            if r.read_line(&mut reply).unwrap_or(0) == 0 {
+                break;
+            }
+            if reply.contains("\"ok\":true") {
+                acked.push(pid);
+            }
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_millis(30));
+    d.signal(libc::SIGKILL);
+    let acked = burst.join().unwrap();
+    assert!(
+        !acked.is_empty(),
+        "no move was acknowledged before the kill"
+    );
+    // Every acknowledged move is in the state file, with its origin.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.state().join("state.json")).unwrap())
+            .unwrap();
+    for pid in &acked {
+        let rec = &state["tasks"][pid.to_string()];
+        assert_eq!(
+            rec["process"], true,
+            "pid {pid} acknowledged but not recorded: {state}"
+        );
+    }
+    // Restart on the stale socket: it reconciles and serves again.
+    d.start();
+    for pid in &acked {
+        assert!(cgroup_of(*pid).ends_with("/chrome/foreground"));
+    }
+    d.signal(libc::SIGTERM);
+    let r = run(cgqos()
+        .args(["teardown", "--direct", "--cgroup-root"])
+        .arg(&d.root)
+        .arg("--state-dir")
+        .arg(d.state()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for pid in &acked {
+        assert_eq!(
+            cgroup_of(*pid),
+            original,
+            "teardown after the restart restores {pid}"
+        );
+    }
+}
+
+#[test]
+fn exited_processes_are_forgotten() {
+    let Some(mut d) = Daemon::new("forget", OPEN_SOCKET, None) else {
+        return;
+    };
+    let pid = d.sleeper();
+    assert_eq!(d.cli(&["move", &pid.to_string(), "ui"]).code, 0);
+    let state = |d: &Daemon| std::fs::read_to_string(d.state().join("state.json")).unwrap();
+    assert!(state(&d).contains(&format!("\"{pid}\"")));
+    let mut c = d.sleepers.pop().unwrap();
+    c.kill().unwrap();
+    c.wait().unwrap();
+    wait_for("the exit to be noticed", || {
+        !state(&d).contains(&format!("\"{pid}\""))
+    });
+}
+
+#[test]
+fn the_daemon_refuses_a_socket_it_does_not_own() {
+    let Some(root) = usable("owner") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("cgqos.sock");
+    std::fs::write(&sock, "not a socket").unwrap();
+    let r = run(cgqos()
+        .arg("daemon")
+        .arg("--cgroup-root")
+        .arg(&root)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--config-dir")
+        .arg(dir.path()));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("exists and is not a socket"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !Path::new(&root).exists(),
+        "it refused before touching any cgroup"
+    );
+}
