@@ -27,18 +27,16 @@ pub const DEFAULT_CONFIG_DIR: &str = "/etc/cgqos";
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(paths: Paths, socket: PathBuf) -> CliResult<()> {
     let config_dir = paths.config_dir.clone();
-    // The socket first: a path that is not ours stops the daemon before it touches cgroups.
-    let cfg = policy::load(&paths.config_dir, &paths.etc)
-        .map_err(|e| CliError::bad_input(e.to_string()))?;
-    let std_listener = server::bind(&socket, cfg.socket_mode, cfg.socket_gid)
-        .map_err(|e| CliError::new(Exit::BadInput, format!("socket {}: {e}", socket.display())))?;
-    let engine = match Engine::start(paths) {
-        Ok(e) => e,
-        Err(e) => {
-            server::unbind(&socket);
-            return Err(e);
-        }
+    // A socket path that is not ours stops the daemon before it touches cgroups; the socket
+    // itself appears only once the tree has converged, so a client that connects is served.
+    let socket_err = |e: std::io::Error| {
+        CliError::new(Exit::BadInput, format!("socket {}: {e}", socket.display()))
     };
+    server::check(&socket).map_err(socket_err)?;
+    let engine = Engine::start(paths)?;
+    let cfg = engine.loaded.config.clone();
+    let std_listener =
+        server::bind(&socket, cfg.socket_mode, cfg.socket_gid).map_err(socket_err)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

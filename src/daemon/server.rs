@@ -47,6 +47,18 @@ pub fn bind(
     mode: u32,
     gid: Option<u32>,
 ) -> io::Result<std::os::unix::net::UnixListener> {
+    check(path)?;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    if let Some(g) = gid {
+        std::os::unix::fs::chown(path, None, Some(g))?;
+    }
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// The checks of `bind`, without binding; removes a stale socket of ours.
+pub fn check(path: &Path) -> io::Result<()> {
     let refuse = |msg: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, msg));
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -86,13 +98,7 @@ pub fn bind(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = std::os::unix::net::UnixListener::bind(path)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    if let Some(g) = gid {
-        std::os::unix::fs::chown(path, None, Some(g))?;
-    }
-    listener.set_nonblocking(true)?;
-    Ok(listener)
+    Ok(())
 }
 
 /// Accepts connections until `shutdown` resolves.
