@@ -35,6 +35,8 @@ Exit status:
   3  no such process or thread (it exited, or its id was reused)
   4  the kernel refused (EBUSY, EOPNOTSUPP, EINVAL, EACCES); the message says why
   5  --strict and a setting the kernel does not support
+  6  the daemon's policy denied the request
+  7  the daemon is busy or went away mid-request
 
 Environment: every global option has a CGQOS_* variable (shown with each option);
 CGQOS_LOG (or RUST_LOG) sets the log filter, e.g. CGQOS_LOG=debug.
