@@ -17,6 +17,7 @@ pub mod ops;
 pub mod place;
 pub mod plan;
 pub mod procfs;
+pub mod rules;
 pub mod sched;
 pub mod state;
 pub mod topology;

@@ -94,3 +94,91 @@ mod tests {
         assert!(a.size >= 48, "{a:?}");
     }
 }
+
+pub const SCHED_OTHER: u32 = 0;
+pub const SCHED_FIFO: u32 = 1;
+pub const SCHED_RR: u32 = 2;
+pub const SCHED_BATCH: u32 = 3;
+pub const SCHED_IDLE: u32 = 5;
+pub const SCHED_FLAG_RESET_ON_FORK: u64 = 0x01;
+pub const SCHED_FLAG_UTIL_CLAMP_MAX: u64 = 0x40;
+
+/// Task attributes a thread class sets; `None` keeps the task's own value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TaskAttrs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<u32>,
+    /// Real-time priority (1-99), only with SCHED_FIFO / SCHED_RR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nice: Option<i32>,
+    /// 0-1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uclamp_min: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uclamp_max: Option<u32>,
+    /// EEVDF slice request in nanoseconds (`sched_runtime` of a fair task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_ns: Option<u64>,
+}
+
+impl TaskAttrs {
+    pub fn is_empty(&self) -> bool {
+        *self == TaskAttrs::default()
+    }
+
+    /// The attributes a task has now, as a full set (for undo).
+    pub fn of(a: &SchedAttr) -> TaskAttrs {
+        TaskAttrs {
+            policy: Some(a.sched_policy),
+            priority: Some(a.sched_priority),
+            nice: Some(a.sched_nice),
+            uclamp_min: Some(a.sched_util_min),
+            uclamp_max: Some(a.sched_util_max),
+            runtime_ns: Some(a.sched_runtime),
+        }
+    }
+}
+
+pub fn is_realtime(policy: u32) -> bool {
+    policy == SCHED_FIFO || policy == SCHED_RR
+}
+
+/// Applies `attrs` to one thread: reads its attributes first and keeps whatever `attrs`
+/// leaves unset (sched_setattr has no partial update for policy, nice and slice). Without
+/// uclamp support the clamp fields are left out. Returns the attributes it had before.
+pub fn apply(tid: u32, attrs: &TaskAttrs, uclamp: bool) -> io::Result<SchedAttr> {
+    let before = getattr(tid)?;
+    let mut a = before;
+    a.size = std::mem::size_of::<SchedAttr>() as u32;
+    // Only RESET_ON_FORK carries over; every other flag describes this call.
+    a.sched_flags = before.sched_flags & SCHED_FLAG_RESET_ON_FORK;
+    if let Some(p) = attrs.policy {
+        a.sched_policy = p;
+    }
+    if is_realtime(a.sched_policy) {
+        a.sched_priority = attrs.priority.unwrap_or(a.sched_priority).clamp(1, 99);
+    } else {
+        // The kernel refuses a priority for SCHED_OTHER/BATCH/IDLE (EINVAL).
+        a.sched_priority = 0;
+    }
+    if let Some(n) = attrs.nice {
+        a.sched_nice = n.clamp(-20, 19);
+    }
+    if let Some(r) = attrs.runtime_ns {
+        a.sched_runtime = r;
+    }
+    if uclamp {
+        if let Some(v) = attrs.uclamp_min {
+            a.sched_util_min = v.min(1024);
+            a.sched_flags |= SCHED_FLAG_UTIL_CLAMP_MIN;
+        }
+        if let Some(v) = attrs.uclamp_max {
+            a.sched_util_max = v.min(1024);
+            a.sched_flags |= SCHED_FLAG_UTIL_CLAMP_MAX;
+        }
+    }
+    setattr(tid, &a)?;
+    Ok(before)
+}

@@ -1,0 +1,393 @@
+//! Reading `rules.d/`: cgqos YAML rules and class overrides, and schedqos JSON app configs
+//! (JSON is read with the same position-keeping parser, so every error has a file and line).
+
+use std::fs;
+use std::path::Path;
+
+use super::{CgroupClass, ClassDef, Glob, Matcher, Rule, RuleSet};
+use crate::board::yaml::{self, Node, Value, YamlError};
+use crate::layout::Target;
+use crate::sched::{self, TaskAttrs};
+
+pub const RULES_DIR: &str = "rules.d";
+
+/// Loads every `*.yaml`, `*.yml` and `*.json` of `<config_dir>/rules.d` in name order. A
+/// missing directory is an empty rule set.
+pub fn load_dir(config_dir: &Path) -> Result<RuleSet, YamlError> {
+    let dir = config_dir.join(RULES_DIR);
+    let mut names: Vec<String> = match fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.') && (n.ends_with(".yaml") || n.ends_with(".yml") || n.ends_with(".json")))
+            .collect(),
+        Err(_) => return Ok(RuleSet::default()),
+    };
+    names.sort();
+    let mut files = Vec::new();
+    for n in names {
+        let path = dir.join(&n);
+        let text = fs::read_to_string(&path).map_err(|e| YamlError {
+            at: yaml::Location {
+                file: path.display().to_string().into(),
+                line: 1,
+                col: 1,
+            },
+            message: format!("cannot read: {e}"),
+        })?;
+        files.push((path.display().to_string(), text));
+    }
+    load_texts(&files.iter().map(|(f, t)| (f.as_str(), t.as_str())).collect::<Vec<_>>())
+}
+
+/// Loads rule files given as (name, text); `.json` names are schedqos app configs.
+pub fn load_texts(files: &[(&str, &str)]) -> Result<RuleSet, YamlError> {
+    let mut set = RuleSet::default();
+    // Class references are checked once all files (and their class overrides) are read.
+    let mut refs: Vec<(Node, String)> = Vec::new();
+    for (file, text) in files {
+        let doc = yaml::parse(file, text)?;
+        if file.ends_with(".json") {
+            schedqos_json(&doc, &mut set, &mut refs)?;
+        } else {
+            cgqos_yaml(&doc, &mut set, &mut refs)?;
+        }
+        set.files.push(file.to_string());
+    }
+    for (node, name) in refs {
+        if set.classes.get(&name).is_none() {
+            return Err(node.error(format!(
+                "unknown class {name:?} (classes: {}; schedqos names QOS_* are accepted too)",
+                set.classes.names().join(", ")
+            )));
+        }
+    }
+    Ok(set)
+}
+
+fn map_of<'a>(n: &'a Node, what: &str) -> Result<&'a [(Node, Node)], YamlError> {
+    n.as_map()
+        .ok_or_else(|| n.error(format!("{what}: expected a mapping, found {}", n.kind())))
+}
+
+fn str_of<'a>(n: &'a Node, what: &str) -> Result<&'a str, YamlError> {
+    match &n.value {
+        Value::Scalar { text, .. } if !n.is_null() => Ok(text),
+        _ => Err(n.error(format!("{what}: expected a string, found {}", n.kind()))),
+    }
+}
+
+fn check_keys(m: &[(Node, Node)], what: &str, known: &[&str]) -> Result<(), YamlError> {
+    for (k, _) in m {
+        let key = k.as_str().unwrap_or_default();
+        if !known.contains(&key) {
+            return Err(k.error(format!("{what}: unknown key `{key}` (expected one of: {})", known.join(", "))));
+        }
+    }
+    Ok(())
+}
+
+fn loc(n: &Node) -> String {
+    format!("{}:{}", n.at.file, n.at.line)
+}
+
+fn cgqos_yaml(doc: &Node, set: &mut RuleSet, refs: &mut Vec<(Node, String)>) -> Result<(), YamlError> {
+    let top = map_of(doc, "rules file")?;
+    check_keys(top, "rules file", &["classes", "rules"])?;
+    for (k, v) in top {
+        match k.as_str() {
+            Some("classes") => {
+                for (name, def) in map_of(v, "classes")? {
+                    let class = class_def(str_of(name, "class name")?, def)?;
+                    match set.classes.0.iter_mut().find(|c| c.name == class.name) {
+                        Some(existing) => *existing = class,
+                        None => set.classes.0.push(class),
+                    }
+                }
+            }
+            Some("rules") => {
+                let list = v
+                    .as_seq()
+                    .ok_or_else(|| v.error(format!("rules: expected a list, found {}", v.kind())))?;
+                for r in list {
+                    set.rules.push(rule(r, refs)?);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+const CLASS_KEYS: [&str; 7] = ["cgroup-class", "policy", "priority", "nice", "uclamp-min", "uclamp-max", "slice-us"];
+
+fn class_def(name: &str, def: &Node) -> Result<ClassDef, YamlError> {
+    let m = map_of(def, &format!("classes.{name}"))?;
+    check_keys(m, &format!("classes.{name}"), &CLASS_KEYS)?;
+    let key = |k: &str| format!("classes.{name}.{k}");
+    let find = |k: &str| m.iter().find(|(kk, _)| kk.as_str() == Some(k)).map(|(_, v)| v);
+    let int = |n: &Node, k: &str, lo: i64, hi: i64| -> Result<i64, YamlError> {
+        n.as_str()
+            .and_then(|s| s.parse::<i64>().ok())
+            .filter(|v| (lo..=hi).contains(v))
+            .ok_or_else(|| n.error(format!("{}: expected an integer {lo}-{hi}, found {:?}", key(k), n.as_str().unwrap_or(n.kind()))))
+    };
+    let uclamp = |n: &Node, k: &str| -> Result<u32, YamlError> {
+        let s = n.as_str().unwrap_or_default();
+        match s.strip_suffix('%') {
+            Some(p) => p
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|p| (0.0..=100.0).contains(p))
+                .map(|p| ((p * 1024.0 + 50.0) / 100.0) as u32)
+                .ok_or_else(|| n.error(format!("{}: expected 0-1024 or a percent 0%-100%, found {s:?}", key(k)))),
+            None => int(n, k, 0, 1024).map(|v| v as u32),
+        }
+    };
+    let cgroup_class = match find("cgroup-class") {
+        None => CgroupClass::Default,
+        Some(n) => match n.as_str() {
+            Some("urgent") => CgroupClass::Urgent,
+            Some("default") => CgroupClass::Default,
+            Some("non-urgent") => CgroupClass::NonUrgent,
+            other => {
+                return Err(n.error(format!(
+                    "{}: expected urgent, default or non-urgent, found {:?}",
+                    key("cgroup-class"),
+                    other.unwrap_or(n.kind())
+                )));
+            }
+        },
+    };
+    let mut attrs = TaskAttrs::default();
+    if let Some(n) = find("policy") {
+        attrs.policy = Some(match n.as_str() {
+            Some("other") | Some("normal") => sched::SCHED_OTHER,
+            Some("batch") => sched::SCHED_BATCH,
+            Some("idle") => sched::SCHED_IDLE,
+            Some("fifo") => sched::SCHED_FIFO,
+            Some("rr") => sched::SCHED_RR,
+            other => {
+                return Err(n.error(format!(
+                    "{}: expected other, batch, idle, fifo or rr, found {:?}",
+                    key("policy"),
+                    other.unwrap_or(n.kind())
+                )));
+            }
+        });
+    }
+    if let Some(n) = find("priority") {
+        attrs.priority = Some(int(n, "priority", 1, 99)? as u32);
+    }
+    match (attrs.policy.is_some_and(sched::is_realtime), attrs.priority) {
+        (true, None) => return Err(def.error(format!("{}: policy fifo and rr need a priority 1-99", key("policy")))),
+        (false, Some(_)) => {
+            return Err(def.error(format!("{}: a priority is only for policy fifo or rr", key("priority"))));
+        }
+        _ => {}
+    }
+    if let Some(n) = find("nice") {
+        attrs.nice = Some(int(n, "nice", -20, 19)? as i32);
+    }
+    if let Some(n) = find("uclamp-min") {
+        attrs.uclamp_min = Some(uclamp(n, "uclamp-min")?);
+    }
+    if let Some(n) = find("uclamp-max") {
+        attrs.uclamp_max = Some(uclamp(n, "uclamp-max")?);
+    }
+    if let (Some(lo), Some(hi)) = (attrs.uclamp_min, attrs.uclamp_max) {
+        if lo > hi {
+            return Err(def.error(format!("classes.{name}: uclamp-min {lo} is above uclamp-max {hi}")));
+        }
+    }
+    if let Some(n) = find("slice-us") {
+        // EEVDF accepts slices of 0.1 ms to 100 ms.
+        attrs.runtime_ns = Some(int(n, "slice-us", 100, 100_000)? as u64 * 1000);
+    }
+    Ok(ClassDef {
+        name: name.to_string(),
+        cgroup_class,
+        attrs,
+        at: loc(def),
+    })
+}
+
+fn rule(r: &Node, refs: &mut Vec<(Node, String)>) -> Result<Rule, YamlError> {
+    let m = map_of(r, "rule")?;
+    check_keys(m, "rule", &["name", "match", "group", "class", "threads"])?;
+    let find = |k: &str| m.iter().find(|(kk, _)| kk.as_str() == Some(k)).map(|(_, v)| v);
+    let mm = find("match").ok_or_else(|| r.error("rule: no `match` (argv0, exe, comm, cmdline, uid)"))?;
+    let mmap = map_of(mm, "rule.match")?;
+    check_keys(mmap, "rule.match", &["argv0", "exe", "comm", "cmdline", "uid"])?;
+    let mut matcher = Matcher::default();
+    for (k, v) in mmap {
+        match k.as_str().unwrap_or_default() {
+            "argv0" => matcher.argv0 = Some(Glob(str_of(v, "match.argv0")?.into())),
+            "exe" => matcher.exe = Some(Glob(str_of(v, "match.exe")?.into())),
+            "comm" => matcher.comm = Some(Glob(str_of(v, "match.comm")?.into())),
+            "cmdline" => {
+                let s = str_of(v, "match.cmdline")?;
+                matcher.cmdline = Some(
+                    regex::RegexBuilder::new(s)
+                        .size_limit(1 << 20)
+                        .build()
+                        .map_err(|e| v.error(format!("match.cmdline: not a regular expression: {e}")))?,
+                );
+            }
+            _ => {
+                matcher.uid = Some(
+                    v.as_str()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| v.error("match.uid: expected a numeric uid"))?,
+                );
+            }
+        }
+    }
+    if mmap.is_empty() {
+        return Err(mm.error("rule.match: empty: a rule must match something"));
+    }
+    let group = match find("group") {
+        Some(g) => Some(Target::parse(str_of(g, "rule.group")?).map_err(|e| g.error(format!("rule.group: {e}")))?),
+        None => None,
+    };
+    let class = match find("class") {
+        Some(c) => {
+            let name = str_of(c, "rule.class")?.to_string();
+            refs.push((c.clone(), name.clone()));
+            Some(name)
+        }
+        None => None,
+    };
+    let mut threads = Vec::new();
+    if let Some(t) = find("threads") {
+        for (k, v) in map_of(t, "rule.threads")? {
+            let name = str_of(v, "rule.threads")?.to_string();
+            refs.push((v.clone(), name.clone()));
+            threads.push((Glob(str_of(k, "rule.threads")?.into()), name));
+        }
+    }
+    let name = match find("name") {
+        Some(n) => str_of(n, "rule.name")?.to_string(),
+        None => format!("rule at line {}", r.at.line),
+    };
+    Ok(Rule {
+        name,
+        at: loc(r),
+        matcher,
+        group,
+        class,
+        threads,
+    })
+}
+
+fn json_str<'a>(n: &'a Node, what: &str) -> Result<&'a str, YamlError> {
+    match &n.value {
+        Value::Scalar { text, quoted: true } => Ok(text),
+        _ => Err(n.error(format!("{what}: expected a JSON string, found {}", n.as_str().unwrap_or(n.kind())))),
+    }
+}
+
+/// schedqos app configs: `{"app": {"qos": "QOS_X", "thread_qos": {"name": "QOS_Y"}}}`. The
+/// app name matches the basename of argv[0]; no process group (schedqos uses no cgroups).
+fn schedqos_json(doc: &Node, set: &mut RuleSet, refs: &mut Vec<(Node, String)>) -> Result<(), YamlError> {
+    for (app, cfg) in map_of(doc, "schedqos app config")? {
+        let app_name = str_of(app, "app name")?;
+        let m = map_of(cfg, app_name)?;
+        check_keys(m, app_name, &["qos", "thread_qos", "period"])?;
+        let mut rule = Rule {
+            name: app_name.to_string(),
+            at: loc(app),
+            matcher: Matcher {
+                argv0: Some(Glob(app_name.into())),
+                ..Matcher::default()
+            },
+            group: None,
+            class: None,
+            threads: Vec::new(),
+        };
+        for (k, v) in m {
+            match k.as_str().unwrap_or_default() {
+                "qos" => {
+                    let q = json_str(v, "qos")?.to_string();
+                    refs.push((v.clone(), q.clone()));
+                    rule.class = Some(q);
+                }
+                "thread_qos" => {
+                    for (t, q) in map_of(v, "thread_qos")? {
+                        let q_name = json_str(q, "thread_qos")?.to_string();
+                        refs.push((q.clone(), q_name.clone()));
+                        rule.threads.push((Glob(str_of(t, "thread_qos")?.into()), q_name));
+                    }
+                }
+                // A sched_profile period: cgqos has no profiles; accepted and ignored.
+                _ => {}
+            }
+        }
+        set.rules.push(rule);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::ProcessInfo;
+
+    #[test]
+    fn the_schedqos_example_reads_unchanged() {
+        let set = load_texts(&[(
+            "chrome.json",
+            r#"{"chrome": {"qos": "QOS_BACKGROUND", "thread_qos": {"chrome": "QOS_INTERACTIVE"}}}"#,
+        )])
+        .unwrap();
+        let p = ProcessInfo {
+            argv0: "/opt/google/chrome/chrome".into(),
+            ..ProcessInfo::default()
+        };
+        let rule = set.rule_for(&p).unwrap();
+        assert_eq!(rule.group, None);
+        assert_eq!(set.decide(rule, "chrome").class.unwrap().name, "urgent");
+        assert_eq!(set.decide(rule, "ThreadPoolForeg").class.unwrap().name, "background");
+        assert!(set.rule_for(&ProcessInfo { argv0: "bash".into(), ..ProcessInfo::default() }).is_none());
+    }
+
+    #[test]
+    fn yaml_rules_with_classes_globs_and_overrides() {
+        let set = load_texts(&[(
+            "10-apps.yaml",
+            "classes:\n  background: {cgroup-class: non-urgent, nice: 15, policy: batch, uclamp-max: 50%}\n  render: {cgroup-class: urgent, nice: -4, slice-us: 3000}\nrules:\n  - name: renderers\n    match: {argv0: \"chrom*\", cmdline: \"--type=renderer\"}\n    group: background\n    class: background\n    threads: {\"Compositor\": render, \"Media*\": utility}\n",
+        )])
+        .unwrap();
+        let bg = set.classes.get("background").unwrap();
+        assert_eq!((bg.attrs.nice, bg.attrs.policy, bg.attrs.uclamp_max), (Some(15), Some(sched::SCHED_BATCH), Some(512)));
+        let p = ProcessInfo {
+            argv0: "chromium".into(),
+            cmdline: "chromium --type=renderer --lang=en".into(),
+            ..ProcessInfo::default()
+        };
+        let r = set.rule_for(&p).unwrap();
+        assert_eq!(r.at, "10-apps.yaml:5");
+        assert_eq!(r.group.as_ref().unwrap().path(), "chrome/background");
+        assert_eq!(set.decide(r, "Compositor").class.unwrap().attrs.runtime_ns, Some(3_000_000));
+        assert_eq!(set.decide(r, "MediaWorker").class.unwrap().name, "utility");
+        let no = ProcessInfo { argv0: "chromium".into(), cmdline: "chromium --type=gpu".into(), ..ProcessInfo::default() };
+        assert!(set.rule_for(&no).is_none());
+    }
+
+    #[test]
+    fn bad_rules_have_exact_errors() {
+        let err = |name: &str, text: &str| load_texts(&[(name, text)]).unwrap_err().to_string();
+        assert_eq!(err("a.json", r#"{"chrome": {"qos": "QOS_FAST"}}"#), "a.json:1:20: unknown class \"QOS_FAST\" (classes: urgent-bursty, urgent, balanced, eco, utility, background; schedqos names QOS_* are accepted too)");
+        assert_eq!(err("b.yaml", "rules:\n  - match: {argv0: x}\n    class: speedy\n"), "b.yaml:3:12: unknown class \"speedy\" (classes: urgent-bursty, urgent, balanced, eco, utility, background; schedqos names QOS_* are accepted too)");
+        assert_eq!(err("c.yaml", "rules:\n  - match: {}\n"), "c.yaml:2:12: rule.match: empty: a rule must match something");
+        assert_eq!(err("d.yaml", "rules:\n  - match: {cmdline: \"(\"}\n"), "d.yaml:2:22: match.cmdline: not a regular expression: regex parse error:\n    (\n    ^\nerror: unclosed group");
+        assert_eq!(err("e.yaml", "classes:\n  x: {policy: rr}\n"), "e.yaml:2:6: classes.x.policy: policy fifo and rr need a priority 1-99");
+        assert_eq!(err("f.yaml", "classes:\n  x: {nice: 40}\n"), "f.yaml:2:13: classes.x.nice: expected an integer -20-19, found \"40\"");
+        assert_eq!(err("g.yaml", "classes:\n  x: {uclamp-min: 120%}\n"), "g.yaml:2:19: classes.x.uclamp-min: expected 0-1024 or a percent 0%-100%, found \"120%\"");
+        assert_eq!(err("h.yaml", "rules:\n  - match: {argv0: x}\n    group: nowhere\n"), "h.yaml:3:12: rule.group: unknown group \"nowhere\": expected ui, foreground, background, chrome/<group>, arcvm, arcvm-vcpu, arcvm-io, vm:<name>[/vcpu|/io] or vms/<name>[/vcpu|/io]");
+        assert_eq!(err("i.yaml", "rulez: []\n"), "i.yaml:1:1: rules file: unknown key `rulez` (expected one of: classes, rules)");
+        assert_eq!(err("j.json", "{\"x\": {\"qos\": 1}}"), "j.json:1:15: qos: expected a JSON string, found 1");
+        assert_eq!(err("k.json", "{\"x\": {\"qos\": \"QOS_DEFAULT\"]}"), "k.json:1:28: YAML syntax error: while parsing a flow mapping, did not find expected ',' or '}'");
+    }
+}

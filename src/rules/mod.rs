@@ -1,0 +1,274 @@
+//! Automatic QoS by rule: thread classes (cgroup class + task attributes), rules that match
+//! apps, and the decision for one task. Pure: reading /proc and applying are elsewhere.
+//!
+//! Files: `<config-dir>/rules.d/*.yaml` (cgqos rules and class overrides) and
+//! `<config-dir>/rules.d/*.json` (schedqos app configs, read unchanged). Files are read in
+//! name order; the first rule that matches a process wins. Tasks that match no rule are never
+//! touched.
+
+pub mod load;
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::layout::Target;
+use crate::sched::TaskAttrs;
+
+/// Where a class puts a thread inside its process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CgroupClass {
+    Urgent,
+    Default,
+    NonUrgent,
+}
+
+impl CgroupClass {
+    /// The layout's class name (`None`: the group's default).
+    pub fn layout_class(self) -> Option<&'static str> {
+        match self {
+            CgroupClass::Urgent => Some(crate::layout::URGENT),
+            CgroupClass::Default => None,
+            CgroupClass::NonUrgent => Some(crate::layout::NON_URGENT),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassDef {
+    pub name: String,
+    pub cgroup_class: CgroupClass,
+    pub attrs: TaskAttrs,
+    /// Where it was defined (`built-in` for the shipped defaults).
+    pub at: String,
+}
+
+/// schedqos's QoS names and the classes they stand for.
+pub const SCHEDQOS_ALIASES: [(&str, &str); 6] = [
+    ("QOS_USER_INTERACTIVE", "urgent-bursty"),
+    ("QOS_INTERACTIVE", "urgent"),
+    ("QOS_USER_INITIATED", "balanced"),
+    ("QOS_DEFAULT", "balanced"),
+    ("QOS_UTILITY", "utility"),
+    ("QOS_BACKGROUND", "background"),
+];
+
+/// uclamp.min of ChromeOS's urgent states (resourced's UCLAMP_BOOSTED_MIN, 60%).
+const BOOSTED_MIN: u32 = 614;
+
+/// The shipped classes, modelled on ChromeOS resourced's thread states. Real-time policies
+/// are not used by default (ChromeOS's UrgentBursty is SCHED_RR 8): a class may opt in.
+pub fn default_classes() -> Vec<ClassDef> {
+    let c = |name: &str, cgroup_class, nice: i32, uclamp_min: Option<u32>| ClassDef {
+        name: name.into(),
+        cgroup_class,
+        attrs: TaskAttrs {
+            nice: Some(nice),
+            uclamp_min,
+            ..TaskAttrs::default()
+        },
+        at: "built-in".into(),
+    };
+    vec![
+        c("urgent-bursty", CgroupClass::Urgent, -8, Some(BOOSTED_MIN)),
+        c("urgent", CgroupClass::Urgent, -8, Some(BOOSTED_MIN)),
+        c("balanced", CgroupClass::Default, 0, Some(0)),
+        c("eco", CgroupClass::NonUrgent, 0, Some(0)),
+        c("utility", CgroupClass::NonUrgent, 1, Some(0)),
+        c("background", CgroupClass::NonUrgent, 10, Some(0)),
+    ]
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Classes(pub Vec<ClassDef>);
+
+impl Default for Classes {
+    fn default() -> Self {
+        Classes(default_classes())
+    }
+}
+
+impl Classes {
+    /// A class by name, schedqos alias, or the cgroup classes' own names (`default` is
+    /// `balanced`, `non-urgent` is `eco`).
+    pub fn get(&self, name: &str) -> Option<&ClassDef> {
+        let name = SCHEDQOS_ALIASES
+            .iter()
+            .find(|(a, _)| *a == name)
+            .map(|(_, c)| *c)
+            .unwrap_or(match name {
+                "default" => "balanced",
+                "non-urgent" | "nonurgent" => "eco",
+                other => other,
+            });
+        self.0.iter().find(|c| c.name == name)
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.0.iter().map(|c| c.name.as_str()).collect()
+    }
+}
+
+/// A shell-style glob (`*`, `?`), as schedqos matches names with fnmatch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Glob(pub String);
+
+impl Glob {
+    pub fn matches(&self, text: &str) -> bool {
+        fn go(p: &[u8], t: &[u8]) -> bool {
+            match (p.first(), t.first()) {
+                (None, None) => true,
+                (Some(b'*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
+                (Some(b'?'), Some(_)) => go(&p[1..], &t[1..]),
+                (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
+                _ => false,
+            }
+        }
+        go(self.0.as_bytes(), text.as_bytes())
+    }
+}
+
+/// What a rule matches a process by; every given field must match.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Matcher {
+    pub argv0: Option<Glob>,
+    pub exe: Option<Glob>,
+    pub comm: Option<Glob>,
+    #[serde(serialize_with = "ser_regex")]
+    pub cmdline: Option<regex::Regex>,
+    pub uid: Option<u32>,
+}
+
+fn ser_regex<S: serde::Serializer>(r: &Option<regex::Regex>, s: S) -> Result<S::Ok, S::Error> {
+    match r {
+        Some(r) => s.serialize_str(r.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rule {
+    pub name: String,
+    /// `file:line` of the rule.
+    pub at: String,
+    pub matcher: Matcher,
+    /// The process group every matching process goes to (`None`: keep its cgroup).
+    #[serde(serialize_with = "ser_target")]
+    pub group: Option<Target>,
+    /// The class of every thread the thread map does not name (`None`: leave them).
+    pub class: Option<String>,
+    /// Thread name globs and their classes, first match wins.
+    pub threads: Vec<(Glob, String)>,
+}
+
+fn ser_target<S: serde::Serializer>(t: &Option<Target>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.collect_str(t),
+        None => s.serialize_none(),
+    }
+}
+
+/// What the matcher sees of a process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub argv0: String,
+    pub exe: String,
+    pub comm: String,
+    pub cmdline: String,
+    pub uid: u32,
+}
+
+impl ProcessInfo {
+    /// The basename of argv[0] (schedqos's app key).
+    pub fn argv0_base(&self) -> &str {
+        self.argv0.rsplit('/').next().unwrap_or(&self.argv0)
+    }
+}
+
+impl Matcher {
+    pub fn matches(&self, p: &ProcessInfo) -> bool {
+        self.argv0.as_ref().is_none_or(|g| g.matches(p.argv0_base()))
+            && self.exe.as_ref().is_none_or(|g| g.matches(&p.exe))
+            && self.comm.as_ref().is_none_or(|g| g.matches(&p.comm))
+            && self.cmdline.as_ref().is_none_or(|r| r.is_match(&p.cmdline))
+            && self.uid.is_none_or(|u| u == p.uid)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RuleSet {
+    pub classes: Classes,
+    pub rules: Vec<Rule>,
+    pub files: Vec<String>,
+}
+
+/// What a rule decides for one thread.
+#[derive(Debug, Clone)]
+pub struct Decision<'a> {
+    pub rule: &'a Rule,
+    pub group: Option<Target>,
+    pub class: Option<&'a ClassDef>,
+}
+
+impl fmt::Display for Decision<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rule {} ({})", self.rule.name, self.rule.at)?;
+        if let Some(g) = &self.group {
+            write!(f, ", group {g}")?;
+        }
+        if let Some(c) = self.class {
+            write!(f, ", class {}", c.name)?;
+        }
+        Ok(())
+    }
+}
+
+impl RuleSet {
+    /// The rule for a process, if any.
+    pub fn rule_for(&self, p: &ProcessInfo) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matcher.matches(p))
+    }
+
+    /// The decision for one thread (its comm) of a process the rule matched.
+    pub fn decide<'a>(&'a self, rule: &'a Rule, thread_comm: &str) -> Decision<'a> {
+        let class_name = rule
+            .threads
+            .iter()
+            .find(|(g, _)| g.matches(thread_comm))
+            .map(|(_, c)| c.as_str())
+            .or(rule.class.as_deref());
+        Decision {
+            rule,
+            group: rule.group.clone(),
+            class: class_name.and_then(|c| self.classes.get(c)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_like_fnmatch() {
+        let g = |p: &str, t: &str| Glob(p.into()).matches(t);
+        assert!(g("chrome", "chrome"));
+        assert!(!g("chrome", "chromium"));
+        assert!(g("chrom*", "chromium"));
+        assert!(g("Thread?ool*", "ThreadPoolForeg"));
+        assert!(g("*", ""));
+        assert!(!g("a?", "a"));
+    }
+
+    #[test]
+    fn schedqos_names_and_cgroup_class_names_resolve() {
+        let c = Classes::default();
+        assert_eq!(c.get("QOS_BACKGROUND").unwrap().name, "background");
+        assert_eq!(c.get("QOS_USER_INTERACTIVE").unwrap().name, "urgent-bursty");
+        assert_eq!(c.get("default").unwrap().name, "balanced");
+        assert_eq!(c.get("non-urgent").unwrap().cgroup_class, CgroupClass::NonUrgent);
+        assert!(c.get("nope").is_none());
+    }
+}
