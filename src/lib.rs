@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod board;
 pub mod cgroupfs;
+pub mod classify;
 pub mod cli;
 pub mod cpulist;
 pub mod daemon;

@@ -12,7 +12,8 @@ use crate::cgroupfs::{CgroupFs, files};
 use crate::daemon::protocol::{Code, RestrictState, TaskRef};
 use crate::error::{CliError, CliResult, Exit};
 use crate::layout::{self, Target, validate_vm_name};
-use crate::place::{CgroupMap, Placer, TeardownReport, ThreadPlace};
+use crate::place::{CgroupMap, PlaceError, Placer, TeardownReport, ThreadPlace};
+use crate::rules::{ClassDef, Classes};
 use crate::plan::{Op, Plan, Tree, join, vm_steps};
 use crate::procfs::{ProcessId, Procfs, ThreadId};
 use crate::state::{Restriction, State, StateDir};
@@ -40,8 +41,33 @@ impl Session {
 #[derive(Debug, Clone)]
 pub enum Dest {
     Group(Target),
-    /// A thread class (`None`: the group's default).
+    /// A VM thread class (`vcpu`, `io`; `None`: the group's default).
     Class(Option<&'static str>),
+    /// A thread class of the class table: its cgroup class and its task attributes.
+    ThreadClass {
+        class: ClassDef,
+        uclamp: bool,
+        /// Who asked, for `why`.
+        by: String,
+    },
+}
+
+/// Resolves what `move --thread` names: a VM class, or a thread class of `classes`.
+pub fn thread_dest(name: &str, classes: &Classes, uclamp: bool, by: String) -> Result<Dest, String> {
+    match name {
+        layout::VCPU | layout::IO => Ok(Dest::Class(layout::parse_class(name)?)),
+        _ => match classes.get(name) {
+            Some(c) => Ok(Dest::ThreadClass {
+                class: c.clone(),
+                uclamp,
+                by,
+            }),
+            None => Err(format!(
+                "unknown thread class {name:?}: expected one of {} (or urgent, non-urgent, default; vcpu, io in VM groups; schedqos QOS_* names)",
+                classes.names().join(", ")
+            )),
+        },
+    }
 }
 
 /// The outcome for one id of a move.
@@ -82,6 +108,12 @@ pub fn exit_of(code: Code) -> Exit {
 
 /// Moves each target; a failure for one id does not stop the others.
 pub fn move_tasks(s: &mut Session, dest: &Dest, targets: &[TaskRef]) -> Vec<Moved> {
+    if let Dest::ThreadClass { class, uclamp, by } = dest {
+        return targets
+            .iter()
+            .map(|t| outcome(t.id, move_to_class(s, t, class, *uclamp, by).map(|p| vec![p])))
+            .collect();
+    }
     let mut state = std::mem::take(&mut s.state);
     let mut placer = s.placer();
     let mut out = Vec::with_capacity(targets.len());
@@ -91,29 +123,58 @@ pub fn move_tasks(s: &mut Session, dest: &Dest, targets: &[TaskRef]) -> Vec<Move
             Dest::Class(c) => placer
                 .move_thread(ThreadId(t.id), *c, t.starttime, &mut state)
                 .map(|p| vec![p]),
+            Dest::ThreadClass { .. } => unreachable!("handled above"),
         };
-        out.push(match r {
-            Ok(threads) => Moved {
-                id: t.id,
-                ok: true,
-                error: None,
-                code: None,
-                threads,
-            },
-            Err(e) => {
-                let e = CliError::from(e);
-                Moved {
-                    id: t.id,
-                    ok: false,
-                    error: Some(e.message),
-                    code: Some(code_of(e.exit)),
-                    threads: vec![],
-                }
-            }
-        });
+        out.push(outcome(t.id, r));
     }
     s.state = state;
     out
+}
+
+fn outcome(id: u32, r: Result<Vec<ThreadPlace>, PlaceError>) -> Moved {
+    match r {
+        Ok(threads) => Moved {
+            id,
+            ok: true,
+            error: None,
+            code: None,
+            threads,
+        },
+        Err(e) => {
+            let e = CliError::from(e);
+            Moved {
+                id,
+                ok: false,
+                error: Some(e.message),
+                code: Some(code_of(e.exit)),
+                threads: vec![],
+            }
+        }
+    }
+}
+
+/// A thread to a class: its cgroup class inside its process group (which it must be in),
+/// then the class's task attributes.
+fn move_to_class(
+    s: &mut Session,
+    t: &TaskRef,
+    class: &ClassDef,
+    uclamp: bool,
+    by: &str,
+) -> Result<ThreadPlace, PlaceError> {
+    let mut state = std::mem::take(&mut s.state);
+    let placed = s.placer().move_thread(
+        ThreadId(t.id),
+        class.cgroup_class.layout_class(),
+        t.starttime,
+        &mut state,
+    );
+    s.state = state;
+    let mut place = placed?;
+    let pid = s.proc.tgid(t.id)?;
+    crate::classify::apply_class(s, pid, t.id, class, by, uclamp)?;
+    place.class = Some(class.name.clone());
+    Ok(place)
 }
 
 /// The exit status a list of move outcomes deserves: the worst failure, where a vanished id

@@ -45,6 +45,35 @@ pub struct State {
     /// converge, which resets weights to the plan's.
     #[serde(default)]
     pub restrictions: BTreeMap<String, Restriction>,
+    /// Original scheduling attributes of every thread whose attributes cgqos changed.
+    #[serde(default)]
+    pub attrs: BTreeMap<u32, AttrRecord>,
+    /// Why each task is where it is: the rule or request that last placed it.
+    #[serde(default)]
+    pub why: BTreeMap<u32, Why>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttrRecord {
+    pub pid: u32,
+    pub starttime: u64,
+    pub original: crate::sched::TaskAttrs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Why {
+    pub pid: u32,
+    pub starttime: u64,
+    /// `rule NAME (file:line)` or `request from uid U (pid P)`.
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(default, skip_serializing_if = "crate::sched::TaskAttrs::is_empty")]
+    pub attrs: crate::sched::TaskAttrs,
+    /// Seconds since the epoch.
+    pub at: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -259,6 +259,11 @@ impl Ctx {
         Ok(StateDir::lock(&self.g.state_dir)?)
     }
 
+    /// The rules and classes of `<config-dir>/rules.d` (the shipped classes when absent).
+    pub fn rules(&self) -> CliResult<crate::rules::RuleSet> {
+        crate::rules::load::load_dir(&self.g.config_dir).map_err(|e| CliError::bad_input(e.to_string()))
+    }
+
     /// The daemon, when one answers on `--socket` (and `--direct` is not given).
     pub fn daemon(&self) -> CliResult<Option<Client>> {
         if self.g.direct {

@@ -5,7 +5,7 @@ use clap::Args;
 use super::Ctx;
 use crate::daemon::protocol::{Request, TaskRef};
 use crate::error::{CliError, CliResult, Exit};
-use crate::layout::{self, Target};
+use crate::layout::Target;
 use crate::ops::{self, Dest, Moved};
 
 #[derive(Args, Debug)]
@@ -54,13 +54,20 @@ pub fn run(ctx: &Ctx, args: MoveArgs) -> CliResult<()> {
         })
         .collect();
     let results: Vec<Moved> = if args.thread {
-        let class = layout::parse_class(dest).map_err(CliError::bad_input)?;
         match ctx.daemon()? {
             Some(mut d) => d.call(&Request::MoveThreads {
                 class: dest.clone(),
                 targets,
             })?,
-            None => run_direct(ctx, &Dest::Class(class), &targets)?,
+            None => {
+                let rules = ctx.rules()?;
+                // SAFETY: getuid has no preconditions.
+                let uid = unsafe { libc::getuid() };
+                let by = format!("cgqos move --thread (uid {uid})");
+                let dest = ops::thread_dest(dest, &rules.classes, crate::sched::uclamp_supported(), by)
+                    .map_err(CliError::bad_input)?;
+                run_direct(ctx, &dest, &targets)?
+            }
         }
     } else {
         let group = Target::parse(dest).map_err(CliError::bad_input)?;

@@ -36,6 +36,7 @@ pub struct Paths {
 /// Everything derived from configuration; replaced as a whole on reload.
 pub struct Loaded {
     pub config: Config,
+    pub rules: crate::rules::RuleSet,
     pub board: Board,
     pub topology: Topology,
     pub plan: Plan,
@@ -47,6 +48,8 @@ pub struct Engine {
     pub session: Session,
     /// Processes with a pidfd exit watch.
     pub watched: HashSet<u32>,
+    /// Whether the kernel has per-task uclamp (probed once at start).
+    pub uclamp: bool,
 }
 
 fn fail(e: CliError) -> (Code, String) {
@@ -57,11 +60,13 @@ impl Engine {
     /// Reads configuration, board and topology, and plans: all or nothing.
     pub fn load(paths: &Paths) -> Result<Loaded, String> {
         let config = policy::load(&paths.config_dir, &paths.etc).map_err(|e| e.to_string())?;
+        let rules = crate::rules::load::load_dir(&paths.config_dir).map_err(|e| e.to_string())?;
         let board = paths.board.load().map_err(|e| e.to_string())?;
         let topology = Topology::detect(&paths.sysfs).map_err(|e| e.to_string())?;
         let plan = Plan::build(&topology, &board).map_err(|e| e.to_string())?;
         Ok(Loaded {
             config,
+            rules,
             board,
             topology,
             plan,
@@ -86,7 +91,11 @@ impl Engine {
                 state,
             },
             watched: HashSet::new(),
+            uclamp: crate::sched::uclamp_supported(),
         };
+        if !engine.uclamp {
+            tracing::warn!("this kernel has no per-task uclamp (CONFIG_UCLAMP_TASK): classes apply their other attributes only");
+        }
         engine.converge()?;
         engine.forget_exited();
         engine.session.save()?;
@@ -264,7 +273,18 @@ impl Engine {
                 self.finish_moves(moved, watch)
             }
             Request::MoveThreads { class, targets } => {
-                let c = layout::parse_class(class).map_err(|e| (Code::InvalidTarget, e))?;
+                let by = format!(
+                    "request from uid {} (pid {})",
+                    caller.uid,
+                    caller.pid.unwrap_or(0)
+                );
+                let dest = ops::thread_dest(class, &self.loaded.rules.classes, self.uclamp, by)
+                    .map_err(|e| (Code::InvalidTarget, e))?;
+                // The policy sees both the class asked for and where it puts the thread.
+                let cgroup_class = match &dest {
+                    Dest::ThreadClass { class, .. } => class.cgroup_class.layout_class().unwrap_or("default"),
+                    _ => class.as_str(),
+                };
                 let config = self.loaded.config.clone();
                 let map = self.session.map.clone();
                 let proc = self.session.proc.clone();
@@ -279,17 +299,14 @@ impl Engine {
                         .and_then(|r| layout::classify(&r))
                         .map(|p| p.group)
                         .unwrap_or_default();
-                    config
-                        .authorize(
-                            caller,
-                            &Action::Place {
-                                group: &group,
-                                class: Some(class),
-                            },
-                        )
-                        .map_err(|m| (Code::Denied, m))
+                    for c in [class.as_str(), cgroup_class] {
+                        config
+                            .authorize(caller, &Action::Place { group: &group, class: Some(c) })
+                            .map_err(|m| (Code::Denied, m))?;
+                    }
+                    Ok(())
                 };
-                let moved = self.move_checked(caller, &Dest::Class(c), targets, check);
+                let moved = self.move_checked(caller, &dest, targets, check);
                 self.finish_moves(moved, watch)
             }
             Request::VmAdd { name } => {

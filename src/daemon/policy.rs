@@ -281,7 +281,10 @@ pub fn parse(file: &str, text: &str, etc: &Path) -> Result<Config, YamlError> {
                     .ok_or_else(|| entry.error("policy.reserved: entry has no `target`"))?;
                 let ts = scalar(t, "policy.reserved.target")?;
                 let pattern = match ts.strip_prefix("class:") {
-                    Some(c) if crate::layout::parse_class(c).is_ok() => {
+                    Some(c)
+                        if crate::layout::parse_class(c).is_ok()
+                            || crate::rules::Classes::default().get(c).is_some() =>
+                    {
                         Pattern::Class(c.to_string())
                     }
                     Some(c) => {

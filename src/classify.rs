@@ -1,0 +1,310 @@
+//! Applying thread classes to live tasks: the cgroup class (inside the task's process group)
+//! and the task attributes, recording what it changes so `reset` can undo it and `why` can
+//! explain it. Used by rules (the daemon's events) and by `move --thread <class>`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::layout;
+use crate::ops::Session;
+use crate::place::{PlaceError, Placer};
+use crate::procfs::{ProcError, ProcessId, Procfs, ThreadId};
+use crate::rules::{ClassDef, ProcessInfo, Rule, RuleSet};
+use crate::sched::{self, TaskAttrs};
+use crate::state::{AttrRecord, State, Why};
+
+/// Reads what rules match a process by. A process that exits meanwhile is `Gone`.
+pub fn process_info(proc: &Procfs, pid: u32) -> Result<ProcessInfo, ProcError> {
+    let root = proc.root();
+    let read = |f: &str| std::fs::read(root.join(format!("{pid}/{f}")));
+    let gone = |e: std::io::Error| match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ESRCH) => ProcError::Gone(pid),
+        _ => ProcError::Io {
+            path: root.join(format!("{pid}")),
+            source: e,
+        },
+    };
+    let cmdline = read("cmdline").map_err(gone)?;
+    let mut args = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty());
+    let argv0 = args.next().map(|a| String::from_utf8_lossy(a).into_owned()).unwrap_or_default();
+    let joined = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    // Kernel threads and zombies have no exe; that is not an error, they just match less.
+    let exe = std::fs::read_link(root.join(format!("{pid}/exe")))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let comm = String::from_utf8_lossy(&read("comm").map_err(gone)?).trim_end().to_string();
+    let uid = proc.ruid(pid)?;
+    Ok(ProcessInfo {
+        argv0,
+        exe,
+        comm,
+        cmdline: joined,
+        uid,
+    })
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// What one classification did to one thread.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    pub tid: u32,
+    pub class: String,
+    pub moved: bool,
+    pub attrs_changed: bool,
+}
+
+/// Applies a class to one thread: its cgroup class, when its process sits in a cgqos browser
+/// group, and its task attributes. Records the original attributes (first change wins) and
+/// why. Skips writes that would change nothing.
+pub fn apply_class(
+    s: &mut Session,
+    pid: u32,
+    tid: u32,
+    class: &ClassDef,
+    by: &str,
+    uclamp: bool,
+) -> Result<Applied, PlaceError> {
+    let stat = s.proc.stat(tid)?;
+    if stat.is_kernel_thread() {
+        return Err(PlaceError::KernelThread { id: tid, comm: stat.comm });
+    }
+    let mut state = std::mem::take(&mut s.state);
+    let result = apply_class_inner(s, &mut state, pid, tid, stat.starttime, class, by, uclamp);
+    s.state = state;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_class_inner(
+    s: &Session,
+    state: &mut State,
+    pid: u32,
+    tid: u32,
+    starttime: u64,
+    class: &ClassDef,
+    by: &str,
+    uclamp: bool,
+) -> Result<Applied, PlaceError> {
+    let mut moved = false;
+    let cgroup = s.proc.cgroup(ProcessId(pid), ThreadId(tid))?;
+    let placement = s.map.relative(&cgroup).and_then(|r| layout::classify(&r));
+    let mut group = None;
+    if let Some(p) = placement.filter(|p| p.group.starts_with(layout::CHROME)) {
+        let want = class.cgroup_class.layout_class();
+        if p.class.as_deref() != want {
+            let mut placer = Placer::new(&s.cg, &s.map, &s.proc);
+            placer.move_thread(ThreadId(tid), want, Some(starttime), state)?;
+            moved = true;
+        }
+        group = Some(p.group);
+    }
+    let mut attrs_changed = false;
+    if !class.attrs.is_empty() {
+        let current = sched::getattr(tid).map_err(|e| sched_err(tid, e))?;
+        if wants_change(&current, &class.attrs, uclamp) {
+            let before = sched::apply(tid, &class.attrs, uclamp).map_err(|e| sched_err(tid, e))?;
+            attrs_changed = true;
+            match state.attrs.get(&tid) {
+                Some(r) if r.starttime == starttime => {}
+                _ => {
+                    state.attrs.insert(
+                        tid,
+                        AttrRecord {
+                            pid,
+                            starttime,
+                            original: TaskAttrs::of(&before),
+                        },
+                    );
+                }
+            }
+        }
+    }
+    state.why.insert(
+        tid,
+        Why {
+            pid,
+            starttime,
+            by: by.to_string(),
+            group,
+            class: Some(class.name.clone()),
+            attrs: class.attrs,
+            at: now(),
+        },
+    );
+    Ok(Applied {
+        tid,
+        class: class.name.clone(),
+        moved,
+        attrs_changed,
+    })
+}
+
+fn sched_err(tid: u32, e: std::io::Error) -> PlaceError {
+    if e.raw_os_error() == Some(libc::ESRCH) {
+        PlaceError::Gone(tid)
+    } else {
+        PlaceError::Kernel(crate::cgroupfs::FsError {
+            op: "sched_setattr",
+            path: format!("/proc/{tid}").into(),
+            value: None,
+            source: e,
+        })
+    }
+}
+
+/// Whether applying `attrs` would change anything the kernel reports.
+fn wants_change(cur: &sched::SchedAttr, attrs: &TaskAttrs, uclamp: bool) -> bool {
+    attrs.policy.is_some_and(|p| p != cur.sched_policy)
+        || (attrs.policy.is_some_and(sched::is_realtime) && attrs.priority.is_some_and(|p| p != cur.sched_priority))
+        || attrs.nice.is_some_and(|n| n != cur.sched_nice)
+        || attrs.runtime_ns.is_some_and(|r| r != cur.sched_runtime)
+        || (uclamp && attrs.uclamp_min.is_some_and(|v| v != cur.sched_util_min))
+        || (uclamp && attrs.uclamp_max.is_some_and(|v| v != cur.sched_util_max))
+}
+
+/// Classifies every thread of a process by the rules; moves the process to the rule's group
+/// first. Returns nothing when no rule matches (such processes are never touched).
+pub fn classify_process(
+    s: &mut Session,
+    rules: &RuleSet,
+    pid: u32,
+    uclamp: bool,
+) -> Result<Vec<Applied>, PlaceError> {
+    let info = process_info(&s.proc, pid)?;
+    let Some(rule) = rules.rule_for(&info) else {
+        return Ok(Vec::new());
+    };
+    if s.proc.stat(pid)?.is_kernel_thread() {
+        return Ok(Vec::new());
+    }
+    if let Some(target) = &rule.group {
+        let main = s.proc.cgroup(ProcessId(pid), ThreadId(pid))?;
+        let here = s.map.relative(&main).and_then(|r| layout::classify(&r)).map(|p| p.group);
+        if here.as_deref() != Some(target.path().as_str()) && s.cg.exists(&target.path()) {
+            let mut state = std::mem::take(&mut s.state);
+            let r = Placer::new(&s.cg, &s.map, &s.proc).move_process(ProcessId(pid), target, None, &mut state);
+            s.state = state;
+            r?;
+            let st = s.proc.stat(pid)?.starttime;
+            s.state.why.insert(
+                pid,
+                Why {
+                    pid,
+                    starttime: st,
+                    by: rule_label(rule),
+                    group: Some(target.path()),
+                    class: None,
+                    attrs: TaskAttrs::default(),
+                    at: now(),
+                },
+            );
+        }
+    }
+    let mut out = Vec::new();
+    for tid in s.proc.threads(ProcessId(pid))? {
+        match classify_thread_with(s, rules, rule, pid, tid.0, uclamp) {
+            Ok(Some(a)) => out.push(a),
+            Ok(None) | Err(PlaceError::Gone(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Classifies one thread (after its creation or a rename).
+pub fn classify_thread(
+    s: &mut Session,
+    rules: &RuleSet,
+    pid: u32,
+    tid: u32,
+    uclamp: bool,
+) -> Result<Option<Applied>, PlaceError> {
+    let info = process_info(&s.proc, pid)?;
+    match rules.rule_for(&info) {
+        Some(rule) => classify_thread_with(s, rules, rule, pid, tid, uclamp),
+        None => Ok(None),
+    }
+}
+
+fn rule_label(rule: &Rule) -> String {
+    format!("rule {} ({})", rule.name, rule.at)
+}
+
+fn classify_thread_with(
+    s: &mut Session,
+    rules: &RuleSet,
+    rule: &Rule,
+    pid: u32,
+    tid: u32,
+    uclamp: bool,
+) -> Result<Option<Applied>, PlaceError> {
+    let comm = s.proc.stat(tid)?.comm;
+    let decision = rules.decide(rule, &comm);
+    let Some(class) = decision.class else {
+        return Ok(None);
+    };
+    let applied = apply_class(s, pid, tid, class, &rule_label(rule), uclamp)?;
+    if applied.moved || applied.attrs_changed {
+        tracing::info!(pid, tid, comm = %comm, class = %class.name, rule = %rule.at, "classified by rule {}", rule.name);
+    }
+    Ok(Some(applied))
+}
+
+/// Restores the scheduling attributes of every recorded thread that is still the same
+/// thread; returns how many were restored and how many had exited.
+pub fn restore_attrs(state: &mut State, proc: &Procfs) -> (usize, usize) {
+    let (mut restored, mut exited) = (0, 0);
+    for (&tid, rec) in &state.attrs {
+        if !proc.stat(tid).is_ok_and(|s| s.starttime == rec.starttime) {
+            exited += 1;
+            continue;
+        }
+        let mut a = rec.original;
+        // A thread that never had its own clamps gets the kernel's defaults back.
+        let default_clamps = a.uclamp_min == Some(0) && a.uclamp_max == Some(1024);
+        if default_clamps {
+            a.uclamp_min = None;
+            a.uclamp_max = None;
+        }
+        let r = sched::apply(tid, &a, !default_clamps).and_then(|_| {
+            if default_clamps {
+                reset_clamps(tid)
+            } else {
+                Ok(())
+            }
+        });
+        match r {
+            Ok(()) => restored += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => exited += 1,
+            Err(e) => tracing::warn!(tid, "restoring scheduling attributes: {e}"),
+        }
+    }
+    state.attrs.clear();
+    (restored, exited)
+}
+
+/// Resets a thread's uclamp requests to "not set" (the kernel's -1), where supported.
+fn reset_clamps(tid: u32) -> std::io::Result<()> {
+    let Ok(mut a) = sched::getattr(tid) else { return Ok(()) };
+    a.size = std::mem::size_of::<sched::SchedAttr>() as u32;
+    a.sched_flags = sched::SCHED_FLAG_KEEP_POLICY
+        | sched::SCHED_FLAG_KEEP_PARAMS
+        | sched::SCHED_FLAG_UTIL_CLAMP_MIN
+        | sched::SCHED_FLAG_UTIL_CLAMP_MAX;
+    a.sched_util_min = u32::MAX;
+    a.sched_util_max = u32::MAX;
+    // Kernels without uclamp say EOPNOTSUPP/EINVAL: there is nothing to reset there.
+    match sched::setattr(tid, &a) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) => Ok(()),
+        r => r,
+    }
+}
