@@ -27,7 +27,10 @@ pub fn process_info(proc: &Procfs, pid: u32) -> Result<ProcessInfo, ProcError> {
     };
     let cmdline = read("cmdline").map_err(gone)?;
     let mut args = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty());
-    let argv0 = args.next().map(|a| String::from_utf8_lossy(a).into_owned()).unwrap_or_default();
+    let argv0 = args
+        .next()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .unwrap_or_default();
     let joined = cmdline
         .split(|&b| b == 0)
         .filter(|a| !a.is_empty())
@@ -38,7 +41,9 @@ pub fn process_info(proc: &Procfs, pid: u32) -> Result<ProcessInfo, ProcError> {
     let exe = std::fs::read_link(root.join(format!("{pid}/exe")))
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let comm = String::from_utf8_lossy(&read("comm").map_err(gone)?).trim_end().to_string();
+    let comm = String::from_utf8_lossy(&read("comm").map_err(gone)?)
+        .trim_end()
+        .to_string();
     let uid = proc.ruid(pid)?;
     Ok(ProcessInfo {
         argv0,
@@ -50,7 +55,9 @@ pub fn process_info(proc: &Procfs, pid: u32) -> Result<ProcessInfo, ProcError> {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// What one classification did to one thread.
@@ -75,7 +82,10 @@ pub fn apply_class(
 ) -> Result<Applied, PlaceError> {
     let stat = s.proc.stat(tid)?;
     if stat.is_kernel_thread() {
-        return Err(PlaceError::KernelThread { id: tid, comm: stat.comm });
+        return Err(PlaceError::KernelThread {
+            id: tid,
+            comm: stat.comm,
+        });
     }
     let mut state = std::mem::take(&mut s.state);
     let result = apply_class_inner(s, &mut state, pid, tid, stat.starttime, class, by, uclamp);
@@ -164,7 +174,8 @@ fn sched_err(tid: u32, e: std::io::Error) -> PlaceError {
 /// Whether applying `attrs` would change anything the kernel reports.
 fn wants_change(cur: &sched::SchedAttr, attrs: &TaskAttrs, uclamp: bool) -> bool {
     attrs.policy.is_some_and(|p| p != cur.sched_policy)
-        || (attrs.policy.is_some_and(sched::is_realtime) && attrs.priority.is_some_and(|p| p != cur.sched_priority))
+        || (attrs.policy.is_some_and(sched::is_realtime)
+            && attrs.priority.is_some_and(|p| p != cur.sched_priority))
         || attrs.nice.is_some_and(|n| n != cur.sched_nice)
         || attrs.runtime_ns.is_some_and(|r| r != cur.sched_runtime)
         || (uclamp && attrs.uclamp_min.is_some_and(|v| v != cur.sched_util_min))
@@ -188,10 +199,19 @@ pub fn classify_process(
     }
     if let Some(target) = &rule.group {
         let main = s.proc.cgroup(ProcessId(pid), ThreadId(pid))?;
-        let here = s.map.relative(&main).and_then(|r| layout::classify(&r)).map(|p| p.group);
+        let here = s
+            .map
+            .relative(&main)
+            .and_then(|r| layout::classify(&r))
+            .map(|p| p.group);
         if here.as_deref() != Some(target.path().as_str()) && s.cg.exists(&target.path()) {
             let mut state = std::mem::take(&mut s.state);
-            let r = Placer::new(&s.cg, &s.map, &s.proc).move_process(ProcessId(pid), target, None, &mut state);
+            let r = Placer::new(&s.cg, &s.map, &s.proc).move_process(
+                ProcessId(pid),
+                target,
+                None,
+                &mut state,
+            );
             s.state = state;
             r?;
             let st = s.proc.stat(pid)?.starttime;
@@ -261,8 +281,9 @@ fn classify_thread_with(
 
 /// Restores the scheduling attributes of every recorded thread that is still the same
 /// thread; returns how many were restored and how many had exited.
-pub fn restore_attrs(state: &mut State, proc: &Procfs) -> (usize, usize) {
+pub fn restore_attrs(state: &mut State, proc: &Procfs, uclamp: bool) -> (usize, usize) {
     let (mut restored, mut exited) = (0, 0);
+    let mut failed = Vec::new();
     for (&tid, rec) in &state.attrs {
         if !proc.stat(tid).is_ok_and(|s| s.starttime == rec.starttime) {
             exited += 1;
@@ -275,8 +296,8 @@ pub fn restore_attrs(state: &mut State, proc: &Procfs) -> (usize, usize) {
             a.uclamp_min = None;
             a.uclamp_max = None;
         }
-        let r = sched::apply(tid, &a, !default_clamps).and_then(|_| {
-            if default_clamps {
+        let r = sched::apply(tid, &a, uclamp && !default_clamps).and_then(|_| {
+            if uclamp && default_clamps {
                 reset_clamps(tid)
             } else {
                 Ok(())
@@ -285,16 +306,22 @@ pub fn restore_attrs(state: &mut State, proc: &Procfs) -> (usize, usize) {
         match r {
             Ok(()) => restored += 1,
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => exited += 1,
-            Err(e) => tracing::warn!(tid, "restoring scheduling attributes: {e}"),
+            Err(e) => {
+                tracing::warn!(tid, "restoring scheduling attributes: {e}");
+                failed.push(tid);
+            }
         }
     }
-    state.attrs.clear();
+    // Failed ones stay recorded, so a later reset can try again.
+    state.attrs.retain(|t, _| failed.contains(t));
     (restored, exited)
 }
 
 /// Resets a thread's uclamp requests to "not set" (the kernel's -1), where supported.
 fn reset_clamps(tid: u32) -> std::io::Result<()> {
-    let Ok(mut a) = sched::getattr(tid) else { return Ok(()) };
+    let Ok(mut a) = sched::getattr(tid) else {
+        return Ok(());
+    };
     a.size = std::mem::size_of::<sched::SchedAttr>() as u32;
     a.sched_flags = sched::SCHED_FLAG_KEEP_POLICY
         | sched::SCHED_FLAG_KEEP_PARAMS
@@ -304,7 +331,14 @@ fn reset_clamps(tid: u32) -> std::io::Result<()> {
     a.sched_util_max = u32::MAX;
     // Kernels without uclamp say EOPNOTSUPP/EINVAL: there is nothing to reset there.
     match sched::setattr(tid, &a) {
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+            ) =>
+        {
+            Ok(())
+        }
         r => r,
     }
 }

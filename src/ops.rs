@@ -13,9 +13,9 @@ use crate::daemon::protocol::{Code, RestrictState, TaskRef};
 use crate::error::{CliError, CliResult, Exit};
 use crate::layout::{self, Target, validate_vm_name};
 use crate::place::{CgroupMap, PlaceError, Placer, TeardownReport, ThreadPlace};
-use crate::rules::{ClassDef, Classes};
 use crate::plan::{Op, Plan, Tree, join, vm_steps};
 use crate::procfs::{ProcessId, Procfs, ThreadId};
+use crate::rules::{ClassDef, Classes};
 use crate::state::{Restriction, State, StateDir};
 
 /// A cgroup tree, the view of it from /proc, and the locked record of what cgqos changed.
@@ -53,7 +53,12 @@ pub enum Dest {
 }
 
 /// Resolves what `move --thread` names: a VM class, or a thread class of `classes`.
-pub fn thread_dest(name: &str, classes: &Classes, uclamp: bool, by: String) -> Result<Dest, String> {
+pub fn thread_dest(
+    name: &str,
+    classes: &Classes,
+    uclamp: bool,
+    by: String,
+) -> Result<Dest, String> {
     match name {
         layout::VCPU | layout::IO => Ok(Dest::Class(layout::parse_class(name)?)),
         _ => match classes.get(name) {
@@ -111,7 +116,12 @@ pub fn move_tasks(s: &mut Session, dest: &Dest, targets: &[TaskRef]) -> Vec<Move
     if let Dest::ThreadClass { class, uclamp, by } = dest {
         return targets
             .iter()
-            .map(|t| outcome(t.id, move_to_class(s, t, class, *uclamp, by).map(|p| vec![p])))
+            .map(|t| {
+                outcome(
+                    t.id,
+                    move_to_class(s, t, class, *uclamp, by).map(|p| vec![p]),
+                )
+            })
             .collect();
     }
     let mut state = std::mem::take(&mut s.state);
@@ -495,5 +505,32 @@ fn group_status(cg: &CgroupFs, rel: &str) -> GroupStatus {
         cpus_effective: read(files::CPUSET_CPUS_EFFECTIVE),
         threads: cg.members(rel, files::THREADS).ok().map(|m| m.len()),
         settings: Vec::new(),
+    }
+}
+
+/// What `reset` undid.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ResetReport {
+    pub attrs_restored: usize,
+    pub exited: usize,
+    pub tasks: TeardownReport,
+}
+
+/// Undoes every change cgqos made to tasks: scheduling attributes first, then cgroups (each
+/// recorded task that is still the same task goes back where it came from). The hierarchy
+/// stays; `teardown` removes it.
+pub fn reset(s: &mut Session) -> ResetReport {
+    let uclamp = crate::sched::uclamp_supported();
+    let (attrs_restored, exited) = crate::classify::restore_attrs(&mut s.state, &s.proc, uclamp);
+    let mut tasks = TeardownReport::default();
+    let state = std::mem::take(&mut s.state);
+    s.placer().restore_recorded("", &state, &mut tasks);
+    s.state = state;
+    s.state.tasks.clear();
+    s.state.why.clear();
+    ResetReport {
+        attrs_restored,
+        exited,
+        tasks,
     }
 }

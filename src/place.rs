@@ -414,7 +414,18 @@ impl<'a> Placer<'a> {
         if !self.cg.exists(group) {
             return;
         }
-        // 1. Recorded processes, then recorded threads that lived elsewhere than their process.
+        // 1. Recorded tasks back to their origins.
+        self.restore_recorded(group, state, report);
+        // 2. Anything else still inside (children forked in the groups, tasks placed by
+        //    others): to their parent's recorded origin, else the fallback. cgroup.procs
+        //    is readable at domains and thread roots, which list their whole subtree.
+        self.empty_and_remove(group, state, report);
+    }
+
+    /// Moves every recorded task that is still the same task and still inside `group` (all
+    /// of the cgqos groups for `""`) back to where it came from: processes first, then
+    /// threads that lived apart from their process.
+    pub fn restore_recorded(&mut self, group: &str, state: &State, report: &mut TeardownReport) {
         for process_pass in [true, false] {
             for (&id, rec) in state
                 .tasks
@@ -436,9 +447,9 @@ impl<'a> Placer<'a> {
                 self.restore(group, id, rec.process, Some(&rec.original), file, report);
             }
         }
-        // 2. Anything else still inside (children forked in the groups, tasks placed by
-        //    others): to their parent's recorded origin, else the fallback. cgroup.procs
-        //    is readable at domains and thread roots, which list their whole subtree.
+    }
+
+    fn empty_and_remove(&mut self, group: &str, state: &State, report: &mut TeardownReport) {
         let mut groups = Vec::new();
         self.collect_groups(group, &mut groups);
         for g in &groups {
@@ -470,7 +481,11 @@ impl<'a> Placer<'a> {
             .cgroup(ProcessId(pid), ThreadId(tid))
             .ok()
             .and_then(|c| self.map.relative(&c))
-            .is_some_and(|r| r == group || r.starts_with(&format!("{group}/")))
+            .is_some_and(|r| {
+                (group.is_empty() && !r.is_empty())
+                    || r == group
+                    || r.starts_with(&format!("{group}/"))
+            })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -485,9 +500,13 @@ impl<'a> Placer<'a> {
     ) {
         let fallback = self.map.fallback();
         let mut candidates: Vec<(PathBuf, Option<String>)> = Vec::new();
-        // An origin inside the subtree being emptied is no origin at all.
-        let emptied = self.cg.path(group);
-        if let Some(o) = origin.filter(|o| !o.starts_with(&emptied)) {
+        // An origin inside the groups being emptied is no origin at all.
+        let emptied: Vec<PathBuf> = if group.is_empty() {
+            vec![self.cg.path(layout::CHROME), self.cg.path(layout::VMS)]
+        } else {
+            vec![self.cg.path(group)]
+        };
+        if let Some(o) = origin.filter(|o| !emptied.iter().any(|e| o.starts_with(e))) {
             candidates.push((o.to_path_buf(), None));
         }
         let why = if candidates.is_empty() {

@@ -2,186 +2,15 @@
 //! a temporary socket, state and configuration, and a unique sub-root of the mount.
 
 mod common;
+use common::daemon::*;
 use common::*;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const UNPRIV_UID: u32 = 54321;
-
-struct Daemon {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    root: PathBuf,
-    model: Option<PathBuf>,
-    sleepers: Vec<Child>,
-}
-
-fn usable(tag: &str) -> Option<PathBuf> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: not root (the daemon tests need root)");
-        return None;
-    }
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let Some(m) = cgqos::cgroupfs::cgroup2_mounts(&mi)
-        .into_iter()
-        .find(|m| m.root == "/")
-    else {
-        eprintln!("skipped: no cgroup2 mount");
-        return None;
-    };
-    Some(
-        m.dir
-            .join(format!("cgqos-dtest-{tag}-{}", std::process::id())),
-    )
-}
-
-impl Daemon {
-    fn new(tag: &str, config: &str, model: Option<&str>) -> Option<Daemon> {
-        let root = usable(tag)?;
-        let dir = tempfile::tempdir().unwrap();
-        // The socket's directory must be traversable by the unprivileged client.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
-        std::fs::create_dir(dir.path().join("conf")).unwrap();
-        std::fs::write(dir.path().join("conf/daemon.yaml"), config).unwrap();
-        let model_path = model.map(|m| {
-            let p = dir.path().join("conf/model.yaml");
-            std::fs::write(&p, m).unwrap();
-            p
-        });
-        let mut d = Daemon {
-            child: None,
-            dir,
-            root,
-            model: model_path,
-            sleepers: Vec::new(),
-        };
-        d.start();
-        Some(d)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("run/cgqos.sock")
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
-        let mut c = cgqos();
-        c.arg("daemon")
-            .arg("--cgroup-root")
-            .arg(&self.root)
-            .arg("--state-dir")
-            .arg(self.state())
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--config-dir")
-            .arg(self.dir.path().join("conf"))
-            .env("CGQOS_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(m) = &self.model {
-            c.arg("--model").arg(m);
-        }
-        self.child = Some(c.spawn().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = UnixStream::connect(self.socket()) {
-                if request(&mut s, r#"{"v":1,"op":"ping"}"#).contains("pong") {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    fn signal(&mut self, sig: i32) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill on our own child's pid.
-            unsafe { libc::kill(c.id() as i32, sig) };
-            c.wait().unwrap();
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> Run {
-        run(cgqos().args(args).arg("--socket").arg(self.socket()))
-    }
-
-    fn connect(&self) -> UnixStream {
-        UnixStream::connect(self.socket()).unwrap()
-    }
-
-    fn sleeper(&mut self) -> u32 {
-        let c = Command::new("sleep").arg("60").spawn().unwrap();
-        let pid = c.id();
-        self.sleepers.push(c);
-        pid
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.signal(libc::SIGTERM);
-        for s in &mut self.sleepers {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
-        let _ = run(cgqos()
-            .args(["teardown", "--direct", "--cgroup-root"])
-            .arg(&self.root)
-            .arg("--state-dir")
-            .arg(self.state()));
-        if self.root.exists() {
-            let _ = Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "find '{}' -depth -type d -exec rmdir {{}} \\; 2>/dev/null",
-                    self.root.display()
-                ))
-                .status();
-        }
-    }
-}
-
-/// One request line, one reply line.
-fn request(s: &mut UnixStream, line: &str) -> String {
-    s.write_all(line.as_bytes()).unwrap();
-    s.write_all(b"\n").unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut out = String::new();
-    r.read_line(&mut out).unwrap();
-    out
-}
-
-fn cgroup_of(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap()
-        .to_string()
-}
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 const OPEN_SOCKET: &str = "socket:\n  mode: \"0666\"\n";
 
@@ -419,14 +248,6 @@ fn requested_background_weight(d: &Daemon) -> String {
         .unwrap()
         .clone();
     w["requested"].as_str().unwrap().to_string()
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

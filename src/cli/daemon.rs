@@ -11,6 +11,9 @@ pub struct DaemonArgs {
     /// Where user and group names of daemon.yaml are looked up (passwd, group)
     #[arg(long, default_value = "/etc", value_name = "DIR", hide = true)]
     pub etc_dir: std::path::PathBuf,
+    /// On SIGTERM/SIGINT, undo every change to tasks (as `cgqos reset`) before exiting
+    #[arg(long, env = "CGQOS_RESET_ON_EXIT")]
+    pub reset_on_exit: bool,
 }
 
 pub fn run(ctx: &Ctx, args: DaemonArgs) -> CliResult<()> {
@@ -25,5 +28,5 @@ pub fn run(ctx: &Ctx, args: DaemonArgs) -> CliResult<()> {
         etc: args.etc_dir,
         board: ctx.board_source(),
     };
-    crate::daemon::run(paths, ctx.g.socket.clone())
+    crate::daemon::run(paths, ctx.g.socket.clone(), args.reset_on_exit)
 }

@@ -4,12 +4,15 @@ mod daemon;
 mod detect;
 mod move_tasks;
 mod plan;
+mod reset;
+mod rules;
 mod setup;
 mod status;
 mod teardown;
 mod validate;
 mod vm;
 mod where_;
+mod why;
 
 use std::path::{Path, PathBuf};
 
@@ -166,6 +169,13 @@ pub enum Command {
     Teardown(teardown::TeardownArgs),
     /// Serve the placement API on --socket (converges the hierarchy first)
     Daemon(daemon::DaemonArgs),
+    /// Check the rules of <config-dir>/rules.d
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
+    /// Explain which rule or request put a task where it is
+    Why(why::WhyArgs),
+    /// Undo every change to tasks (cgroups and scheduling attributes); keep the hierarchy
+    Reset(reset::ResetArgs),
 }
 
 /// Runs a parsed command line.
@@ -182,6 +192,9 @@ pub fn run(cli: Cli) -> CliResult<()> {
         Command::Vm(c) => vm::run(&ctx, c),
         Command::Teardown(a) => teardown::run(&ctx, a),
         Command::Daemon(a) => daemon::run(&ctx, a),
+        Command::Rules(c) => rules::run(&ctx, c),
+        Command::Why(a) => why::run(&ctx, a),
+        Command::Reset(a) => reset::run(&ctx, a),
     }
 }
 
@@ -261,7 +274,8 @@ impl Ctx {
 
     /// The rules and classes of `<config-dir>/rules.d` (the shipped classes when absent).
     pub fn rules(&self) -> CliResult<crate::rules::RuleSet> {
-        crate::rules::load::load_dir(&self.g.config_dir).map_err(|e| CliError::bad_input(e.to_string()))
+        crate::rules::load::load_dir(&self.g.config_dir)
+            .map_err(|e| CliError::bad_input(e.to_string()))
     }
 
     /// The daemon, when one answers on `--socket` (and `--direct` is not given).

@@ -64,8 +64,9 @@ pub fn run(ctx: &Ctx, args: MoveArgs) -> CliResult<()> {
                 // SAFETY: getuid has no preconditions.
                 let uid = unsafe { libc::getuid() };
                 let by = format!("cgqos move --thread (uid {uid})");
-                let dest = ops::thread_dest(dest, &rules.classes, crate::sched::uclamp_supported(), by)
-                    .map_err(CliError::bad_input)?;
+                let dest =
+                    ops::thread_dest(dest, &rules.classes, crate::sched::uclamp_supported(), by)
+                        .map_err(CliError::bad_input)?;
                 run_direct(ctx, &dest, &targets)?
             }
         }

@@ -94,7 +94,9 @@ impl Engine {
             uclamp: crate::sched::uclamp_supported(),
         };
         if !engine.uclamp {
-            tracing::warn!("this kernel has no per-task uclamp (CONFIG_UCLAMP_TASK): classes apply their other attributes only");
+            tracing::warn!(
+                "this kernel has no per-task uclamp (CONFIG_UCLAMP_TASK): classes apply their other attributes only"
+            );
         }
         engine.converge()?;
         engine.forget_exited();
@@ -149,7 +151,14 @@ impl Engine {
                 self.loaded = loaded;
                 self.converge().map_err(fail)?;
                 self.session.save().map_err(fail)?;
-                tracing::info!("reloaded ({why}): board {:?}", self.loaded.board.name);
+                tracing::info!(
+                    "reloaded ({why}): board {:?}, {} rule(s) from {} file(s)",
+                    self.loaded.board.name,
+                    self.loaded.rules.rules.len(),
+                    self.loaded.rules.files.len()
+                );
+                // New rules apply to what already runs.
+                self.rescan();
                 Ok(self.loaded.plan.steps.len())
             }
             Err(e) => {
@@ -190,13 +199,94 @@ impl Engine {
         }
     }
 
+    /// Undoes every change to tasks: scheduling attributes, then cgroups. The tree stays.
+    pub fn reset(&mut self) -> crate::ops::ResetReport {
+        crate::ops::reset(&mut self.session)
+    }
+
+    /// Applies the rules to everything that runs (at start, after a reload, after lost events).
+    pub fn rescan(&mut self) {
+        if self.loaded.rules.rules.is_empty() {
+            return;
+        }
+        let pids: Vec<u32> = std::fs::read_dir(self.session.proc.root())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        let mut classified = 0;
+        for pid in pids {
+            classified += self.classify(pid, None);
+        }
+        tracing::info!("rescan: {classified} thread(s) classified by rules");
+        self.save_quietly();
+    }
+
+    /// Handles a batch of process events.
+    pub fn events(&mut self, events: &[super::events::Event]) {
+        use super::events::Event;
+        let mut touched = 0;
+        for ev in events {
+            match *ev {
+                Event::Exit { pid, .. } => {
+                    let a = self.session.state.attrs.remove(&pid).is_some();
+                    let w = self.session.state.why.remove(&pid).is_some();
+                    touched += usize::from(a || w);
+                }
+                _ if self.loaded.rules.rules.is_empty() => {}
+                // A new process, an exec, or a rename of a main thread: the whole process
+                // (its match may have changed).
+                Event::Fork { pid, tgid } | Event::Comm { pid, tgid } if pid == tgid => {
+                    touched += self.classify(tgid, None)
+                }
+                Event::Exec { tgid, .. } => touched += self.classify(tgid, None),
+                // A new or renamed thread.
+                Event::Fork { pid, tgid } | Event::Comm { pid, tgid } => {
+                    touched += self.classify(tgid, Some(pid))
+                }
+            }
+        }
+        if touched > 0 {
+            self.save_quietly();
+        }
+    }
+
+    /// Classifies a process (or one of its threads); a task that is gone is not an error.
+    fn classify(&mut self, pid: u32, tid: Option<u32>) -> usize {
+        let rules = std::mem::take(&mut self.loaded.rules);
+        let r = match tid {
+            None => crate::classify::classify_process(&mut self.session, &rules, pid, self.uclamp)
+                .map(|v| v.len()),
+            Some(t) => {
+                crate::classify::classify_thread(&mut self.session, &rules, pid, t, self.uclamp)
+                    .map(|a| usize::from(a.is_some()))
+            }
+        };
+        self.loaded.rules = rules;
+        match r {
+            Ok(n) => n,
+            Err(crate::place::PlaceError::Gone(_)) => 0,
+            Err(e) => {
+                tracing::warn!(pid, tid = tid.unwrap_or(pid), "rule not applied: {e}");
+                0
+            }
+        }
+    }
+
+    fn save_quietly(&self) {
+        if let Err(e) = self.session.save() {
+            tracing::warn!("saving state: {e}");
+        }
+    }
+
     /// Drops state records of tasks that exited (bounded memory, whatever the history).
     pub fn forget_exited(&mut self) {
         let proc = &self.session.proc;
-        self.session
-            .state
-            .tasks
-            .retain(|&id, r| proc.stat(id).is_ok_and(|s| s.starttime == r.starttime));
+        let alive = |id: u32, st: u64| proc.stat(id).is_ok_and(|s| s.starttime == st);
+        let state = &mut self.session.state;
+        state.tasks.retain(|&id, r| alive(id, r.starttime));
+        state.attrs.retain(|&id, r| alive(id, r.starttime));
+        state.why.retain(|&id, r| alive(id, r.starttime));
         self.watched
             .retain(|pid| self.session.state.tasks.contains_key(pid));
     }
@@ -204,9 +294,12 @@ impl Engine {
     /// A watched process exited: forget it and its threads.
     pub fn process_exited(&mut self, pid: u32) {
         self.watched.remove(&pid);
-        let before = self.session.state.tasks.len();
-        self.session.state.tasks.retain(|_, r| r.pid != pid);
-        if self.session.state.tasks.len() != before {
+        let state = &mut self.session.state;
+        let before = state.tasks.len() + state.attrs.len() + state.why.len();
+        state.tasks.retain(|_, r| r.pid != pid);
+        state.attrs.retain(|_, r| r.pid != pid);
+        state.why.retain(|_, r| r.pid != pid);
+        if state.tasks.len() + state.attrs.len() + state.why.len() != before {
             if let Err(e) = self.session.save() {
                 tracing::warn!("saving state after {pid} exited: {e}");
             }
@@ -282,7 +375,9 @@ impl Engine {
                     .map_err(|e| (Code::InvalidTarget, e))?;
                 // The policy sees both the class asked for and where it puts the thread.
                 let cgroup_class = match &dest {
-                    Dest::ThreadClass { class, .. } => class.cgroup_class.layout_class().unwrap_or("default"),
+                    Dest::ThreadClass { class, .. } => {
+                        class.cgroup_class.layout_class().unwrap_or("default")
+                    }
                     _ => class.as_str(),
                 };
                 let config = self.loaded.config.clone();
@@ -301,7 +396,13 @@ impl Engine {
                         .unwrap_or_default();
                     for c in [class.as_str(), cgroup_class] {
                         config
-                            .authorize(caller, &Action::Place { group: &group, class: Some(c) })
+                            .authorize(
+                                caller,
+                                &Action::Place {
+                                    group: &group,
+                                    class: Some(c),
+                                },
+                            )
                             .map_err(|m| (Code::Denied, m))?;
                     }
                     Ok(())
@@ -362,6 +463,12 @@ impl Engine {
                 self.authorize(caller, &Action::Reload)?;
                 let steps = self.reload("request")?;
                 Ok(json!({"reloaded": true, "steps": steps}))
+            }
+            Request::Reset => {
+                self.authorize(caller, &Action::Reload)?;
+                let r = self.reset();
+                self.session.save().map_err(fail)?;
+                Ok(value(&r))
             }
         }
     }

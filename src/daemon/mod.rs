@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod engine;
+pub mod events;
 pub mod policy;
 pub mod protocol;
 pub mod server;
@@ -25,7 +26,7 @@ pub const DEFAULT_SOCKET: &str = "/run/cgqos/cgqos.sock";
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/cgqos";
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(paths: Paths, socket: PathBuf) -> CliResult<()> {
+pub fn run(paths: Paths, socket: PathBuf, reset_on_exit: bool) -> CliResult<()> {
     let config_dir = paths.config_dir.clone();
     // A socket path that is not ours stops the daemon before it touches cgroups; the socket
     // itself appears only once the tree has converged, so a client that connects is served.
@@ -68,16 +69,42 @@ pub fn run(paths: Paths, socket: PathBuf) -> CliResult<()> {
         for (pid, st) in adopted {
             watch::exit_watch(shared.clone(), pid, st);
         }
+        // Subscribe before the scan, so nothing that starts meanwhile is missed.
+        events::listen(shared.clone(), events_rcvbuf());
+        shared.with_engine(|e| e.rescan()).await;
         watch::config_watch(shared.clone(), &config_dir);
         watch::sighup(shared.clone());
         watch::hotplug(shared.clone());
         tracing::info!("serving {}", socket.display());
         watch::notify_ready();
-        server::accept_loop(shared, listener, shutdown()).await;
+        server::accept_loop(shared.clone(), listener, shutdown()).await;
         server::unbind(&socket);
+        if reset_on_exit {
+            let r = shared
+                .with_engine(|e| {
+                    let r = e.reset();
+                    let _ = e.session.save();
+                    r
+                })
+                .await;
+            tracing::info!(
+                "reset on exit: attributes of {} thread(s), cgroups of {} task(s) restored",
+                r.attrs_restored,
+                r.tasks.restored.len()
+            );
+        }
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Receive buffer of the process events socket: 4 MiB, or CGQOS_EVENTS_RCVBUF (tests make it
+/// tiny to force lost events).
+fn events_rcvbuf() -> usize {
+    std::env::var("CGQOS_EVENTS_RCVBUF")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4 << 20)
 }
 
 async fn shutdown() {

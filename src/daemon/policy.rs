@@ -136,7 +136,7 @@ impl Config {
                 if self.admin.contains(caller) {
                     Ok(())
                 } else {
-                    Err("reload is for root and the policy's admin principals".into())
+                    Err("reload and reset are for root and the policy's admin principals".into())
                 }
             }
             Action::Place { group, class } => {

@@ -60,6 +60,8 @@ pub enum Request {
     },
     /// Re-read the configuration, re-plan and converge.
     Reload,
+    /// Undo every change cgqos made to tasks: original cgroups and scheduling attributes.
+    Reset,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +83,7 @@ impl Request {
             Request::VmRemove { .. } => "vm_remove",
             Request::Restrict { .. } => "restrict",
             Request::Reload => "reload",
+            Request::Reset => "reset",
         }
     }
 }
@@ -280,6 +283,7 @@ mod tests {
                 quota_percent: Some(50),
             },
             Request::Reload,
+            Request::Reset,
         ];
         for r in reqs {
             let line = request_line(3, &r);

@@ -19,7 +19,10 @@ pub fn load_dir(config_dir: &Path) -> Result<RuleSet, YamlError> {
         Ok(entries) => entries
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| !n.starts_with('.') && (n.ends_with(".yaml") || n.ends_with(".yml") || n.ends_with(".json")))
+            .filter(|n| {
+                !n.starts_with('.')
+                    && (n.ends_with(".yaml") || n.ends_with(".yml") || n.ends_with(".json"))
+            })
             .collect(),
         Err(_) => return Ok(RuleSet::default()),
     };
@@ -37,7 +40,12 @@ pub fn load_dir(config_dir: &Path) -> Result<RuleSet, YamlError> {
         })?;
         files.push((path.display().to_string(), text));
     }
-    load_texts(&files.iter().map(|(f, t)| (f.as_str(), t.as_str())).collect::<Vec<_>>())
+    load_texts(
+        &files
+            .iter()
+            .map(|(f, t)| (f.as_str(), t.as_str()))
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Loads rule files given as (name, text); `.json` names are schedqos app configs.
@@ -81,7 +89,10 @@ fn check_keys(m: &[(Node, Node)], what: &str, known: &[&str]) -> Result<(), Yaml
     for (k, _) in m {
         let key = k.as_str().unwrap_or_default();
         if !known.contains(&key) {
-            return Err(k.error(format!("{what}: unknown key `{key}` (expected one of: {})", known.join(", "))));
+            return Err(k.error(format!(
+                "{what}: unknown key `{key}` (expected one of: {})",
+                known.join(", ")
+            )));
         }
     }
     Ok(())
@@ -91,7 +102,11 @@ fn loc(n: &Node) -> String {
     format!("{}:{}", n.at.file, n.at.line)
 }
 
-fn cgqos_yaml(doc: &Node, set: &mut RuleSet, refs: &mut Vec<(Node, String)>) -> Result<(), YamlError> {
+fn cgqos_yaml(
+    doc: &Node,
+    set: &mut RuleSet,
+    refs: &mut Vec<(Node, String)>,
+) -> Result<(), YamlError> {
     let top = map_of(doc, "rules file")?;
     check_keys(top, "rules file", &["classes", "rules"])?;
     for (k, v) in top {
@@ -106,9 +121,9 @@ fn cgqos_yaml(doc: &Node, set: &mut RuleSet, refs: &mut Vec<(Node, String)>) -> 
                 }
             }
             Some("rules") => {
-                let list = v
-                    .as_seq()
-                    .ok_or_else(|| v.error(format!("rules: expected a list, found {}", v.kind())))?;
+                let list = v.as_seq().ok_or_else(|| {
+                    v.error(format!("rules: expected a list, found {}", v.kind()))
+                })?;
                 for r in list {
                     set.rules.push(rule(r, refs)?);
                 }
@@ -119,18 +134,36 @@ fn cgqos_yaml(doc: &Node, set: &mut RuleSet, refs: &mut Vec<(Node, String)>) -> 
     Ok(())
 }
 
-const CLASS_KEYS: [&str; 7] = ["cgroup-class", "policy", "priority", "nice", "uclamp-min", "uclamp-max", "slice-us"];
+const CLASS_KEYS: [&str; 7] = [
+    "cgroup-class",
+    "policy",
+    "priority",
+    "nice",
+    "uclamp-min",
+    "uclamp-max",
+    "slice-us",
+];
 
 fn class_def(name: &str, def: &Node) -> Result<ClassDef, YamlError> {
     let m = map_of(def, &format!("classes.{name}"))?;
     check_keys(m, &format!("classes.{name}"), &CLASS_KEYS)?;
     let key = |k: &str| format!("classes.{name}.{k}");
-    let find = |k: &str| m.iter().find(|(kk, _)| kk.as_str() == Some(k)).map(|(_, v)| v);
+    let find = |k: &str| {
+        m.iter()
+            .find(|(kk, _)| kk.as_str() == Some(k))
+            .map(|(_, v)| v)
+    };
     let int = |n: &Node, k: &str, lo: i64, hi: i64| -> Result<i64, YamlError> {
         n.as_str()
             .and_then(|s| s.parse::<i64>().ok())
             .filter(|v| (lo..=hi).contains(v))
-            .ok_or_else(|| n.error(format!("{}: expected an integer {lo}-{hi}, found {:?}", key(k), n.as_str().unwrap_or(n.kind()))))
+            .ok_or_else(|| {
+                n.error(format!(
+                    "{}: expected an integer {lo}-{hi}, found {:?}",
+                    key(k),
+                    n.as_str().unwrap_or(n.kind())
+                ))
+            })
     };
     let uclamp = |n: &Node, k: &str| -> Result<u32, YamlError> {
         let s = n.as_str().unwrap_or_default();
@@ -141,7 +174,12 @@ fn class_def(name: &str, def: &Node) -> Result<ClassDef, YamlError> {
                 .ok()
                 .filter(|p| (0.0..=100.0).contains(p))
                 .map(|p| ((p * 1024.0 + 50.0) / 100.0) as u32)
-                .ok_or_else(|| n.error(format!("{}: expected 0-1024 or a percent 0%-100%, found {s:?}", key(k)))),
+                .ok_or_else(|| {
+                    n.error(format!(
+                        "{}: expected 0-1024 or a percent 0%-100%, found {s:?}",
+                        key(k)
+                    ))
+                }),
             None => int(n, k, 0, 1024).map(|v| v as u32),
         }
     };
@@ -181,9 +219,17 @@ fn class_def(name: &str, def: &Node) -> Result<ClassDef, YamlError> {
         attrs.priority = Some(int(n, "priority", 1, 99)? as u32);
     }
     match (attrs.policy.is_some_and(sched::is_realtime), attrs.priority) {
-        (true, None) => return Err(def.error(format!("{}: policy fifo and rr need a priority 1-99", key("policy")))),
+        (true, None) => {
+            return Err(def.error(format!(
+                "{}: policy fifo and rr need a priority 1-99",
+                key("policy")
+            )));
+        }
         (false, Some(_)) => {
-            return Err(def.error(format!("{}: a priority is only for policy fifo or rr", key("priority"))));
+            return Err(def.error(format!(
+                "{}: a priority is only for policy fifo or rr",
+                key("priority")
+            )));
         }
         _ => {}
     }
@@ -198,7 +244,9 @@ fn class_def(name: &str, def: &Node) -> Result<ClassDef, YamlError> {
     }
     if let (Some(lo), Some(hi)) = (attrs.uclamp_min, attrs.uclamp_max) {
         if lo > hi {
-            return Err(def.error(format!("classes.{name}: uclamp-min {lo} is above uclamp-max {hi}")));
+            return Err(def.error(format!(
+                "classes.{name}: uclamp-min {lo} is above uclamp-max {hi}"
+            )));
         }
     }
     if let Some(n) = find("slice-us") {
@@ -216,10 +264,19 @@ fn class_def(name: &str, def: &Node) -> Result<ClassDef, YamlError> {
 fn rule(r: &Node, refs: &mut Vec<(Node, String)>) -> Result<Rule, YamlError> {
     let m = map_of(r, "rule")?;
     check_keys(m, "rule", &["name", "match", "group", "class", "threads"])?;
-    let find = |k: &str| m.iter().find(|(kk, _)| kk.as_str() == Some(k)).map(|(_, v)| v);
-    let mm = find("match").ok_or_else(|| r.error("rule: no `match` (argv0, exe, comm, cmdline, uid)"))?;
+    let find = |k: &str| {
+        m.iter()
+            .find(|(kk, _)| kk.as_str() == Some(k))
+            .map(|(_, v)| v)
+    };
+    let mm = find("match")
+        .ok_or_else(|| r.error("rule: no `match` (argv0, exe, comm, cmdline, uid)"))?;
     let mmap = map_of(mm, "rule.match")?;
-    check_keys(mmap, "rule.match", &["argv0", "exe", "comm", "cmdline", "uid"])?;
+    check_keys(
+        mmap,
+        "rule.match",
+        &["argv0", "exe", "comm", "cmdline", "uid"],
+    )?;
     let mut matcher = Matcher::default();
     for (k, v) in mmap {
         match k.as_str().unwrap_or_default() {
@@ -232,7 +289,9 @@ fn rule(r: &Node, refs: &mut Vec<(Node, String)>) -> Result<Rule, YamlError> {
                     regex::RegexBuilder::new(s)
                         .size_limit(1 << 20)
                         .build()
-                        .map_err(|e| v.error(format!("match.cmdline: not a regular expression: {e}")))?,
+                        .map_err(|e| {
+                            v.error(format!("match.cmdline: not a regular expression: {e}"))
+                        })?,
                 );
             }
             _ => {
@@ -248,7 +307,10 @@ fn rule(r: &Node, refs: &mut Vec<(Node, String)>) -> Result<Rule, YamlError> {
         return Err(mm.error("rule.match: empty: a rule must match something"));
     }
     let group = match find("group") {
-        Some(g) => Some(Target::parse(str_of(g, "rule.group")?).map_err(|e| g.error(format!("rule.group: {e}")))?),
+        Some(g) => Some(
+            Target::parse(str_of(g, "rule.group")?)
+                .map_err(|e| g.error(format!("rule.group: {e}")))?,
+        ),
         None => None,
     };
     let class = match find("class") {
@@ -284,13 +346,20 @@ fn rule(r: &Node, refs: &mut Vec<(Node, String)>) -> Result<Rule, YamlError> {
 fn json_str<'a>(n: &'a Node, what: &str) -> Result<&'a str, YamlError> {
     match &n.value {
         Value::Scalar { text, quoted: true } => Ok(text),
-        _ => Err(n.error(format!("{what}: expected a JSON string, found {}", n.as_str().unwrap_or(n.kind())))),
+        _ => Err(n.error(format!(
+            "{what}: expected a JSON string, found {}",
+            n.as_str().unwrap_or(n.kind())
+        ))),
     }
 }
 
 /// schedqos app configs: `{"app": {"qos": "QOS_X", "thread_qos": {"name": "QOS_Y"}}}`. The
 /// app name matches the basename of argv[0]; no process group (schedqos uses no cgroups).
-fn schedqos_json(doc: &Node, set: &mut RuleSet, refs: &mut Vec<(Node, String)>) -> Result<(), YamlError> {
+fn schedqos_json(
+    doc: &Node,
+    set: &mut RuleSet,
+    refs: &mut Vec<(Node, String)>,
+) -> Result<(), YamlError> {
     for (app, cfg) in map_of(doc, "schedqos app config")? {
         let app_name = str_of(app, "app name")?;
         let m = map_of(cfg, app_name)?;
@@ -317,7 +386,8 @@ fn schedqos_json(doc: &Node, set: &mut RuleSet, refs: &mut Vec<(Node, String)>) 
                     for (t, q) in map_of(v, "thread_qos")? {
                         let q_name = json_str(q, "thread_qos")?.to_string();
                         refs.push((q.clone(), q_name.clone()));
-                        rule.threads.push((Glob(str_of(t, "thread_qos")?.into()), q_name));
+                        rule.threads
+                            .push((Glob(str_of(t, "thread_qos")?.into()), q_name));
                     }
                 }
                 // A sched_profile period: cgqos has no profiles; accepted and ignored.
@@ -348,8 +418,17 @@ mod tests {
         let rule = set.rule_for(&p).unwrap();
         assert_eq!(rule.group, None);
         assert_eq!(set.decide(rule, "chrome").class.unwrap().name, "urgent");
-        assert_eq!(set.decide(rule, "ThreadPoolForeg").class.unwrap().name, "background");
-        assert!(set.rule_for(&ProcessInfo { argv0: "bash".into(), ..ProcessInfo::default() }).is_none());
+        assert_eq!(
+            set.decide(rule, "ThreadPoolForeg").class.unwrap().name,
+            "background"
+        );
+        assert!(
+            set.rule_for(&ProcessInfo {
+                argv0: "bash".into(),
+                ..ProcessInfo::default()
+            })
+            .is_none()
+        );
     }
 
     #[test]
@@ -360,7 +439,10 @@ mod tests {
         )])
         .unwrap();
         let bg = set.classes.get("background").unwrap();
-        assert_eq!((bg.attrs.nice, bg.attrs.policy, bg.attrs.uclamp_max), (Some(15), Some(sched::SCHED_BATCH), Some(512)));
+        assert_eq!(
+            (bg.attrs.nice, bg.attrs.policy, bg.attrs.uclamp_max),
+            (Some(15), Some(sched::SCHED_BATCH), Some(512))
+        );
         let p = ProcessInfo {
             argv0: "chromium".into(),
             cmdline: "chromium --type=renderer --lang=en".into(),
@@ -369,25 +451,71 @@ mod tests {
         let r = set.rule_for(&p).unwrap();
         assert_eq!(r.at, "10-apps.yaml:5");
         assert_eq!(r.group.as_ref().unwrap().path(), "chrome/background");
-        assert_eq!(set.decide(r, "Compositor").class.unwrap().attrs.runtime_ns, Some(3_000_000));
+        assert_eq!(
+            set.decide(r, "Compositor").class.unwrap().attrs.runtime_ns,
+            Some(3_000_000)
+        );
         assert_eq!(set.decide(r, "MediaWorker").class.unwrap().name, "utility");
-        let no = ProcessInfo { argv0: "chromium".into(), cmdline: "chromium --type=gpu".into(), ..ProcessInfo::default() };
+        let no = ProcessInfo {
+            argv0: "chromium".into(),
+            cmdline: "chromium --type=gpu".into(),
+            ..ProcessInfo::default()
+        };
         assert!(set.rule_for(&no).is_none());
     }
 
     #[test]
     fn bad_rules_have_exact_errors() {
         let err = |name: &str, text: &str| load_texts(&[(name, text)]).unwrap_err().to_string();
-        assert_eq!(err("a.json", r#"{"chrome": {"qos": "QOS_FAST"}}"#), "a.json:1:20: unknown class \"QOS_FAST\" (classes: urgent-bursty, urgent, balanced, eco, utility, background; schedqos names QOS_* are accepted too)");
-        assert_eq!(err("b.yaml", "rules:\n  - match: {argv0: x}\n    class: speedy\n"), "b.yaml:3:12: unknown class \"speedy\" (classes: urgent-bursty, urgent, balanced, eco, utility, background; schedqos names QOS_* are accepted too)");
-        assert_eq!(err("c.yaml", "rules:\n  - match: {}\n"), "c.yaml:2:12: rule.match: empty: a rule must match something");
-        assert_eq!(err("d.yaml", "rules:\n  - match: {cmdline: \"(\"}\n"), "d.yaml:2:22: match.cmdline: not a regular expression: regex parse error:\n    (\n    ^\nerror: unclosed group");
-        assert_eq!(err("e.yaml", "classes:\n  x: {policy: rr}\n"), "e.yaml:2:6: classes.x.policy: policy fifo and rr need a priority 1-99");
-        assert_eq!(err("f.yaml", "classes:\n  x: {nice: 40}\n"), "f.yaml:2:13: classes.x.nice: expected an integer -20-19, found \"40\"");
-        assert_eq!(err("g.yaml", "classes:\n  x: {uclamp-min: 120%}\n"), "g.yaml:2:19: classes.x.uclamp-min: expected 0-1024 or a percent 0%-100%, found \"120%\"");
-        assert_eq!(err("h.yaml", "rules:\n  - match: {argv0: x}\n    group: nowhere\n"), "h.yaml:3:12: rule.group: unknown group \"nowhere\": expected ui, foreground, background, chrome/<group>, arcvm, arcvm-vcpu, arcvm-io, vm:<name>[/vcpu|/io] or vms/<name>[/vcpu|/io]");
-        assert_eq!(err("i.yaml", "rulez: []\n"), "i.yaml:1:1: rules file: unknown key `rulez` (expected one of: classes, rules)");
-        assert_eq!(err("j.json", "{\"x\": {\"qos\": 1}}"), "j.json:1:15: qos: expected a JSON string, found 1");
-        assert_eq!(err("k.json", "{\"x\": {\"qos\": \"QOS_DEFAULT\"]}"), "k.json:1:28: YAML syntax error: while parsing a flow mapping, did not find expected ',' or '}'");
+        assert_eq!(
+            err("a.json", r#"{"chrome": {"qos": "QOS_FAST"}}"#),
+            "a.json:1:20: unknown class \"QOS_FAST\" (classes: urgent-bursty, urgent, balanced, eco, utility, background; schedqos names QOS_* are accepted too)"
+        );
+        assert_eq!(
+            err(
+                "b.yaml",
+                "rules:\n  - match: {argv0: x}\n    class: speedy\n"
+            ),
+            "b.yaml:3:12: unknown class \"speedy\" (classes: urgent-bursty, urgent, balanced, eco, utility, background; schedqos names QOS_* are accepted too)"
+        );
+        assert_eq!(
+            err("c.yaml", "rules:\n  - match: {}\n"),
+            "c.yaml:2:12: rule.match: empty: a rule must match something"
+        );
+        assert_eq!(
+            err("d.yaml", "rules:\n  - match: {cmdline: \"(\"}\n"),
+            "d.yaml:2:22: match.cmdline: not a regular expression: regex parse error:\n    (\n    ^\nerror: unclosed group"
+        );
+        assert_eq!(
+            err("e.yaml", "classes:\n  x: {policy: rr}\n"),
+            "e.yaml:2:6: classes.x.policy: policy fifo and rr need a priority 1-99"
+        );
+        assert_eq!(
+            err("f.yaml", "classes:\n  x: {nice: 40}\n"),
+            "f.yaml:2:13: classes.x.nice: expected an integer -20-19, found \"40\""
+        );
+        assert_eq!(
+            err("g.yaml", "classes:\n  x: {uclamp-min: 120%}\n"),
+            "g.yaml:2:19: classes.x.uclamp-min: expected 0-1024 or a percent 0%-100%, found \"120%\""
+        );
+        assert_eq!(
+            err(
+                "h.yaml",
+                "rules:\n  - match: {argv0: x}\n    group: nowhere\n"
+            ),
+            "h.yaml:3:12: rule.group: unknown group \"nowhere\": expected ui, foreground, background, chrome/<group>, arcvm, arcvm-vcpu, arcvm-io, vm:<name>[/vcpu|/io] or vms/<name>[/vcpu|/io]"
+        );
+        assert_eq!(
+            err("i.yaml", "rulez: []\n"),
+            "i.yaml:1:1: rules file: unknown key `rulez` (expected one of: classes, rules)"
+        );
+        assert_eq!(
+            err("j.json", "{\"x\": {\"qos\": 1}}"),
+            "j.json:1:15: qos: expected a JSON string, found 1"
+        );
+        assert_eq!(
+            err("k.json", "{\"x\": {\"qos\": \"QOS_DEFAULT\"]}"),
+            "k.json:1:28: YAML syntax error: while parsing a flow mapping, did not find expected ',' or '}'"
+        );
     }
 }

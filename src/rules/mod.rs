@@ -189,7 +189,9 @@ impl ProcessInfo {
 
 impl Matcher {
     pub fn matches(&self, p: &ProcessInfo) -> bool {
-        self.argv0.as_ref().is_none_or(|g| g.matches(p.argv0_base()))
+        self.argv0
+            .as_ref()
+            .is_none_or(|g| g.matches(p.argv0_base()))
             && self.exe.as_ref().is_none_or(|g| g.matches(&p.exe))
             && self.comm.as_ref().is_none_or(|g| g.matches(&p.comm))
             && self.cmdline.as_ref().is_none_or(|r| r.is_match(&p.cmdline))
@@ -268,7 +270,10 @@ mod tests {
         assert_eq!(c.get("QOS_BACKGROUND").unwrap().name, "background");
         assert_eq!(c.get("QOS_USER_INTERACTIVE").unwrap().name, "urgent-bursty");
         assert_eq!(c.get("default").unwrap().name, "balanced");
-        assert_eq!(c.get("non-urgent").unwrap().cgroup_class, CgroupClass::NonUrgent);
+        assert_eq!(
+            c.get("non-urgent").unwrap().cgroup_class,
+            CgroupClass::NonUrgent
+        );
         assert!(c.get("nope").is_none());
     }
 }

@@ -2,6 +2,8 @@
 //! fixtures, build fake cgroup trees.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,287 @@
+//! The kernel's process events connector (netlink `CN_IDX_PROC`): fork, exec, comm and exit
+//! of every task, so rules apply to new processes and threads, to execs and to renames.
+//!
+//! Every event is handled on its own (an exec right after the fork of the same pid is a
+//! second, separate classification, not a duplicate to drop). A task that exits before it is
+//! handled is a normal event. When the kernel reports lost events (ENOBUFS: the receive
+//! buffer overflowed), the daemon rescans /proc, so nothing stays unclassified.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use super::server::Shared;
+
+const NETLINK_CONNECTOR: i32 = 11;
+const CN_IDX_PROC: u32 = 1;
+const CN_VAL_PROC: u32 = 1;
+const PROC_CN_MCAST_LISTEN: u32 = 1;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_HDRLEN: usize = 16;
+const CN_MSG_LEN: usize = 20;
+
+const PROC_EVENT_FORK: u32 = 0x0000_0001;
+const PROC_EVENT_EXEC: u32 = 0x0000_0002;
+const PROC_EVENT_COMM: u32 = 0x0000_0200;
+const PROC_EVENT_EXIT: u32 = 0x8000_0000;
+
+/// One process event, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A new task: a process when `pid == tgid`, else a thread of `tgid`.
+    Fork {
+        pid: u32,
+        tgid: u32,
+    },
+    Exec {
+        pid: u32,
+        tgid: u32,
+    },
+    Comm {
+        pid: u32,
+        tgid: u32,
+    },
+    Exit {
+        pid: u32,
+        tgid: u32,
+    },
+}
+
+/// Decodes every event in one datagram (one or more netlink messages).
+pub fn parse(mut buf: &[u8]) -> Vec<Event> {
+    let u32_at = |b: &[u8], o: usize| -> Option<u32> {
+        b.get(o..o + 4)
+            .map(|s| u32::from_ne_bytes(s.try_into().expect("4 bytes")))
+    };
+    let mut out = Vec::new();
+    while buf.len() >= NLMSG_HDRLEN {
+        let Some(len) = u32_at(buf, 0).map(|l| l as usize) else {
+            break;
+        };
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            break;
+        }
+        let msg = &buf[NLMSG_HDRLEN..len];
+        // cn_msg: id.idx, id.val, seq, ack, len (u16), flags (u16); then proc_event.
+        if msg.len() >= CN_MSG_LEN && u32_at(msg, 0) == Some(CN_IDX_PROC) {
+            let ev = &msg[CN_MSG_LEN..];
+            // proc_event: what, cpu, timestamp_ns (u64), then the union at offset 16.
+            let what = u32_at(ev, 0);
+            let field = |i: usize| u32_at(ev, 16 + 4 * i);
+            let e = match what {
+                Some(PROC_EVENT_FORK) => field(2)
+                    .zip(field(3))
+                    .map(|(pid, tgid)| Event::Fork { pid, tgid }),
+                Some(PROC_EVENT_EXEC) => field(0)
+                    .zip(field(1))
+                    .map(|(pid, tgid)| Event::Exec { pid, tgid }),
+                Some(PROC_EVENT_COMM) => field(0)
+                    .zip(field(1))
+                    .map(|(pid, tgid)| Event::Comm { pid, tgid }),
+                Some(PROC_EVENT_EXIT) => field(0)
+                    .zip(field(1))
+                    .map(|(pid, tgid)| Event::Exit { pid, tgid }),
+                _ => None,
+            };
+            out.extend(e);
+        }
+        // Messages are 4-byte aligned.
+        let next = (len + 3) & !3;
+        if next >= buf.len() {
+            break;
+        }
+        buf = &buf[next..];
+    }
+    out
+}
+
+/// Opens the connector and subscribes. `rcvbuf` bytes of receive buffer (root may exceed
+/// rmem_max with SO_RCVBUFFORCE).
+pub fn open(rcvbuf: usize) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; returns a new fd or -1.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_CONNECTOR,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just created and is ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let size = rcvbuf as libc::c_int;
+    // SAFETY: setsockopt with a pointer to a live int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &size as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!("SO_RCVBUFFORCE: {}", io::Error::last_os_error());
+    }
+    // SAFETY: sockaddr_nl is plain data; zeroed is valid before we fill it.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as u16;
+    addr.nl_groups = CN_IDX_PROC;
+    // SAFETY: `addr` is a valid sockaddr_nl and its size is passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // nlmsghdr + cn_msg + PROC_CN_MCAST_LISTEN.
+    let total = NLMSG_HDRLEN + CN_MSG_LEN + 4;
+    let mut msg = Vec::with_capacity(total);
+    msg.extend_from_slice(&(total as u32).to_ne_bytes());
+    msg.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
+    msg.extend_from_slice(&0u16.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&std::process::id().to_ne_bytes());
+    msg.extend_from_slice(&CN_IDX_PROC.to_ne_bytes());
+    msg.extend_from_slice(&CN_VAL_PROC.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&4u16.to_ne_bytes());
+    msg.extend_from_slice(&0u16.to_ne_bytes());
+    msg.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
+    // SAFETY: send from our own buffer of the given length.
+    let n = unsafe { libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Listens on a dedicated thread: events are read in batches and applied under one engine
+/// lock per batch; ENOBUFS triggers a full rescan.
+pub fn listen(shared: Arc<Shared>, rcvbuf: usize) {
+    let fd = match open(rcvbuf) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(
+                "process events connector unavailable ({e}): rules apply only at start and on reload"
+            );
+            return;
+        }
+    };
+    tracing::info!("listening to process events (receive buffer {rcvbuf} bytes)");
+    std::thread::Builder::new()
+        .name("cgqos-events".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let mut events = Vec::new();
+                let mut lost = false;
+                // Block for the first datagram, then drain what is queued.
+                let mut flags = 0;
+                loop {
+                    // SAFETY: recv into our own buffer of the given length.
+                    let n = unsafe {
+                        libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags)
+                    };
+                    if n < 0 {
+                        let e = io::Error::last_os_error();
+                        match e.raw_os_error() {
+                            Some(libc::ENOBUFS) => {
+                                lost = true;
+                                continue;
+                            }
+                            Some(libc::EAGAIN) => break,
+                            Some(libc::EINTR) => continue,
+                            _ => {
+                                tracing::error!(
+                                    "process events: {e}; rules now apply only on reload"
+                                );
+                                return;
+                            }
+                        }
+                    }
+                    events.extend(parse(&buf[..n as usize]));
+                    flags = libc::MSG_DONTWAIT;
+                    if events.len() >= 4096 {
+                        break;
+                    }
+                }
+                let shared = shared.clone();
+                let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
+                if lost {
+                    tracing::warn!(
+                        "process events were lost (receive buffer overflow): rescanning /proc"
+                    );
+                    e.rescan();
+                } else {
+                    e.events(&events);
+                }
+            }
+        })
+        .expect("spawn the events thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(what: u32, fields: &[u32]) -> Vec<u8> {
+        let mut ev = Vec::new();
+        ev.extend_from_slice(&what.to_ne_bytes());
+        ev.extend_from_slice(&0u32.to_ne_bytes());
+        ev.extend_from_slice(&0u64.to_ne_bytes());
+        for f in fields {
+            ev.extend_from_slice(&f.to_ne_bytes());
+        }
+        let mut cn = Vec::new();
+        for v in [CN_IDX_PROC, CN_VAL_PROC, 0, 0] {
+            cn.extend_from_slice(&v.to_ne_bytes());
+        }
+        cn.extend_from_slice(&(ev.len() as u16).to_ne_bytes());
+        cn.extend_from_slice(&0u16.to_ne_bytes());
+        cn.extend(ev);
+        let len = NLMSG_HDRLEN + cn.len();
+        let mut m = Vec::new();
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
+        m.extend_from_slice(&[0u8; 10]);
+        m.extend(cn);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m
+    }
+
+    #[test]
+    fn decodes_fork_exec_comm_exit_in_one_datagram() {
+        let mut d = message(PROC_EVENT_FORK, &[10, 10, 11, 11]);
+        d.extend(message(PROC_EVENT_EXEC, &[11, 11]));
+        d.extend(message(PROC_EVENT_COMM, &[12, 11, 0x6c6c6568, 0x6f]));
+        d.extend(message(PROC_EVENT_EXIT, &[11, 11, 0, 17]));
+        assert_eq!(
+            parse(&d),
+            vec![
+                Event::Fork { pid: 11, tgid: 11 },
+                Event::Exec { pid: 11, tgid: 11 },
+                Event::Comm { pid: 12, tgid: 11 },
+                Event::Exit { pid: 11, tgid: 11 },
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_or_garbage_datagrams_decode_to_nothing() {
+        let d = message(PROC_EVENT_FORK, &[10, 10, 11, 11]);
+        for cut in 0..d.len() {
+            let _ = parse(&d[..cut]);
+        }
+        assert!(parse(&[0xff; 64]).is_empty());
+    }
+}
