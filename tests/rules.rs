@@ -1,0 +1,310 @@
+//! Rules on real process events (root only; skipped with the reason otherwise). Every rule
+//! matches only programs these tests start: copies of this test binary under unique names.
+
+mod common;
+use common::daemon::*;
+use common::*;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const CHILD: &str = "CGQOS_RULES_CHILD";
+
+/// Not a test: the program the rules match (run as a renamed copy of this binary). Starts
+/// `CGQOS_RULES_CHILD` threads named worker-N, prints their tids, renames worker-0 to
+/// `renamed-0` when it reads a line, and runs until stdin closes.
+#[test]
+#[ignore = "helper process for the rules tests"]
+fn rules_child() {
+    let Ok(n) = std::env::var(CHILD) else { return };
+    let n: usize = n.parse().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (rename_tx, rename_rx) = std::sync::mpsc::channel::<()>();
+    let rename_rx = std::sync::Mutex::new(Some(rename_rx));
+    let rename_rx = std::sync::Arc::new(rename_rx);
+    for i in 0..n {
+        let tx = tx.clone();
+        let rr = rename_rx.clone();
+        std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                tx.send(unsafe { libc::gettid() } as u32).unwrap();
+                if i == 0 {
+                    let rx = rr.lock().unwrap().take().unwrap();
+                    if rx.recv().is_ok() {
+                        let name = std::ffi::CString::new("renamed-0").unwrap();
+                        // SAFETY: PR_SET_NAME with a NUL-terminated string we own.
+                        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+                    }
+                }
+                std::thread::park();
+            })
+            .unwrap();
+    }
+    let mut tids: Vec<u32> = (0..n).map(|_| rx.recv().unwrap()).collect();
+    tids.sort();
+    println!(
+        "TIDS {}",
+        tids.iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    while stdin.read_line(&mut line).unwrap_or(0) > 0 {
+        let _ = rename_tx.send(());
+        line.clear();
+    }
+    std::process::exit(0);
+}
+
+/// A copy of this test binary under a unique name, so rules match nothing else.
+struct Program {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    name: String,
+}
+
+fn program(tag: &str) -> Program {
+    let dir = tempfile::tempdir().unwrap();
+    // comm keeps 15 characters: keep the name short and unique.
+    let name = format!("cq{tag}{}", std::process::id() % 100000);
+    let path = dir.path().join(&name);
+    std::fs::copy(std::env::current_exe().unwrap(), &path).unwrap();
+    Program {
+        _dir: dir,
+        path,
+        name,
+    }
+}
+
+struct Running {
+    child: Child,
+    tids: Vec<u32>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// The child is reaped by Running's Drop, on every path that returns it.
+#[allow(clippy::zombie_processes)]
+fn run_program(p: &Program, threads: usize) -> Running {
+    let mut child = Command::new(&p.path)
+        .args([
+            "--exact",
+            "rules_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, threads.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "child died");
+        if let Some(t) = line.split("TIDS ").nth(1) {
+            let tids = t.split_whitespace().map(|s| s.parse().unwrap()).collect();
+            return Running { child, tids };
+        }
+    }
+}
+
+fn nice(pid: u32, tid: u32) -> i32 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    let rest = &s[s.rfind(')').unwrap() + 2..];
+    rest.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+fn task_cgroup(pid: u32, tid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/cgroup"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap()
+        .to_string()
+}
+
+const OPEN: &str = "socket:\n  mode: \"0666\"\n";
+
+fn rules_daemon(tag: &str, rules: &str, env: &[(&str, &str)]) -> Option<Daemon> {
+    Daemon::with(tag, OPEN, None, &[("rules.d/10-test.yaml", rules)], env)
+}
+
+#[test]
+fn a_matching_program_is_classified_at_exec_and_a_renamed_thread_again() {
+    let p = program("ex");
+    let rules = format!(
+        "rules:\n  - name: test-app\n    match: {{argv0: \"{}\"}}\n    group: background\n    class: utility\n    threads:\n      \"renamed-*\": background\n",
+        p.name
+    );
+    let Some(d) = rules_daemon("exec", &rules, &[]) else {
+        return;
+    };
+    let r = run_program(&p, 2);
+    let pid = r.child.id();
+    wait_for("the process in background", || {
+        task_cgroup(pid, pid).ends_with("/chrome/background/non-urgent")
+    });
+    wait_for("utility's nice on every thread", || {
+        r.tids.iter().all(|&t| nice(pid, t) == 1)
+    });
+    assert_eq!(nice(pid, pid), 1);
+    // Rename worker-0 after its creation: the COMM event re-classifies it.
+    let mut stdin = r.child.stdin.as_ref().unwrap();
+    writeln!(stdin, "rename").unwrap();
+    let renamed = r.tids[0];
+    wait_for("the renamed thread in class background", || {
+        nice(pid, renamed) == 10
+    });
+    assert_eq!(nice(pid, r.tids[1]), 1, "the other worker keeps its class");
+    // Explain: the rule, with file and line.
+    let w = d.cli(&[
+        "why",
+        &renamed.to_string(),
+        "--state-dir",
+        d.state().to_str().unwrap(),
+    ]);
+    assert!(
+        w.stdout.contains("placed by rule test-app (") && w.stdout.contains("10-test.yaml:2)"),
+        "{}",
+        w.stdout
+    );
+    assert!(w.stdout.contains("class: background"), "{}", w.stdout);
+    // Reset: nice and cgroup back, through the daemon.
+    let original = task_cgroup(std::process::id(), std::process::id());
+    let reset = d.cli(&["reset"]);
+    assert_eq!(reset.code, 0, "{}{}", reset.stdout, reset.stderr);
+    for &t in &r.tids {
+        assert_eq!(nice(pid, t), 0, "reset restores nice of {t}");
+    }
+    assert_eq!(task_cgroup(pid, pid), original, "reset restores the cgroup");
+    assert!(
+        d.log().contains("classified by rule test-app"),
+        "one log line per applied rule"
+    );
+}
+
+#[test]
+fn the_schedqos_json_example_on_a_real_multithreaded_process() {
+    let p = program("sq");
+    // Every task background, except threads named like the program: interactive. The main
+    // thread's comm is the program's name.
+    let json = format!(
+        r#"{{"{0}": {{"qos": "QOS_BACKGROUND", "thread_qos": {{"{0}": "QOS_INTERACTIVE"}}}}}}"#,
+        p.name
+    );
+    let Some(_d) = Daemon::with("sq", OPEN, None, &[("rules.d/chrome.json", &json)], &[]) else {
+        return;
+    };
+    let original = task_cgroup(std::process::id(), std::process::id());
+    let r = run_program(&p, 3);
+    let pid = r.child.id();
+    wait_for("the main thread interactive (nice -8)", || {
+        nice(pid, pid) == -8
+    });
+    wait_for("the workers background (nice 10)", || {
+        r.tids.iter().all(|&t| nice(pid, t) == 10)
+    });
+    // schedqos names no group: the process keeps its cgroup.
+    assert_eq!(task_cgroup(pid, pid), original);
+}
+
+#[test]
+fn tasks_that_match_no_rule_are_never_touched() {
+    let p = program("no");
+    let Some(mut d) = rules_daemon(
+        "none",
+        "rules:\n  - match: {argv0: \"cgqos-matches-nothing\"}\n    class: background\n",
+        &[],
+    ) else {
+        return;
+    };
+    let r = run_program(&p, 1);
+    let pid = r.child.id();
+    let s = d.sleeper();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(nice(pid, pid), 0);
+    assert_eq!(nice(s, s), 0);
+    assert!(!task_cgroup(pid, pid).contains("chrome"));
+}
+
+#[test]
+fn lost_events_are_followed_by_a_rescan_with_nothing_missed() {
+    let p = program("lo");
+    let rules = format!(
+        "rules:\n  - match: {{argv0: \"{}\"}}\n    class: background\n",
+        p.name
+    );
+    // A receive buffer too small for a burst: the kernel drops events (ENOBUFS).
+    let Some(d) = rules_daemon("lost", &rules, &[("CGQOS_EVENTS_RCVBUF", "1")]) else {
+        return;
+    };
+    // A burst of short-lived unrelated processes to overflow the buffer, and long-lived
+    // matching ones among them.
+    let mut keep = Vec::new();
+    for i in 0..40 {
+        let mut burst: Vec<Child> = (0..25)
+            .map(|_| Command::new("true").spawn().unwrap())
+            .collect();
+        if i % 4 == 0 {
+            keep.push(run_program(&p, 1));
+        }
+        for b in &mut burst {
+            let _ = b.wait();
+        }
+    }
+    wait_for("a rescan after lost events", || {
+        d.log().contains("rescanning /proc")
+    });
+    for r in &keep {
+        let pid = r.child.id();
+        wait_for("every long-lived matching task classified", || {
+            r.tids.iter().chain([&pid]).all(|&t| nice(pid, t) == 10)
+        });
+    }
+}
+
+#[test]
+fn move_thread_applies_the_class_attributes() {
+    let Some(mut d) = Daemon::new("attrs", OPEN, None) else {
+        return;
+    };
+    let pid = d.sleeper();
+    assert_eq!(d.cli(&["move", &pid.to_string(), "foreground"]).code, 0);
+    let r = d.cli(&["move", "--thread", &pid.to_string(), "utility"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(nice(pid, pid), 1);
+    assert!(task_cgroup(pid, pid).ends_with("/chrome/foreground/non-urgent"));
+    // schedqos names work as classes too.
+    assert_eq!(
+        d.cli(&["move", "--thread", &pid.to_string(), "QOS_BACKGROUND"])
+            .code,
+        0
+    );
+    assert_eq!(nice(pid, pid), 10);
+    let r = d.cli(&["move", "--thread", &pid.to_string(), "QOS_NOPE"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    // Teardown restores the attributes with the cgroup.
+    d.signal(libc::SIGTERM);
+    let t = run(cgqos()
+        .args(["teardown", "--direct", "--cgroup-root"])
+        .arg(&d.root)
+        .arg("--state-dir")
+        .arg(d.state()));
+    assert_eq!(t.code, 0, "{}", t.stderr);
+    assert_eq!(nice(pid, pid), 0, "teardown restored nice");
+    assert!(!Path::new(&d.root).exists());
+}
