@@ -44,30 +44,8 @@ struct Env {
 
 impl Env {
     fn new(tag: &str) -> Option<Env> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: not root (the real cgroup2 tests need root)");
-            return None;
-        }
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let Some(mount) = cgqos::cgroupfs::cgroup2_mounts(&mountinfo)
-            .into_iter()
-            .find(|m| m.root == "/")
-        else {
-            eprintln!("skipped: no cgroup2 mount found in /proc/self/mountinfo");
-            return None;
-        };
-        // Our own cgroup must be inside this mount for moves to be visible to us.
-        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        if !own.lines().any(|l| l.starts_with("0::/")) {
-            eprintln!("skipped: this process has no cgroup2 membership");
-            return None;
-        }
-        let root = mount
-            .dir
-            .join(format!("cgqos-test-{tag}-{}", std::process::id()));
         Some(Env {
-            root,
+            root: common::real_subroot(tag)?,
             state: tempfile::tempdir().unwrap(),
             children: Vec::new(),
         })

@@ -7,7 +7,7 @@
 //! buffer overflowed), the daemon rescans /proc, so nothing stays unclassified.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use super::server::Shared;
@@ -98,19 +98,7 @@ pub fn parse(mut buf: &[u8]) -> Vec<Event> {
 /// Opens the connector and subscribes. `rcvbuf` bytes of receive buffer (root may exceed
 /// rmem_max with SO_RCVBUFFORCE).
 pub fn open(rcvbuf: usize) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments; returns a new fd or -1.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_CONNECTOR,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor was just created and is ours.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = super::watch::netlink_socket(NETLINK_CONNECTOR, CN_IDX_PROC, false)?;
     let size = rcvbuf as libc::c_int;
     // SAFETY: setsockopt with a pointer to a live int and its size.
     let rc = unsafe {
@@ -124,21 +112,6 @@ pub fn open(rcvbuf: usize) -> io::Result<OwnedFd> {
     };
     if rc != 0 {
         tracing::debug!("SO_RCVBUFFORCE: {}", io::Error::last_os_error());
-    }
-    // SAFETY: sockaddr_nl is plain data; zeroed is valid before we fill it.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as u16;
-    addr.nl_groups = CN_IDX_PROC;
-    // SAFETY: `addr` is a valid sockaddr_nl and its size is passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
     }
     // nlmsghdr + cn_msg + PROC_CN_MCAST_LISTEN.
     let total = NLMSG_HDRLEN + CN_MSG_LEN + 4;

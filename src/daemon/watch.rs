@@ -155,29 +155,21 @@ pub fn sighup(shared: Arc<Shared>) {
 
 const NETLINK_KOBJECT_UEVENT: i32 = 15;
 
-/// Re-detects CPUs when one goes online or offline (kernel uevents, SUBSYSTEM=cpu).
-pub fn hotplug(shared: Arc<Shared>) {
+/// A netlink datagram socket of `protocol`, bound to the multicast `groups`.
+pub fn netlink_socket(protocol: i32, groups: u32, nonblocking: bool) -> io::Result<OwnedFd> {
+    let flags =
+        libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
     // SAFETY: socket(2) with constant arguments; returns a new fd or -1.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            NETLINK_KOBJECT_UEVENT,
-        )
-    };
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, flags, protocol) };
     if fd < 0 {
-        tracing::warn!(
-            "no uevent socket ({}): CPU hotplug needs SIGHUP",
-            io::Error::last_os_error()
-        );
-        return;
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: sockaddr_nl is plain data; zeroed is a valid value before we fill it.
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     addr.nl_family = libc::AF_NETLINK as u16;
-    addr.nl_groups = 1; // the kernel's uevent broadcast group
+    addr.nl_groups = groups;
     // SAFETY: `addr` is a valid sockaddr_nl and its size is passed.
     let rc = unsafe {
         libc::bind(
@@ -187,12 +179,21 @@ pub fn hotplug(shared: Arc<Shared>) {
         )
     };
     if rc != 0 {
-        tracing::warn!(
-            "cannot bind the uevent socket ({}): CPU hotplug needs SIGHUP",
-            io::Error::last_os_error()
-        );
-        return;
+        return Err(io::Error::last_os_error());
     }
+    Ok(fd)
+}
+
+/// Re-detects CPUs when one goes online or offline (kernel uevents, SUBSYSTEM=cpu).
+pub fn hotplug(shared: Arc<Shared>) {
+    // Group 1 is the kernel's uevent broadcast.
+    let fd = match netlink_socket(NETLINK_KOBJECT_UEVENT, 1, true) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!("no uevent socket ({e}): CPU hotplug needs SIGHUP");
+            return;
+        }
+    };
     tokio::spawn(async move {
         // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: open for its whole life.
         let Ok(afd) = (unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }) else {

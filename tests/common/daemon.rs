@@ -22,23 +22,7 @@ pub struct Daemon {
 }
 
 pub fn usable(tag: &str) -> Option<PathBuf> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: not root (the daemon tests need root)");
-        return None;
-    }
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let Some(m) = cgqos::cgroupfs::cgroup2_mounts(&mi)
-        .into_iter()
-        .find(|m| m.root == "/")
-    else {
-        eprintln!("skipped: no cgroup2 mount");
-        return None;
-    };
-    Some(
-        m.dir
-            .join(format!("cgqos-dtest-{tag}-{}", std::process::id())),
-    )
+    real_subroot(&format!("d{tag}"))
 }
 
 impl Daemon {

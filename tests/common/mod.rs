@@ -141,3 +141,33 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
         }
     }
 }
+
+/// A unique sub-root path of the machine's real cgroup2 mount, or `None` (with the reason
+/// printed) when the tests that need one cannot run: not root, no cgroup2 mount, or this
+/// process outside cgroup2.
+pub fn real_subroot(tag: &str) -> Option<PathBuf> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: not root (tests on the real cgroup2 mount need root)");
+        return None;
+    }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let Some(mount) = cgqos::cgroupfs::cgroup2_mounts(&mountinfo)
+        .into_iter()
+        .find(|m| m.root == "/")
+    else {
+        eprintln!("skipped: no cgroup2 mount found in /proc/self/mountinfo");
+        return None;
+    };
+    // Our own cgroup must be inside this mount for moves to be visible to us.
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+    if !own.lines().any(|l| l.starts_with("0::/")) {
+        eprintln!("skipped: this process has no cgroup2 membership");
+        return None;
+    }
+    Some(
+        mount
+            .dir
+            .join(format!("cgqos-test-{tag}-{}", std::process::id())),
+    )
+}
