@@ -308,3 +308,43 @@ fn move_thread_applies_the_class_attributes() {
     assert_eq!(nice(pid, pid), 0, "teardown restored nice");
     assert!(!Path::new(&d.root).exists());
 }
+
+#[test]
+fn new_rules_apply_to_running_tasks_and_an_invalid_file_keeps_the_old_ones() {
+    let p = program("rl");
+    let rules = |class: &str| {
+        format!(
+            "rules:\n  - name: app\n    match: {{argv0: \"{}\"}}\n    class: {class}\n",
+            p.name
+        )
+    };
+    let Some(d) = rules_daemon("reload", &rules("utility"), &[]) else {
+        return;
+    };
+    let r = run_program(&p, 1);
+    let pid = r.child.id();
+    wait_for("utility (nice 1)", || nice(pid, pid) == 1);
+    // An editor's save into rules.d: temporary file, then rename.
+    let dir = d.dir.path().join("conf/rules.d");
+    std::fs::write(dir.join(".10-test.yaml.swp"), rules("background")).unwrap();
+    std::fs::rename(dir.join(".10-test.yaml.swp"), dir.join("10-test.yaml")).unwrap();
+    wait_for(
+        "the running task re-classified as background (nice 10)",
+        || nice(pid, pid) == 10,
+    );
+    // An invalid rules file: refused with file and line; the running rules stay.
+    std::fs::write(
+        dir.join("20-bad.yaml"),
+        "rules:\n  - match: {argv0: x}\n    class: warp-speed\n",
+    )
+    .unwrap();
+    wait_for("the refusal", || {
+        d.log()
+            .contains("20-bad.yaml:3:12: unknown class \"warp-speed\"")
+    });
+    let q = run_program(&p, 1);
+    let qid = q.child.id();
+    wait_for("a new task still classified by the old rules", || {
+        nice(qid, qid) == 10
+    });
+}

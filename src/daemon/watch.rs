@@ -78,6 +78,16 @@ pub fn config_watch(shared: Arc<Shared>, dir: &Path) {
         );
         return;
     }
+    // Rules live one level down; a rules.d created later is picked up when it appears.
+    let rules_dir = dir.join(crate::rules::load::RULES_DIR);
+    if rules_dir.is_dir() {
+        if let Err(e) = ino.watches().add(&rules_dir, mask) {
+            tracing::warn!(
+                "cannot watch {} ({e}): rule changes need SIGHUP",
+                rules_dir.display()
+            );
+        }
+    }
     tracing::info!("watching {} for configuration changes", dir.display());
     tokio::spawn(async move {
         let fd = ino.as_raw_fd();
@@ -92,10 +102,15 @@ pub fn config_watch(shared: Arc<Shared>, dir: &Path) {
                 return;
             };
             let mut relevant = false;
+            let mut new_rules_dir = false;
             match ino.read_events(&mut buf) {
                 Ok(events) => {
                     for ev in events {
                         let name = ev.name.and_then(|n| n.to_str()).unwrap_or("");
+                        if name == crate::rules::load::RULES_DIR {
+                            new_rules_dir = true;
+                            relevant = true;
+                        }
                         // Editors' temporary files (.swp, ~, .#x) are not configuration.
                         if name.ends_with(".yaml")
                             || name.ends_with(".yml")
@@ -113,6 +128,14 @@ pub fn config_watch(shared: Arc<Shared>, dir: &Path) {
                 Err(e) => {
                     tracing::warn!("inotify: {e}");
                     return;
+                }
+            }
+            if new_rules_dir && rules_dir.is_dir() {
+                if let Err(e) = ino.watches().add(&rules_dir, mask) {
+                    tracing::warn!(
+                        "cannot watch {} ({e}): rule changes need SIGHUP",
+                        rules_dir.display()
+                    );
                 }
             }
             if relevant {
