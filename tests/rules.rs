@@ -348,3 +348,27 @@ fn new_rules_apply_to_running_tasks_and_an_invalid_file_keeps_the_old_ones() {
         nice(qid, qid) == 10
     });
 }
+
+#[test]
+fn rules_writable_by_others_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.d");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(rules.join("10.yaml"), "rules: []\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        rules.join("10.yaml"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let r = run(cgqos()
+        .args(["rules", "check", "--config-dir"])
+        .arg(dir.path()));
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("10.yaml:1:1: refused: writable by group or others (mode 666)"),
+        "{}",
+        r.stderr
+    );
+}

@@ -206,6 +206,7 @@ fn describe(p: &Pattern) -> String {
 /// Loads `<dir>/daemon.yaml`; an absent file is the default configuration.
 pub fn load(dir: &Path, etc: &Path) -> Result<Config, YamlError> {
     let path = dir.join(CONFIG_FILE);
+    crate::rules::load::trusted(&path)?;
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),

@@ -28,8 +28,10 @@ pub fn load_dir(config_dir: &Path) -> Result<RuleSet, YamlError> {
     };
     names.sort();
     let mut files = Vec::new();
+    trusted(&dir)?;
     for n in names {
         let path = dir.join(&n);
+        trusted(&path)?;
         let text = fs::read_to_string(&path).map_err(|e| YamlError {
             at: yaml::Location {
                 file: path.display().to_string().into(),
@@ -46,6 +48,38 @@ pub fn load_dir(config_dir: &Path) -> Result<RuleSet, YamlError> {
             .map(|(f, t)| (f.as_str(), t.as_str()))
             .collect::<Vec<_>>(),
     )
+}
+
+/// Rules change how root treats every process: a file or directory that another user owns
+/// or may write is refused.
+pub fn trusted(path: &Path) -> Result<(), YamlError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = fs::metadata(path) else {
+        return Ok(());
+    };
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let why = if m.uid() != euid && m.uid() != 0 {
+        Some(format!("owned by uid {}", m.uid()))
+    } else if m.mode() & 0o022 != 0 {
+        Some(format!(
+            "writable by group or others (mode {:o})",
+            m.mode() & 0o777
+        ))
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(w) => Err(YamlError {
+            at: yaml::Location {
+                file: path.display().to_string().into(),
+                line: 1,
+                col: 1,
+            },
+            message: format!("refused: {w}; configuration must be writable only by root"),
+        }),
+    }
 }
 
 /// Loads rule files given as (name, text); `.json` names are schedqos app configs.
