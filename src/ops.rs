@@ -94,7 +94,8 @@ pub fn code_of(exit: Exit) -> Code {
         Exit::BadInput => Code::InvalidTarget,
         Exit::KernelRefused => Code::KernelRefused,
         Exit::Denied => Code::Denied,
-        Exit::Unsupported | Exit::Failure | Exit::Unavailable | Exit::Ok => Code::Internal,
+        Exit::Unsupported => Code::Unsupported,
+        Exit::Failure | Exit::Unavailable | Exit::Ok => Code::Internal,
     }
 }
 
@@ -108,6 +109,7 @@ pub fn exit_of(code: Code) -> Exit {
         Code::KernelRefused => Exit::KernelRefused,
         Code::Denied => Exit::Denied,
         Code::Busy => Exit::Unavailable,
+        Code::Unsupported => Exit::Unsupported,
     }
 }
 

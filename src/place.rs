@@ -278,6 +278,11 @@ impl<'a> Placer<'a> {
             .map_err(gone_or_kernel(pid.0))?;
         let classes = target.classes();
         let group_cgroup = self.cgroup_path(&group);
+        // As `where` reports it: a VM part (`vms/x/vcpu`) is the VM's group and that class.
+        let (shown_group, shown_class) = match layout::classify(&group) {
+            Some(p) => (p.group, p.class),
+            None => (group.clone(), None),
+        };
         let mut after = Vec::with_capacity(before.len());
         for (tid, cgroup) in &before {
             let class = self
@@ -290,8 +295,13 @@ impl<'a> Placer<'a> {
                 tid: *tid,
                 comm: String::new(),
                 cgroup: group_cgroup.clone(),
-                group: Some(group.clone()),
-                class: Some(class.clone().unwrap_or_else(|| "default".into())),
+                group: Some(shown_group.clone()),
+                class: Some(
+                    class
+                        .clone()
+                        .or_else(|| shown_class.clone())
+                        .unwrap_or_else(|| "default".into()),
+                ),
             };
             if let Some(class) = class {
                 let file = self.cg.path(&format!("{group}/{class}/{}", files::THREADS));

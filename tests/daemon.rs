@@ -163,14 +163,29 @@ fn unprivileged_client() {
         ),
     );
     let reload = request(&mut s, r#"{"v":1,"op":"reload"}"#);
-    println!("MINE {mine}THEIRS {theirs}URGENT {urgent}RELOAD {reload}");
+    // Reservations hold whatever name the request uses: an alias of a reserved class, a VM part.
+    let alias = request(
+        &mut s,
+        &format!(
+            r#"{{"v":1,"op":"move_threads","class":"QOS_BACKGROUND","targets":[{{"id":{}}}]}}"#,
+            own.id()
+        ),
+    );
+    let part = request(
+        &mut s,
+        &format!(
+            r#"{{"v":1,"op":"move","group":"arcvm-vcpu","targets":[{{"id":{}}}]}}"#,
+            own.id()
+        ),
+    );
+    println!("MINE {mine}THEIRS {theirs}URGENT {urgent}RELOAD {reload}ALIAS {alias}PART {part}");
     own.kill().unwrap();
     own.wait().unwrap();
 }
 
 #[test]
 fn an_unprivileged_caller_may_place_its_own_processes_only() {
-    let config = "socket:\n  mode: \"0666\"\npolicy:\n  reserved:\n    - target: class:urgent\n      users: [12345]\n";
+    let config = "socket:\n  mode: \"0666\"\npolicy:\n  reserved:\n    - target: class:urgent\n      users: [12345]\n    - target: class:background\n      users: [12345]\n    - target: arcvm-vcpu\n      users: [12345]\n";
     let Some(mut d) = Daemon::new("unpriv", config, None) else {
         return;
     };
@@ -219,6 +234,10 @@ fn an_unprivileged_caller_may_place_its_own_processes_only() {
         "{urgent}"
     );
     assert!(line("RELOAD ").contains("\"code\":\"denied\""));
+    let alias = line("ALIAS ");
+    assert!(alias.contains("class background is reserved"), "{alias}");
+    let part = line("PART ");
+    assert!(part.contains("group vms/arcvm/vcpu is reserved"), "{part}");
     // The foreign process did not move; the denial is logged with the caller.
     assert!(!cgroup_of(foreign).contains("chrome"));
     let log = d.log();

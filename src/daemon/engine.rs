@@ -148,6 +148,22 @@ impl Engine {
     pub fn reload(&mut self, why: &str) -> Result<usize, (Code, String)> {
         match Engine::load(&self.paths) {
             Ok(loaded) => {
+                let (old, new) = (&self.loaded.config, &loaded.config);
+                if (
+                    old.socket_mode,
+                    old.socket_gid,
+                    old.max_connections,
+                    old.idle_timeout_secs,
+                ) != (
+                    new.socket_mode,
+                    new.socket_gid,
+                    new.max_connections,
+                    new.idle_timeout_secs,
+                ) {
+                    tracing::warn!(
+                        "socket.* and limits.* changed: they take effect when the daemon restarts"
+                    );
+                }
                 self.loaded = loaded;
                 self.converge().map_err(fail)?;
                 self.session.save().map_err(fail)?;
@@ -362,6 +378,16 @@ impl Engine {
                         class: class.as_deref(),
                     },
                 )?;
+                // A reservation may name the part itself (`arcvm-vcpu`, `vms/x/io`).
+                if class.is_some() {
+                    self.authorize(
+                        caller,
+                        &Action::Place {
+                            group: &target.path(),
+                            class: None,
+                        },
+                    )?;
+                }
                 let moved = self.move_checked(caller, &Dest::Group(target), targets, |_| Ok(()));
                 self.finish_moves(moved, watch)
             }
@@ -373,12 +399,14 @@ impl Engine {
                 );
                 let dest = ops::thread_dest(class, &self.loaded.rules.classes, self.uclamp, by)
                     .map_err(|e| (Code::InvalidTarget, e))?;
-                // The policy sees both the class asked for and where it puts the thread.
-                let cgroup_class = match &dest {
-                    Dest::ThreadClass { class, .. } => {
-                        class.cgroup_class.layout_class().unwrap_or("default")
-                    }
-                    _ => class.as_str(),
+                // The policy sees the class by its own name (whatever alias was asked for)
+                // and where it puts the thread.
+                let (canonical, cgroup_class) = match &dest {
+                    Dest::ThreadClass { class, .. } => (
+                        class.name.clone(),
+                        class.cgroup_class.layout_class().unwrap_or("default"),
+                    ),
+                    _ => (class.clone(), class.as_str()),
                 };
                 let config = self.loaded.config.clone();
                 let map = self.session.map.clone();
@@ -394,7 +422,7 @@ impl Engine {
                         .and_then(|r| layout::classify(&r))
                         .map(|p| p.group)
                         .unwrap_or_default();
-                    for c in [class.as_str(), cgroup_class] {
+                    for c in [canonical.as_str(), cgroup_class] {
                         config
                             .authorize(
                                 caller,
@@ -501,6 +529,14 @@ impl Engine {
         }
         let mut moved = ops::move_tasks(&mut self.session, dest, &allowed);
         moved.extend(refused);
+        // Replies come in the order of the request's targets.
+        let order = |id: u32| {
+            targets
+                .iter()
+                .position(|t| t.id == id)
+                .unwrap_or(usize::MAX)
+        };
+        moved.sort_by_key(|m| order(m.id));
         moved
     }
 

@@ -111,7 +111,10 @@ pub fn open(rcvbuf: usize) -> io::Result<OwnedFd> {
         )
     };
     if rc != 0 {
-        tracing::debug!("SO_RCVBUFFORCE: {}", io::Error::last_os_error());
+        tracing::warn!(
+            "process events: cannot set a {rcvbuf}-byte receive buffer ({}); bursts may be lost (and then rescanned)",
+            io::Error::last_os_error()
+        );
     }
     // nlmsghdr + cn_msg + PROC_CN_MCAST_LISTEN.
     let total = NLMSG_HDRLEN + CN_MSG_LEN + 4;

@@ -206,6 +206,7 @@ fn describe(p: &Pattern) -> String {
 /// Loads `<dir>/daemon.yaml`; an absent file is the default configuration.
 pub fn load(dir: &Path, etc: &Path) -> Result<Config, YamlError> {
     let path = dir.join(CONFIG_FILE);
+    crate::rules::load::trusted(dir)?;
     crate::rules::load::trusted(&path)?;
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
@@ -282,12 +283,18 @@ pub fn parse(file: &str, text: &str, etc: &Path) -> Result<Config, YamlError> {
                     .ok_or_else(|| entry.error("policy.reserved: entry has no `target`"))?;
                 let ts = scalar(t, "policy.reserved.target")?;
                 let pattern = match ts.strip_prefix("class:") {
-                    Some(c)
-                        if crate::layout::parse_class(c).is_ok()
-                            || crate::rules::Classes::default().get(c).is_some() =>
-                    {
-                        Pattern::Class(c.to_string())
+                    // urgent, non-urgent, default, vcpu, io name where threads go.
+                    Some(c) if crate::layout::parse_class(c).is_ok() => {
+                        Pattern::Class(if c == "nonurgent" { "non-urgent" } else { c }.to_string())
                     }
+                    // A thread class, by its own name whatever alias the file uses.
+                    Some(c) if crate::rules::Classes::default().get(c).is_some() => Pattern::Class(
+                        crate::rules::Classes::default()
+                            .get(c)
+                            .expect("checked")
+                            .name
+                            .clone(),
+                    ),
                     Some(c) => {
                         return Err(t.error(format!("policy.reserved.target: unknown class {c:?}")));
                     }

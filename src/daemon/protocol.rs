@@ -106,6 +106,8 @@ pub enum Code {
     NoSuchProcess,
     /// The kernel refused (EBUSY, EOPNOTSUPP, EINVAL, EACCES).
     KernelRefused,
+    /// The kernel lacks what the request needs (e.g. no cpu controller for `restrict`).
+    Unsupported,
     /// Too many connections; try again.
     Busy,
     /// The new configuration is invalid; the old one stays in force.
@@ -208,8 +210,25 @@ pub fn parse(line: &[u8]) -> Result<(Value, Request), Reply> {
             ));
         }
     }
+    let extra: Vec<String> = obj.keys().filter(|k| *k != "op").cloned().collect();
     let request: Request = serde_json::from_value(Value::Object(obj))
         .map_err(|e| Reply::err(id.clone(), Code::BadRequest, e.to_string()))?;
+    // serde ignores fields next to the tag of a variant without fields: refuse them here.
+    if matches!(
+        request,
+        Request::Ping | Request::Status | Request::Reload | Request::Reset
+    ) && !extra.is_empty()
+    {
+        return Err(Reply::err(
+            id,
+            Code::BadRequest,
+            format!(
+                "unknown field `{}`: `{}` takes no fields",
+                extra[0],
+                request.op()
+            ),
+        ));
+    }
     let targets = match &request {
         Request::Move { targets, .. } | Request::MoveThreads { targets, .. } => targets.len(),
         _ => 0,
@@ -338,6 +357,14 @@ mod tests {
         );
         assert_eq!(p(&line).unwrap_err().0, Code::TooLarge);
         assert_eq!(p(&"x".repeat(MAX_LINE + 1)).unwrap_err().0, Code::TooLarge);
+    }
+
+    #[test]
+    fn operations_without_fields_refuse_fields() {
+        let (c, m) = p(r#"{"v":1,"op":"ping","extra":1}"#).unwrap_err();
+        assert_eq!(c, Code::BadRequest);
+        assert!(m.contains("unknown field `extra`"), "{m}");
+        assert!(p(r#"{"v":1,"op":"reset"}"#).is_ok());
     }
 
     #[test]

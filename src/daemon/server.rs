@@ -49,11 +49,19 @@ pub fn bind(
 ) -> io::Result<std::os::unix::net::UnixListener> {
     check(path)?;
     let listener = std::os::unix::net::UnixListener::bind(path)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    if let Some(g) = gid {
-        std::os::unix::fs::chown(path, None, Some(g))?;
+    let finish = || -> io::Result<()> {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| io::Error::new(e.kind(), format!("chmod {mode:o}: {e}")))?;
+        if let Some(g) = gid {
+            std::os::unix::fs::chown(path, None, Some(g))
+                .map_err(|e| io::Error::new(e.kind(), format!("chown to group {g}: {e}")))?;
+        }
+        listener.set_nonblocking(true)
+    };
+    if let Err(e) = finish() {
+        let _ = fs::remove_file(path);
+        return Err(e);
     }
-    listener.set_nonblocking(true)?;
     Ok(listener)
 }
 
