@@ -191,13 +191,15 @@ pub fn classify_process(
     uclamp: bool,
 ) -> Result<Vec<Applied>, PlaceError> {
     let info = process_info(&s.proc, pid)?;
-    let Some(rule) = rules.rule_for(&info) else {
+    let class_rule = rules.rule_for(&info);
+    let group_rule = rules.group_rule_for(&info);
+    if class_rule.is_none() && group_rule.is_none() {
         return Ok(Vec::new());
-    };
+    }
     if s.proc.stat(pid)?.is_kernel_thread() {
         return Ok(Vec::new());
     }
-    if let Some(target) = &rule.group {
+    if let Some((rule, target)) = group_rule.and_then(|r| r.group.as_ref().map(|g| (r, g))) {
         let main = s.proc.cgroup(ProcessId(pid), ThreadId(pid))?;
         let here = s
             .map
@@ -230,6 +232,9 @@ pub fn classify_process(
         }
     }
     let mut out = Vec::new();
+    let Some(rule) = class_rule else {
+        return Ok(out);
+    };
     for tid in s.proc.threads(ProcessId(pid))? {
         match classify_thread_with(s, rules, rule, pid, tid.0, uclamp) {
             Ok(Some(a)) => out.push(a),

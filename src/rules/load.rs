@@ -466,6 +466,23 @@ mod tests {
     }
 
     #[test]
+    fn a_yaml_group_and_a_schedqos_config_for_the_same_app_combine() {
+        let set = load_texts(&[
+            ("10-groups.yaml", "rules:\n  - name: chrome-group\n    match: {argv0: chrome}\n    group: foreground\n"),
+            ("chrome.json", r#"{"chrome": {"qos": "QOS_BACKGROUND"}}"#),
+        ])
+        .unwrap();
+        let p = ProcessInfo {
+            argv0: "chrome".into(),
+            ..ProcessInfo::default()
+        };
+        assert_eq!(set.group_rule_for(&p).unwrap().name, "chrome-group");
+        let r = set.rule_for(&p).unwrap();
+        assert_eq!(r.name, "chrome");
+        assert_eq!(set.decide(r, "x").class.unwrap().name, "background");
+    }
+
+    #[test]
     fn yaml_rules_with_classes_globs_and_overrides() {
         let set = load_texts(&[(
             "10-apps.yaml",

@@ -228,9 +228,21 @@ impl fmt::Display for Decision<'_> {
 }
 
 impl RuleSet {
-    /// The rule for a process, if any.
+    /// The rule that classes a process's threads: the first matching rule with a class or
+    /// a thread map.
     pub fn rule_for(&self, p: &ProcessInfo) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.matcher.matches(p))
+        self.rules
+            .iter()
+            .find(|r| (r.class.is_some() || !r.threads.is_empty()) && r.matcher.matches(p))
+    }
+
+    /// The rule that gives a process its group: the first matching rule with a group. So a
+    /// schedqos config (classes, no group) and a YAML rule that only gives the same app a
+    /// group combine.
+    pub fn group_rule_for(&self, p: &ProcessInfo) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .find(|r| r.group.is_some() && r.matcher.matches(p))
     }
 
     /// The decision for one thread (its comm) of a process the rule matched.
