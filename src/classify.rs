@@ -67,6 +67,16 @@ pub struct Applied {
     pub class: String,
     pub moved: bool,
     pub attrs_changed: bool,
+    /// Whether a new `why` record was written (the state then needs saving).
+    #[serde(skip)]
+    pub recorded: bool,
+}
+
+impl Applied {
+    /// Whether anything changed, in the kernel or in the record.
+    pub fn changed(&self) -> bool {
+        self.moved || self.attrs_changed || self.recorded
+    }
 }
 
 /// Applies a class to one thread: its cgroup class, when its process sits in a cgqos browser
@@ -138,23 +148,30 @@ fn apply_class_inner(
             }
         }
     }
-    state.why.insert(
-        tid,
-        Why {
-            pid,
-            starttime,
-            by: by.to_string(),
-            group,
-            class: Some(class.name.clone()),
-            attrs: class.attrs,
-            at: now(),
-        },
-    );
+    // Re-applying what is already in force changes nothing, not even the record's time.
+    let same = state.why.get(&tid).is_some_and(|w| {
+        w.starttime == starttime && w.by == by && w.class.as_deref() == Some(class.name.as_str())
+    });
+    if moved || attrs_changed || !same {
+        state.why.insert(
+            tid,
+            Why {
+                pid,
+                starttime,
+                by: by.to_string(),
+                group,
+                class: Some(class.name.clone()),
+                attrs: class.attrs,
+                at: now(),
+            },
+        );
+    }
     Ok(Applied {
         tid,
         class: class.name.clone(),
         moved,
         attrs_changed,
+        recorded: !same,
     })
 }
 

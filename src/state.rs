@@ -195,7 +195,8 @@ impl StateDir {
             let p = p.to_path_buf();
             move |source| StateError::Io { path: p, source }
         };
-        let bytes = serde_json::to_vec_pretty(state).expect("state serialises");
+        // Compact: the daemon rewrites it after every batch of changes.
+        let bytes = serde_json::to_vec(state).expect("state serialises");
         let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
         f.write_all(&bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;

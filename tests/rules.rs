@@ -372,3 +372,28 @@ fn rules_writable_by_others_are_refused() {
         r.stderr
     );
 }
+
+#[test]
+fn records_of_rule_moved_tasks_are_dropped_when_they_exit() {
+    let p = program("ex2");
+    let rules = format!(
+        "rules:\n  - match: {{argv0: \"{}\"}}\n    group: background\n    class: background\n",
+        p.name
+    );
+    let Some(d) = rules_daemon("exit", &rules, &[]) else {
+        return;
+    };
+    let state = || std::fs::read_to_string(d.state().join("state.json")).unwrap_or_default();
+    let pid;
+    {
+        let r = run_program(&p, 1);
+        pid = r.child.id();
+        wait_for("the rule to move it", || {
+            state().contains(&format!("\"{pid}\":"))
+        });
+    }
+    // The program exited (Running's drop): no record of its id is left.
+    wait_for("its records to go", || {
+        !state().contains(&format!("\"{pid}\":"))
+    });
+}

@@ -245,9 +245,12 @@ impl Engine {
         for ev in events {
             match *ev {
                 Event::Exit { pid, .. } => {
-                    let a = self.session.state.attrs.remove(&pid).is_some();
-                    let w = self.session.state.why.remove(&pid).is_some();
-                    touched += usize::from(a || w);
+                    // The task is gone: whatever was recorded for its id is stale.
+                    let state = &mut self.session.state;
+                    let t = state.tasks.remove(&pid).is_some();
+                    let a = state.attrs.remove(&pid).is_some();
+                    let w = state.why.remove(&pid).is_some();
+                    touched += usize::from(t || a || w);
                 }
                 _ if self.loaded.rules.rules.is_empty() => {}
                 // A new process, an exec, or a rename of a main thread: the whole process
@@ -272,10 +275,10 @@ impl Engine {
         let rules = std::mem::take(&mut self.loaded.rules);
         let r = match tid {
             None => crate::classify::classify_process(&mut self.session, &rules, pid, self.uclamp)
-                .map(|v| v.len()),
+                .map(|v| v.iter().filter(|a| a.changed()).count()),
             Some(t) => {
                 crate::classify::classify_thread(&mut self.session, &rules, pid, t, self.uclamp)
-                    .map(|a| usize::from(a.is_some()))
+                    .map(|a| usize::from(a.is_some_and(|a| a.changed())))
             }
         };
         self.loaded.rules = rules;
