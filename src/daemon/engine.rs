@@ -310,18 +310,18 @@ impl Engine {
             .retain(|pid| self.session.state.tasks.contains_key(pid));
     }
 
-    /// A watched process exited: forget it and its threads.
-    pub fn process_exited(&mut self, pid: u32) {
-        self.watched.remove(&pid);
+    /// Watched processes exited: forget them and their threads, with one save.
+    pub fn processes_exited(&mut self, pids: &[u32]) {
+        for pid in pids {
+            self.watched.remove(pid);
+        }
         let state = &mut self.session.state;
         let before = state.tasks.len() + state.attrs.len() + state.why.len();
-        state.tasks.retain(|_, r| r.pid != pid);
-        state.attrs.retain(|_, r| r.pid != pid);
-        state.why.retain(|_, r| r.pid != pid);
+        state.tasks.retain(|_, r| !pids.contains(&r.pid));
+        state.attrs.retain(|_, r| !pids.contains(&r.pid));
+        state.why.retain(|_, r| !pids.contains(&r.pid));
         if state.tasks.len() + state.attrs.len() + state.why.len() != before {
-            if let Err(e) = self.session.save() {
-                tracing::warn!("saving state after {pid} exited: {e}");
-            }
+            self.save_quietly();
         }
     }
 

@@ -46,11 +46,16 @@ pub fn run(paths: Paths, socket: PathBuf, reset_on_exit: bool) -> CliResult<()> 
     rt.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .map_err(|e| CliError::new(Exit::Failure, format!("socket: {e}")))?;
+        let (exits, exits_rx) = tokio::sync::mpsc::unbounded_channel();
+        let proc = engine.session.proc.clone();
         let shared = Arc::new(Shared {
+            proc,
+            exits,
             engine: Mutex::new(engine),
             connections: Arc::new(Semaphore::new(cfg.max_connections)),
             idle_timeout: Duration::from_secs(cfg.idle_timeout_secs),
         });
+        watch::forget_exits(shared.clone(), exits_rx);
         // Processes recorded by earlier runs get exit watches too.
         let adopted: Vec<(u32, u64)> = shared
             .with_engine(|e| {

@@ -21,6 +21,10 @@ pub struct Shared {
     pub engine: Mutex<Engine>,
     pub connections: Arc<Semaphore>,
     pub idle_timeout: Duration,
+    /// For checks that need /proc but not the engine.
+    pub proc: crate::procfs::Procfs,
+    /// Exited processes, forgotten in batches by one task (see `watch::forget_exits`).
+    pub exits: tokio::sync::mpsc::UnboundedSender<u32>,
 }
 
 impl Shared {

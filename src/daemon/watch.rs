@@ -31,27 +31,41 @@ pub fn exit_watch(shared: Arc<Shared>, pid: u32, starttime: u64) {
         Ok(fd) => fd,
         Err(_) => {
             // Already gone.
-            tokio::spawn(async move { shared.with_engine(move |e| e.process_exited(pid)).await });
+            let _ = shared.exits.send(pid);
             return;
         }
     };
+    // The pidfd must name the process we moved, not a successor with the same id.
+    if !shared
+        .proc
+        .stat(pid)
+        .is_ok_and(|s| s.starttime == starttime)
+    {
+        let _ = shared.exits.send(pid);
+        return;
+    }
     tokio::spawn(async move {
-        // The pidfd must name the process we moved, not a successor with the same id.
-        let same = shared
-            .with_engine(move |e| {
-                e.session
-                    .proc
-                    .stat(pid)
-                    .is_ok_and(|s| s.starttime == starttime)
-            })
-            .await;
-        if same {
-            // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: open for its whole life.
-            if let Ok(afd) = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
-                let _ = afd.readable().await;
-            }
+        // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: open for its whole life.
+        if let Ok(afd) = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+            let _ = afd.readable().await;
         }
-        shared.with_engine(move |e| e.process_exited(pid)).await;
+        let _ = shared.exits.send(pid);
+    });
+}
+
+/// One task forgets exited processes, a batch per engine call: a thousand processes exiting
+/// at once cost one state save, not a thousand blocking threads.
+pub fn forget_exits(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedReceiver<u32>) {
+    tokio::spawn(async move {
+        while let Some(pid) = rx.recv().await {
+            let mut batch = vec![pid];
+            while let Ok(p) = rx.try_recv() {
+                batch.push(p);
+            }
+            shared
+                .with_engine(move |e| e.processes_exited(&batch))
+                .await;
+        }
     });
 }
 
