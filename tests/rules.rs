@@ -397,3 +397,38 @@ fn records_of_rule_moved_tasks_are_dropped_when_they_exit() {
         !state().contains(&format!("\"{pid}\":"))
     });
 }
+
+/// Scheduling policy of a task: field 41 of its stat.
+fn policy(pid: u32, tid: u32) -> u32 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    let rest = &s[s.rfind(')').unwrap() + 2..];
+    rest.split_whitespace().nth(38).unwrap().parse().unwrap()
+}
+
+#[test]
+fn reset_restores_policy_nice_and_cgroup_of_real_tasks() {
+    let classes = "classes:\n  batchy: {cgroup-class: non-urgent, policy: batch, nice: 5}\n";
+    let Some(mut d) = rules_daemon("policy", classes, &[]) else {
+        return;
+    };
+    let pid = d.sleeper();
+    let original = task_cgroup(pid, pid);
+    assert_eq!((policy(pid, pid), nice(pid, pid)), (0, 0));
+    assert_eq!(d.cli(&["move", &pid.to_string(), "foreground"]).code, 0);
+    let r = d.cli(&["move", "--thread", &pid.to_string(), "batchy"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        (policy(pid, pid), nice(pid, pid)),
+        (3, 5),
+        "SCHED_BATCH, nice 5"
+    );
+    assert!(task_cgroup(pid, pid).ends_with("/chrome/foreground/non-urgent"));
+    let r = d.cli(&["reset"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        (policy(pid, pid), nice(pid, pid)),
+        (0, 0),
+        "SCHED_OTHER, nice 0 again"
+    );
+    assert_eq!(task_cgroup(pid, pid), original);
+}
