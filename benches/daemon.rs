@@ -23,10 +23,11 @@
 //! Everything it creates is removed at the end, also on panic (`Guard`): children killed,
 //! SIGTERM to the daemon, `cgqos teardown --direct`, leftover cgroups removed deepest first.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -38,6 +39,7 @@ use cgqos::layout::Target;
 use cgqos::place::{CgroupMap, Placer};
 use cgqos::procfs::{ProcessId, Procfs};
 use cgqos::state::{State, StateDir};
+use common::{Stats, fs_name, is_tmpfs, kill_all, measure, raw_write, stats, status_field};
 
 const CHILD: &str = "CGQOS_BENCH_DAEMON_CHILD";
 const CLIENTS: usize = 8;
@@ -50,168 +52,6 @@ const ISOLATED: usize = 150;
 const GAP: Duration = Duration::from_millis(20);
 /// Short-lived processes moved through the daemon, then killed.
 const CHURN: usize = 300;
-
-/// A 1-thread process that waits for its stdin to close (or to be killed).
-fn child() -> ! {
-    println!("ready");
-    std::io::stdout().flush().unwrap();
-    let _ = std::io::stdin().read_line(&mut String::new());
-    std::process::exit(0)
-}
-
-fn spawn_child() -> Child {
-    let mut c = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD, "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(c.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    c
-}
-
-/// Owns everything the benchmark creates; its `Drop` undoes it all, also on panic.
-struct Guard {
-    exe: &'static str,
-    root: PathBuf,
-    socket: PathBuf,
-    state_dir: PathBuf,
-    config_dir: PathBuf,
-    daemon: Option<Child>,
-    children: Vec<Child>,
-    /// Dropped (removed) after `drop` has run.
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl Guard {
-    fn daemon_pid(&self) -> u32 {
-        self.daemon.as_ref().expect("daemon running").id()
-    }
-
-    fn stop_daemon(&mut self) {
-        let Some(mut d) = self.daemon.take() else {
-            return;
-        };
-        // SAFETY: kill(2) on the pid of our own child, which we have not reaped yet.
-        unsafe { libc::kill(d.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match d.try_wait() {
-                Ok(Some(st)) => {
-                    if !st.success() {
-                        eprintln!("warning: the daemon exited with {st} after SIGTERM");
-                    }
-                    return;
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                _ => {
-                    eprintln!("warning: the daemon ignored SIGTERM for 5 s; killing it");
-                    let _ = d.kill();
-                    let _ = d.wait();
-                    return;
-                }
-            }
-        }
-    }
-}
-
-fn kill_all(children: &mut Vec<Child>) {
-    for c in children.iter_mut() {
-        let _ = c.kill();
-    }
-    for mut c in children.drain(..) {
-        let _ = c.wait();
-    }
-}
-
-/// Removes `dir` and the cgroups below it, deepest first.
-fn rmdir_tree(dir: &Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                rmdir_tree(&e.path());
-            }
-        }
-    }
-    if let Err(e) = std::fs::remove_dir(dir) {
-        eprintln!("warning: rmdir {}: {e}", dir.display());
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        kill_all(&mut self.children);
-        self.stop_daemon();
-        let out = Command::new(self.exe)
-            .arg("teardown")
-            .arg("--direct")
-            .arg("--cgroup-root")
-            .arg(&self.root)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--config-dir")
-            .arg(&self.config_dir)
-            .stdin(Stdio::null())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "warning: teardown failed ({}): {}{}",
-                o.status,
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("warning: teardown did not run: {e}"),
-        }
-        if self.root.exists() {
-            eprintln!(
-                "warning: teardown left {}; removing it",
-                self.root.display()
-            );
-            rmdir_tree(&self.root);
-        }
-    }
-}
-
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-    /// Requests per second over the measured wall time.
-    rate: f64,
-}
-
-fn stats(mut t: Vec<Duration>, wall: Duration) -> Stats {
-    t.sort();
-    Stats {
-        p50: t[t.len() / 2],
-        p99: t[(t.len() * 99 / 100).min(t.len() - 1)],
-        rate: t.len() as f64 / wall.as_secs_f64(),
-    }
-}
-
-/// Times `rounds` calls of `f` (after a tenth as many for warm-up).
-fn measure(rounds: usize, mut f: impl FnMut(usize)) -> Stats {
-    for i in 0..rounds / 10 + 1 {
-        f(i);
-    }
-    let start = Instant::now();
-    let t: Vec<Duration> = (0..rounds)
-        .map(|i| {
-            let s = Instant::now();
-            f(i);
-            s.elapsed()
-        })
-        .collect();
-    stats(t, start.elapsed())
-}
 
 /// Like `measure`, for calls that time their own critical part (after a pause, say); the rate
 /// is over the sum of those times.
@@ -311,11 +151,6 @@ fn per_request(a: Cpu, b: Cpu) -> Option<f64> {
     (n > 0).then(|| (b.ticks - a.ticks) as f64 / hz * 1e6 / n as f64)
 }
 
-fn raw_write(path: &Path, pid: u32) {
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.write_all(pid.to_string().as_bytes()).unwrap();
-}
-
 /// Failed replies are counted and the first few kept, not fatal: the numbers still print.
 static FAILURES: AtomicUsize = AtomicUsize::new(0);
 static FIRST_FAILURES: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -360,14 +195,7 @@ fn moves(pid: u32) -> [Request; 2] {
 /// (VmRSS kB, VmHWM kB, threads, open descriptors) of a process.
 fn footprint(pid: u32) -> (u64, u64, u64, usize) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let field = |name: &str| status_field(&status, name);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0);
@@ -468,84 +296,28 @@ fn others(before: &std::collections::HashMap<u32, (u64, String)>) -> String {
         .join(", ")
 }
 
-fn is_tmpfs(p: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs fills the zeroed struct we pass; the path is a valid C string.
-    unsafe {
-        let mut s: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type == libc::TMPFS_MAGIC
-    }
-}
-
-fn fs_name(p: &Path) -> &'static str {
-    if is_tmpfs(p) { "tmpfs" } else { "not tmpfs" }
-}
-
 fn main() {
     if std::env::var_os(CHILD).is_some() {
-        child();
+        common::ready_child(1);
     }
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        return; // `cargo test --benches` probing
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("skipped: the daemon benchmark needs root (it writes to the real cgroup2 mount)");
-        return;
-    }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let Some(mount) = cgqos::cgroupfs::cgroup2_mounts(&mountinfo)
-        .into_iter()
-        .find(|m| m.root == "/")
+    let Some((mountinfo, mount)) = common::start("daemon", "it writes to the real cgroup2 mount")
     else {
-        println!("skipped: no cgroup2 mount");
         return;
     };
     let began = Instant::now();
     let (cpu0, busy0, own0) = (all_cpu(), machine_busy(), own_cpu());
-    let exe = env!("CARGO_BIN_EXE_cgqos");
     let root = mount
         .dir
         .join(format!("cgqos-bench-daemon-{}", std::process::id()));
-    assert!(!root.exists(), "{} exists", root.display());
-
-    let shm = Path::new("/dev/shm");
-    let state_tmp = if is_tmpfs(shm) {
-        tempfile::Builder::new()
-            .prefix("cgqos-bench-state-")
-            .tempdir_in(shm)
-    } else {
-        tempfile::Builder::new()
-            .prefix("cgqos-bench-state-")
-            .tempdir()
-    }
+    let mut g = common::Guard::new(root.clone(), Vec::new());
+    std::fs::set_permissions(
+        g.socket.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
     .unwrap();
-    let sock_tmp = tempfile::Builder::new()
-        .prefix("cgqos-bench-sock-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(sock_tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config_tmp = tempfile::Builder::new()
-        .prefix("cgqos-bench-config-")
-        .tempdir()
-        .unwrap();
-    let log_tmp = tempfile::Builder::new()
-        .prefix("cgqos-bench-log-")
-        .tempdir()
-        .unwrap();
+    let log_tmp = common::tempdir("log");
     let log_path = log_tmp.path().join("daemon.log");
-    let mut g = Guard {
-        exe,
-        root: root.clone(),
-        socket: sock_tmp.path().join("cgqos.sock"),
-        state_dir: state_tmp.path().to_path_buf(),
-        config_dir: config_tmp.path().to_path_buf(),
-        daemon: None,
-        children: Vec::new(),
-        _dirs: vec![state_tmp, sock_tmp, config_tmp, log_tmp],
-    };
+    g._dirs.push(log_tmp);
     println!(
         "cgqos daemon benchmark: kernel {}, {} CPUs, cgroup2 at {}, controllers {:?}, state dir on {} ({})",
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -563,49 +335,11 @@ fn main() {
     // The daemon, as deployed: default policy (empty configuration directory), info logging
     // (to stderr here: there is no journald), which we keep in a file.
     let log = std::fs::File::create(&log_path).unwrap();
-    g.daemon = Some(
-        Command::new(exe)
-            .arg("daemon")
-            .arg("--cgroup-root")
-            .arg(&g.root)
-            .arg("--state-dir")
-            .arg(&g.state_dir)
-            .arg("--socket")
-            .arg(&g.socket)
-            .arg("--config-dir")
-            .arg(&g.config_dir)
-            .env("CGQOS_LOG", "info")
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = g.daemon.as_mut().unwrap().try_wait().unwrap() {
-            panic!(
-                "the daemon exited at start ({st}):\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        if let Ok(Some(mut c)) = Client::connect(&g.socket) {
-            if c.call_raw(&Request::Ping).is_ok_and(|r| r.ok) {
-                break;
-            }
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the daemon did not answer ping within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let started = g.start_daemon(g.daemon_command(log), &log_path);
     println!(
         "daemon pid {} answers ping {:.0} ms after spawn",
         g.daemon_pid(),
-        t0.elapsed().as_secs_f64() * 1e3
+        started.as_secs_f64() * 1e3
     );
     let dpid = g.daemon_pid();
     std::thread::sleep(Duration::from_millis(300));
@@ -614,10 +348,10 @@ fn main() {
     println!();
 
     // One process for the 1-client rows, one per concurrent client.
-    g.children.push(spawn_child());
+    g.children.push(common::spawn_ready(CHILD, 1));
     let pid1 = g.children[0].id();
     for _ in 0..CLIENTS {
-        g.children.push(spawn_child());
+        g.children.push(common::spawn_ready(CHILD, 1));
     }
     let pids8: Arc<Vec<u32>> = Arc::new(g.children[1..].iter().map(|c| c.id()).collect());
     let files = Arc::new([
@@ -761,8 +495,8 @@ fn main() {
     let save_dirs = [
         tempfile::Builder::new()
             .prefix("cgqos-bench-save-")
-            .tempdir_in(if is_tmpfs(shm) {
-                shm.to_path_buf()
+            .tempdir_in(if is_tmpfs(Path::new("/dev/shm")) {
+                Path::new("/dev/shm").to_path_buf()
             } else {
                 std::env::temp_dir()
             })
@@ -794,7 +528,7 @@ fn main() {
     let (_, tasks_before) = state_file(&g.state_dir);
     let base = g.children.len();
     for _ in 0..CHURN {
-        g.children.push(spawn_child());
+        g.children.push(common::spawn_ready(CHILD, 1));
     }
     let mut c = connect(&g.socket);
     let churn_pids: Vec<u32> = g.children[base..].iter().map(|c| c.id()).collect();

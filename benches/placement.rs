@@ -6,10 +6,11 @@
 //! shell caller pays), each as median and p99 over many rounds, and as a ratio to the raw
 //! write's median.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use cgqos::apply::apply;
 use cgqos::board::BoardSource;
@@ -20,57 +21,9 @@ use cgqos::plan::Plan;
 use cgqos::procfs::{ProcessId, Procfs};
 use cgqos::state::State;
 use cgqos::topology::Topology;
+use common::{Stats, measure, raw_write};
 
 const CHILD: &str = "CGQOS_BENCH_CHILD_THREADS";
-
-fn child(n: usize) -> ! {
-    let hs: Vec<_> = (0..n.saturating_sub(1))
-        .map(|_| std::thread::spawn(std::thread::park))
-        .collect();
-    println!("ready");
-    std::io::stdout().flush().unwrap();
-    let _ = std::io::stdin().read_line(&mut String::new());
-    drop(hs);
-    std::process::exit(0)
-}
-
-fn spawn(threads: usize) -> Child {
-    let mut c = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD, threads.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(c.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    c
-}
-
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-}
-
-fn measure(rounds: usize, mut f: impl FnMut(usize)) -> Stats {
-    for i in 0..rounds / 10 + 1 {
-        f(i); // warm-up
-    }
-    let mut t: Vec<Duration> = (0..rounds)
-        .map(|i| {
-            let s = Instant::now();
-            f(i);
-            s.elapsed()
-        })
-        .collect();
-    t.sort();
-    Stats {
-        p50: t[t.len() / 2],
-        p99: t[(t.len() * 99 / 100).min(t.len() - 1)],
-    }
-}
 
 fn row(name: &str, s: &Stats, base: Duration) {
     println!(
@@ -81,31 +34,13 @@ fn row(name: &str, s: &Stats, base: Duration) {
     );
 }
 
-fn raw_write(path: &Path, pid: u32) {
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.write_all(pid.to_string().as_bytes()).unwrap();
-}
-
 fn main() {
     if let Ok(n) = std::env::var(CHILD) {
-        child(n.parse().unwrap());
+        common::ready_child(n.parse().unwrap());
     }
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        return; // `cargo test --benches` probing
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!(
-            "skipped: the placement benchmark needs root (it writes to the real cgroup2 mount)"
-        );
-        return;
-    }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let Some(mount) = cgqos::cgroupfs::cgroup2_mounts(&mountinfo)
-        .into_iter()
-        .find(|m| m.root == "/")
+    let Some((mountinfo, mount)) =
+        common::start("placement", "it writes to the real cgroup2 mount")
     else {
-        println!("skipped: no cgroup2 mount");
         return;
     };
     let root: PathBuf = mount
@@ -130,7 +65,7 @@ fn main() {
     // Baseline: one raw write of a 1-thread process's pid, alternating between two groups.
     std::fs::create_dir(&root).unwrap();
     apply(&plan.steps, &cg, sysfs, false).unwrap();
-    let mut one = spawn(1);
+    let mut one = common::spawn_ready(CHILD, 1);
     let pid1 = one.id();
     let fg = root.join("chrome/foreground/cgroup.procs");
     let bg = root.join("chrome/background/cgroup.procs");
@@ -154,7 +89,7 @@ fn main() {
     });
     row("move 1-thread process (library)", &s, raw.p50);
 
-    let mut big = spawn(200);
+    let mut big = common::spawn_ready(CHILD, 200);
     let pid200 = big.id();
     let raw200 = measure(200, |i| {
         raw_write(if i % 2 == 0 { &fg } else { &bg }, pid200)

@@ -32,6 +32,8 @@
 //!
 //! Everything it creates is removed at the end, also on panic (`Guard`).
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -42,8 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cgqos::daemon::client::Client;
-use cgqos::daemon::protocol::Request;
+use common::{is_tmpfs, status_field};
 
 const CHILD: &str = "CGQOS_BENCH_RULES_CHILD";
 
@@ -237,116 +238,6 @@ fn finish(mut c: Child) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Cleanup
-
-/// Owns everything the benchmark creates; its `Drop` undoes it all, also on panic.
-struct Guard {
-    exe: &'static str,
-    root: PathBuf,
-    socket: PathBuf,
-    state_dir: PathBuf,
-    config_dir: PathBuf,
-    daemon: Option<Child>,
-    /// Long-lived children of the storm (and any other child that outlives a phase).
-    children: Arc<Mutex<Vec<Child>>>,
-    listener_stop: Arc<AtomicBool>,
-    /// Dropped (removed) after `drop` has run.
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl Guard {
-    fn stop_daemon(&mut self) {
-        let Some(mut d) = self.daemon.take() else {
-            return;
-        };
-        // SAFETY: kill(2) on the pid of our own child, which we have not reaped yet.
-        unsafe { libc::kill(d.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match d.try_wait() {
-                Ok(Some(st)) => {
-                    if !st.success() {
-                        eprintln!("warning: the daemon exited with {st} after SIGTERM");
-                    }
-                    return;
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                _ => {
-                    eprintln!("warning: the daemon ignored SIGTERM for 5 s; killing it");
-                    let _ = d.kill();
-                    let _ = d.wait();
-                    return;
-                }
-            }
-        }
-    }
-}
-
-fn kill_all(children: &Mutex<Vec<Child>>) {
-    let mut v = children.lock().unwrap_or_else(|p| p.into_inner());
-    for c in v.iter_mut() {
-        let _ = c.kill();
-    }
-    for mut c in v.drain(..) {
-        let _ = c.wait();
-    }
-}
-
-/// Removes `dir` and the cgroups below it, deepest first.
-fn rmdir_tree(dir: &Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                rmdir_tree(&e.path());
-            }
-        }
-    }
-    if let Err(e) = std::fs::remove_dir(dir) {
-        eprintln!("warning: rmdir {}: {e}", dir.display());
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.listener_stop.store(true, Ordering::Relaxed);
-        kill_all(&self.children);
-        self.stop_daemon();
-        let out = Command::new(self.exe)
-            .arg("teardown")
-            .arg("--direct")
-            .arg("--cgroup-root")
-            .arg(&self.root)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--config-dir")
-            .arg(&self.config_dir)
-            .stdin(Stdio::null())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "warning: teardown failed ({}): {}{}",
-                o.status,
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("warning: teardown did not run: {e}"),
-        }
-        if self.root.exists() {
-            eprintln!(
-                "warning: teardown left {}; removing it",
-                self.root.display()
-            );
-            rmdir_tree(&self.root);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // /proc readers
 
 fn monotonic_ns() -> u64 {
@@ -400,15 +291,6 @@ struct Cost {
     rss_kb: u64,
     hwm_kb: u64,
     at: Option<Instant>,
-}
-
-fn status_field(status: &str, name: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn cost(pid: u32) -> Cost {
@@ -1439,67 +1321,22 @@ fn main() {
     if let Ok(mode) = std::env::var(CHILD) {
         child(&mode);
     }
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        return; // `cargo test --benches` probing
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!(
-            "skipped: the rules benchmark needs root (it writes to the real cgroup2 mount and listens to process events)"
-        );
-        return;
-    }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let Some(mount) = cgqos::cgroupfs::cgroup2_mounts(&mountinfo)
-        .into_iter()
-        .find(|m| m.root == "/")
-    else {
-        println!("skipped: no cgroup2 mount");
+    let Some((_, mount)) = common::start(
+        "rules",
+        "it writes to the real cgroup2 mount and listens to process events",
+    ) else {
         return;
     };
     let began = Instant::now();
-    let exe = env!("CARGO_BIN_EXE_cgqos");
     let root_name = format!("cgqos-bench-rules-{}", std::process::id());
     let root = mount.dir.join(&root_name);
-    assert!(!root.exists(), "{} exists", root.display());
-
-    let shm = Path::new("/dev/shm");
-    let state_tmp = if is_tmpfs(shm) {
-        tempfile::Builder::new()
-            .prefix("cgqos-bench-state-")
-            .tempdir_in(shm)
-    } else {
-        tempfile::Builder::new()
-            .prefix("cgqos-bench-state-")
-            .tempdir()
-    }
-    .unwrap();
-    let sock_tmp = tempfile::Builder::new()
-        .prefix("cgqos-bench-sock-")
-        .tempdir()
-        .unwrap();
-    let config_tmp = tempfile::Builder::new()
-        .prefix("cgqos-bench-config-")
-        .tempdir()
-        .unwrap();
-    let work_tmp = tempfile::Builder::new()
-        .prefix("cgqos-bench-rules-")
-        .tempdir()
-        .unwrap();
+    let listener_stop = Arc::new(AtomicBool::new(false));
+    let mut g = common::Guard::new(root.clone(), Arc::new(Mutex::new(Vec::new())));
+    g.stop = Some(listener_stop.clone());
+    let work_tmp = common::tempdir("rules");
     let work = work_tmp.path().to_path_buf();
     let log_path = work.join("daemon.log");
-    let listener_stop = Arc::new(AtomicBool::new(false));
-    let mut g = Guard {
-        exe,
-        root: root.clone(),
-        socket: sock_tmp.path().join("cgqos.sock"),
-        state_dir: state_tmp.path().to_path_buf(),
-        config_dir: config_tmp.path().to_path_buf(),
-        daemon: None,
-        children: Arc::new(Mutex::new(Vec::new())),
-        listener_stop: listener_stop.clone(),
-        _dirs: vec![state_tmp, sock_tmp, config_tmp, work_tmp],
-    };
+    g._dirs.push(work_tmp);
 
     // The programs: copies of this binary under unique names. Two rules: one with a group,
     // one with classes only (no cgroup moves); a third name matches nothing.
@@ -1549,7 +1386,8 @@ fn main() {
         }
     );
     println!(
-        "if interrupted, clean up with: {exe} teardown --direct --cgroup-root {} --state-dir {}",
+        "if interrupted, clean up with: {} teardown --direct --cgroup-root {} --state-dir {}",
+        g.exe,
         g.root.display(),
         g.state_dir.display()
     );
@@ -1560,7 +1398,8 @@ fn main() {
     // The daemon, as deployed: default policy, info logging (to a file here: no journald),
     // the default 4 MiB events receive buffer.
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut daemon = Command::new(exe);
+    let mut daemon = g.daemon_command(log);
+    daemon.env_remove("CGQOS_EVENTS_RCVBUF");
     // If this benchmark is killed (Ctrl-C: no unwinding), the daemon stops too; the sub-root
     // then stays: the teardown printed above removes it.
     // SAFETY: prctl is async-signal-safe; the closure touches nothing else.
@@ -1570,51 +1409,11 @@ fn main() {
             Ok(())
         });
     }
-    g.daemon = Some(
-        daemon
-            .arg("daemon")
-            .arg("--cgroup-root")
-            .arg(&g.root)
-            .arg("--state-dir")
-            .arg(&g.state_dir)
-            .arg("--socket")
-            .arg(&g.socket)
-            .arg("--config-dir")
-            .arg(&g.config_dir)
-            .env("CGQOS_LOG", "info")
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("CGQOS_EVENTS_RCVBUF")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let dpid = g.daemon.as_ref().unwrap().id();
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = g.daemon.as_mut().unwrap().try_wait().unwrap() {
-            panic!(
-                "the daemon exited at start ({st}):\n{}",
-                daemon_log(&log_path)
-            );
-        }
-        if let Ok(Some(mut c)) = Client::connect(&g.socket) {
-            if c.call_raw(&Request::Ping).is_ok_and(|r| r.ok) {
-                break;
-            }
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the daemon did not answer ping within 10 s:\n{}",
-            daemon_log(&log_path)
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let started = g.start_daemon(daemon, &log_path);
+    let dpid = g.daemon_pid();
     println!(
         "daemon pid {dpid} answers ping {:.0} ms after spawn",
-        t0.elapsed().as_secs_f64() * 1e3
+        started.as_secs_f64() * 1e3
     );
     let start_log = daemon_log(&log_path);
     assert!(
@@ -1730,15 +1529,4 @@ fn mount_options(dir: &Path) -> String {
             format!("{} {}", f[5], f.get(sep + 3).copied().unwrap_or(""))
         })
         .unwrap_or_default()
-}
-
-fn is_tmpfs(p: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs fills the zeroed struct we pass; the path is a valid C string.
-    unsafe {
-        let mut s: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type == libc::TMPFS_MAGIC
-    }
 }
