@@ -118,14 +118,6 @@ fn tids(pid: u32) -> Vec<u32> {
     t
 }
 
-fn cgroup_of(pid: u32, tid: u32) -> String {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/cgroup")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap()
-        .to_string()
-}
-
 fn rel(root: &Path) -> String {
     // The sub-root's path as /proc shows it (the mount shows the hierarchy's root).
     format!("/{}", root.file_name().unwrap().to_str().unwrap())
@@ -162,13 +154,13 @@ fn setup_move_threads_keep_class_and_teardown_restores() {
     let all = tids(pid);
     // The re-executed test binary: its main thread, libtest's test thread, 4 workers.
     assert_eq!(all.len(), 6);
-    let before: Vec<String> = all.iter().map(|&t| cgroup_of(pid, t)).collect();
+    let before: Vec<String> = all.iter().map(|&t| cgroup_of_task(pid, t)).collect();
     let base = rel(&env.root);
 
     let r = env.cmd(&["move", &pid.to_string(), "foreground"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     for &t in &all {
-        assert_eq!(cgroup_of(pid, t), format!("{base}/chrome/foreground"));
+        assert_eq!(cgroup_of_task(pid, t), format!("{base}/chrome/foreground"));
     }
     let (urgent, nonurgent) = (all[1], all[2]);
     assert_eq!(
@@ -182,7 +174,7 @@ fn setup_move_threads_keep_class_and_teardown_restores() {
         0
     );
     assert_eq!(
-        cgroup_of(pid, urgent),
+        cgroup_of_task(pid, urgent),
         format!("{base}/chrome/foreground/urgent")
     );
 
@@ -195,7 +187,7 @@ fn setup_move_threads_keep_class_and_teardown_restores() {
             t if t == nonurgent => format!("{base}/chrome/background/non-urgent"),
             _ => format!("{base}/chrome/background"),
         };
-        assert_eq!(cgroup_of(pid, t), want, "thread {t}");
+        assert_eq!(cgroup_of_task(pid, t), want, "thread {t}");
     }
     let w = json(&env.cmd(&["where", "--json", &pid.to_string()]));
     let classes: Vec<&str> = w
@@ -214,7 +206,7 @@ fn setup_move_threads_keep_class_and_teardown_restores() {
 
     let r = env.cmd(&["teardown"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let after: Vec<String> = all.iter().map(|&t| cgroup_of(pid, t)).collect();
+    let after: Vec<String> = all.iter().map(|&t| cgroup_of_task(pid, t)).collect();
     assert_eq!(
         after, before,
         "teardown must restore every thread's original cgroup"
@@ -245,7 +237,10 @@ fn vm_groups_place_processes_and_vcpu_threads() {
             .code,
         0
     );
-    assert_eq!(cgroup_of(pid, all[1]), format!("{base}/vms/termina/vcpu"));
+    assert_eq!(
+        cgroup_of_task(pid, all[1]),
+        format!("{base}/vms/termina/vcpu")
+    );
     // A browser class is not a VM class.
     assert_eq!(
         env.cmd(&["move", "--thread", &all[2].to_string(), "urgent"])
@@ -263,7 +258,7 @@ fn vm_groups_place_processes_and_vcpu_threads() {
     let r = env.cmd(&["vm", "remove", "termina"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(!env.root.join("vms/termina").exists());
-    assert!(!cgroup_of(pid, all[1]).contains("termina"));
+    assert!(!cgroup_of_task(pid, all[1]).contains("termina"));
     assert_eq!(env.cmd(&["teardown"]).code, 0);
 }
 
@@ -301,7 +296,7 @@ fn forked_children_of_moved_processes_follow_their_parent_home() {
         .spawn()
         .unwrap();
     let pid = sh.id();
-    let original = cgroup_of(pid, pid);
+    let original = cgroup_of_task(pid, pid);
     assert_eq!(env.cmd(&["move", &pid.to_string(), "background"]).code, 0);
     use std::io::Write;
     writeln!(sh.stdin.as_mut().unwrap(), "go").unwrap();
@@ -310,11 +305,11 @@ fn forked_children_of_moved_processes_follow_their_parent_home() {
         .read_line(&mut line)
         .unwrap();
     let sleeper: u32 = line.trim().parse().unwrap();
-    assert!(cgroup_of(sleeper, sleeper).ends_with("/chrome/background"));
+    assert!(cgroup_of_task(sleeper, sleeper).ends_with("/chrome/background"));
     let r = env.cmd(&["teardown"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
-        cgroup_of(sleeper, sleeper),
+        cgroup_of_task(sleeper, sleeper),
         original,
         "the unknown child goes where its parent came from"
     );
@@ -335,12 +330,12 @@ fn an_origin_inside_the_cgqos_root_but_outside_its_groups_is_restored() {
     let pid = env.spawn(1);
     std::fs::write(sibling.join("cgroup.procs"), pid.to_string()).unwrap();
     let base = rel(&env.root);
-    assert_eq!(cgroup_of(pid, pid), format!("{base}/elsewhere"));
+    assert_eq!(cgroup_of_task(pid, pid), format!("{base}/elsewhere"));
     assert_eq!(env.cmd(&["move", &pid.to_string(), "ui"]).code, 0);
     let r = env.cmd(&["teardown"]);
     // The root stays (it holds `elsewhere`), so teardown reports that and exits 4.
     assert_eq!(
-        cgroup_of(pid, pid),
+        cgroup_of_task(pid, pid),
         format!("{base}/elsewhere"),
         "{}",
         r.stdout

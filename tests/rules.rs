@@ -128,15 +128,6 @@ fn nice(pid: u32, tid: u32) -> i32 {
     rest.split_whitespace().nth(16).unwrap().parse().unwrap()
 }
 
-fn task_cgroup(pid: u32, tid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/cgroup"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap()
-        .to_string()
-}
-
 const OPEN: &str = "socket:\n  mode: \"0666\"\n";
 
 fn rules_daemon(tag: &str, rules: &str, env: &[(&str, &str)]) -> Option<Daemon> {
@@ -156,7 +147,7 @@ fn a_matching_program_is_classified_at_exec_and_a_renamed_thread_again() {
     let r = run_program(&p, 2);
     let pid = r.child.id();
     wait_for("the process in background", || {
-        task_cgroup(pid, pid).ends_with("/chrome/background/non-urgent")
+        cgroup_of_task(pid, pid).ends_with("/chrome/background/non-urgent")
     });
     wait_for("utility's nice on every thread", || {
         r.tids.iter().all(|&t| nice(pid, t) == 1)
@@ -184,13 +175,17 @@ fn a_matching_program_is_classified_at_exec_and_a_renamed_thread_again() {
     );
     assert!(w.stdout.contains("class: background"), "{}", w.stdout);
     // Reset: nice and cgroup back, through the daemon.
-    let original = task_cgroup(std::process::id(), std::process::id());
+    let original = cgroup_of_task(std::process::id(), std::process::id());
     let reset = d.cli(&["reset"]);
     assert_eq!(reset.code, 0, "{}{}", reset.stdout, reset.stderr);
     for &t in &r.tids {
         assert_eq!(nice(pid, t), 0, "reset restores nice of {t}");
     }
-    assert_eq!(task_cgroup(pid, pid), original, "reset restores the cgroup");
+    assert_eq!(
+        cgroup_of_task(pid, pid),
+        original,
+        "reset restores the cgroup"
+    );
     assert!(
         d.log().contains("classified by rule test-app"),
         "one log line per applied rule"
@@ -209,7 +204,7 @@ fn the_schedqos_json_example_on_a_real_multithreaded_process() {
     let Some(_d) = Daemon::with("sq", OPEN, None, &[("rules.d/chrome.json", &json)], &[]) else {
         return;
     };
-    let original = task_cgroup(std::process::id(), std::process::id());
+    let original = cgroup_of_task(std::process::id(), std::process::id());
     let r = run_program(&p, 3);
     let pid = r.child.id();
     wait_for("the main thread interactive (nice -8)", || {
@@ -219,7 +214,7 @@ fn the_schedqos_json_example_on_a_real_multithreaded_process() {
         r.tids.iter().all(|&t| nice(pid, t) == 10)
     });
     // schedqos names no group: the process keeps its cgroup.
-    assert_eq!(task_cgroup(pid, pid), original);
+    assert_eq!(cgroup_of_task(pid, pid), original);
 }
 
 #[test]
@@ -238,7 +233,7 @@ fn tasks_that_match_no_rule_are_never_touched() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(nice(pid, pid), 0);
     assert_eq!(nice(s, s), 0);
-    assert!(!task_cgroup(pid, pid).contains("chrome"));
+    assert!(!cgroup_of_task(pid, pid).contains("chrome"));
 }
 
 #[test]
@@ -287,7 +282,7 @@ fn move_thread_applies_the_class_attributes() {
     let r = d.cli(&["move", "--thread", &pid.to_string(), "utility"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(nice(pid, pid), 1);
-    assert!(task_cgroup(pid, pid).ends_with("/chrome/foreground/non-urgent"));
+    assert!(cgroup_of_task(pid, pid).ends_with("/chrome/foreground/non-urgent"));
     // schedqos names work as classes too.
     assert_eq!(
         d.cli(&["move", "--thread", &pid.to_string(), "QOS_BACKGROUND"])
@@ -412,7 +407,7 @@ fn reset_restores_policy_nice_and_cgroup_of_real_tasks() {
         return;
     };
     let pid = d.sleeper();
-    let original = task_cgroup(pid, pid);
+    let original = cgroup_of_task(pid, pid);
     assert_eq!((policy(pid, pid), nice(pid, pid)), (0, 0));
     assert_eq!(d.cli(&["move", &pid.to_string(), "foreground"]).code, 0);
     let r = d.cli(&["move", "--thread", &pid.to_string(), "batchy"]);
@@ -422,7 +417,7 @@ fn reset_restores_policy_nice_and_cgroup_of_real_tasks() {
         (3, 5),
         "SCHED_BATCH, nice 5"
     );
-    assert!(task_cgroup(pid, pid).ends_with("/chrome/foreground/non-urgent"));
+    assert!(cgroup_of_task(pid, pid).ends_with("/chrome/foreground/non-urgent"));
     let r = d.cli(&["reset"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
@@ -430,5 +425,5 @@ fn reset_restores_policy_nice_and_cgroup_of_real_tasks() {
         (0, 0),
         "SCHED_OTHER, nice 0 again"
     );
-    assert_eq!(task_cgroup(pid, pid), original);
+    assert_eq!(cgroup_of_task(pid, pid), original);
 }

@@ -150,10 +150,6 @@ impl BoardSource {
     }
 }
 
-pub fn builtin_board_names() -> impl Iterator<Item = &'static str> {
-    BUILTIN_BOARDS.iter().map(|(n, _)| *n)
-}
-
 fn parse_file(file: &str, text: &str) -> Result<(String, Vec<DeviceConfig>), BoardError> {
     let doc = yaml::parse(file, text)?;
     Ok((file.to_string(), model::device_configs(&doc)?))

@@ -181,13 +181,9 @@ pub fn request(s: &mut UnixStream, line: &str) -> String {
     out
 }
 
+/// The cgroup2 path of a process's main thread.
 pub fn cgroup_of(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap()
-        .to_string()
+    cgroup_of_task(pid, pid)
 }
 
 pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {

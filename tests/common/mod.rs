@@ -171,3 +171,13 @@ pub fn real_subroot(tag: &str) -> Option<PathBuf> {
             .join(format!("cgqos-test-{tag}-{}", std::process::id())),
     )
 }
+
+/// The cgroup2 path `/proc` shows for one thread of a process.
+pub fn cgroup_of_task(pid: u32, tid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/cgroup"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap()
+        .to_string()
+}
