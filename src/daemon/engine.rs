@@ -1,7 +1,7 @@
 //! The daemon's state and request execution: one `Engine` behind a mutex, so requests apply
 //! one at a time, and every acknowledged change is in the state file before the reply.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
@@ -59,8 +59,10 @@ fn fail(e: CliError) -> (Code, String) {
 impl Engine {
     /// Reads configuration, board and topology, and plans: all or nothing.
     pub fn load(paths: &Paths) -> Result<Loaded, String> {
-        let config = policy::load(&paths.config_dir, &paths.etc).map_err(|e| e.to_string())?;
+        // The classes first: the policy may name any of them.
         let rules = crate::rules::load::load_dir(&paths.config_dir).map_err(|e| e.to_string())?;
+        let config = policy::load(&paths.config_dir, &paths.etc, &rules.classes)
+            .map_err(|e| e.to_string())?;
         let board = paths.board.load().map_err(|e| e.to_string())?;
         let topology = Topology::detect(&paths.sysfs).map_err(|e| e.to_string())?;
         let plan = Plan::build(&topology, &board).map_err(|e| e.to_string())?;
@@ -414,6 +416,28 @@ impl Engine {
                 let config = self.loaded.config.clone();
                 let map = self.session.map.clone();
                 let proc = self.session.proc.clone();
+                // A class's task attributes go as far as the caller could go itself, unless
+                // granted: its limits (read once; a caller that is gone has none) and what
+                // each thread had before cgqos first changed it.
+                let attrs = match &dest {
+                    Dest::ThreadClass { class, .. } if !caller.is_root() => {
+                        Some(class.attrs).filter(|a| !a.is_empty())
+                    }
+                    _ => None,
+                };
+                let own = attrs.map(|_| caller_limits(&proc, caller));
+                let originals: HashMap<u32, (u64, policy::Sched)> = attrs
+                    .map(|_| {
+                        targets
+                            .iter()
+                            .filter_map(|t| {
+                                let r = self.session.state.attrs.get(&t.id)?;
+                                Some((t.id, (r.starttime, policy::Sched::recorded(&r.original)?)))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let uclamp = self.uclamp;
                 // Each thread's own process group decides what the class means there.
                 let check = move |t: &TaskRef| -> Result<(), (Code, String)> {
                     let tgid = proc.tgid(t.id).map_err(proc_fail)?;
@@ -434,6 +458,13 @@ impl Engine {
                                     class: Some(c),
                                 },
                             )
+                            .map_err(|m| (Code::Denied, m))?;
+                    }
+                    if let (Some(a), Some((limits, note))) = (&attrs, &own) {
+                        let beyond = within_own(&proc, t.id, a, *limits, &originals, uclamp)?
+                            .map_err(|why| format!("{why}{note}"));
+                        config
+                            .authorize_class(caller, &canonical, beyond)
                             .map_err(|m| (Code::Denied, m))?;
                     }
                     Ok(())
@@ -599,6 +630,86 @@ fn proc_fail(e: ProcError) -> (Code, String) {
         ),
         other => (Code::Internal, other.to_string()),
     }
+}
+
+/// The caller's soft RLIMIT_NICE and RLIMIT_RTPRIO from `/proc/<pid>/limits`, and a note for
+/// refusals when they could not be read: then it has none. The pid (from SO_PEERCRED) must
+/// still be a process of the caller's uid, or it may be someone else's by now.
+fn caller_limits(proc: &Procfs, caller: &Caller) -> (policy::Limits, String) {
+    let read = |pid: u32| -> Option<policy::Limits> {
+        if proc.ruid(pid).ok()? != caller.uid {
+            return None;
+        }
+        let text = std::fs::read_to_string(proc.root().join(format!("{pid}/limits"))).ok()?;
+        policy::Limits::parse(&text)
+    };
+    match caller.pid.map(|pid| (pid, read(pid))) {
+        Some((_, Some(l))) => (l, String::new()),
+        Some((pid, None)) => (
+            policy::Limits::NONE,
+            format!(
+                " (the caller's limits are unknown: pid {pid} is gone or not uid {}'s)",
+                caller.uid
+            ),
+        ),
+        None => (
+            policy::Limits::NONE,
+            " (the caller's limits are unknown: no peer pid)".to_string(),
+        ),
+    }
+}
+
+/// Whether class attributes `attrs` stay within what the caller (limits `caller`) could do
+/// to thread `tid` itself. The kernel checks the target's own limits (task_rlimit of the
+/// target), so the lower of the caller's and the thread's process's applies. The outer
+/// error is a thread that vanished; the inner one names the attribute beyond.
+fn within_own(
+    proc: &Procfs,
+    tid: u32,
+    attrs: &crate::sched::TaskAttrs,
+    caller: policy::Limits,
+    originals: &HashMap<u32, (u64, policy::Sched)>,
+    uclamp: bool,
+) -> Result<Result<(), String>, (Code, String)> {
+    let gone = || {
+        (
+            Code::NoSuchProcess,
+            format!("no such process or thread {tid}"),
+        )
+    };
+    let starttime = proc.stat(tid).map_err(proc_fail)?.starttime;
+    let a = crate::sched::getattr(tid).map_err(|e| match e.raw_os_error() {
+        Some(libc::ESRCH) => gone(),
+        _ => (Code::Internal, format!("sched_getattr {tid}: {e}")),
+    })?;
+    let mut now = policy::Sched::of(&a);
+    if crate::sched::is_realtime(now.policy) {
+        // sched_getattr reports no nice for a real-time task; the kernel still checks the
+        // one it keeps (stat field 19) when the task goes back to a fair policy.
+        now.nice = stat_nice(proc, tid).ok_or_else(gone)?;
+    }
+    let text =
+        std::fs::read_to_string(proc.root().join(format!("{tid}/limits"))).map_err(|_| gone())?;
+    let limits = policy::Limits::parse(&text)
+        .ok_or_else(|| {
+            (
+                Code::Internal,
+                format!("/proc/{tid}/limits: unexpected format"),
+            )
+        })?
+        .min(caller);
+    let original = originals
+        .get(&tid)
+        .filter(|(st, _)| *st == starttime)
+        .map(|(_, o)| o);
+    Ok(policy::beyond_own(attrs, &now, original, limits, uclamp))
+}
+
+/// A task's nice value (`/proc/<id>/stat` field 19, counted from after the comm).
+fn stat_nice(proc: &Procfs, tid: u32) -> Option<i32> {
+    let text = std::fs::read_to_string(proc.root().join(format!("{tid}/stat"))).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace().nth(16)?.parse().ok()
 }
 
 fn value<T: serde::Serialize>(v: &T) -> Value {
