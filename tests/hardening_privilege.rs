@@ -344,6 +344,18 @@ fn a_grant_in_the_policy_allows_the_class() {
     assert_eq!(s[2].nice, -8, "the granted class applied");
     assert!(s[3].allowed(), "{}", s[3].reply);
     assert_eq!(s[3].policy, libc::SCHED_FIFO as u32, "granted by group");
+    // Classes and policy load together: without rt50 in rules.d the policy is invalid, the
+    // reload is refused with the policy's position, and the old configuration stays.
+    std::fs::remove_file(d.dir.path().join("conf/rules.d/10-classes.yaml")).unwrap();
+    let reply = request(&mut d.connect(), r#"{"v":1,"op":"reload"}"#);
+    assert!(
+        reply.contains("invalid_config")
+            && reply
+                .contains(r#"daemon.yaml:10:15: policy.reserved.target: unknown class \"rt50\""#),
+        "{reply}"
+    );
+    let s = as_caller(&d, 0, &["move:background", "threads:rt50"]);
+    assert!(s[1].allowed(), "the old policy stays: {}", s[1].reply);
 }
 
 #[test]
