@@ -14,7 +14,7 @@ use std::process::Command;
 
 /// Classes defined in rules.d: real time, and nice values just within and beyond an
 /// RLIMIT_NICE of 25 (which allows down to -5).
-const RULES: &str = "classes:\n  rt50: {cgroup-class: urgent, policy: fifo, priority: 50}\n  nice5: {nice: -5}\n  nice6: {nice: -6}\n";
+const RULES: &str = "classes:\n  rt50: {cgroup-class: urgent, policy: fifo, priority: 50}\n  nice5: {nice: -5}\n  nice6: {nice: -6}\n  normal: {policy: other}\n";
 
 const OPEN: &str = "socket:\n  mode: \"0666\"\n";
 
@@ -331,6 +331,7 @@ fn a_grant_in_the_policy_allows_the_class() {
             "threads:nice6",
             "threads:urgent",
             "threads:rt50",
+            "threads:normal",
         ],
     );
     assert!(s[0].allowed(), "{}", s[0].reply);
@@ -344,6 +345,10 @@ fn a_grant_in_the_policy_allows_the_class() {
     assert_eq!(s[2].nice, -8, "the granted class applied");
     assert!(s[3].allowed(), "{}", s[3].reply);
     assert_eq!(s[3].policy, libc::SCHED_FIFO as u32, "granted by group");
+    // Leaving real time for a fair policy needs no grant (nice 0: sched_getattr reports
+    // none for a real-time task, and cgqos keeps what it reports).
+    assert!(s[4].allowed(), "{}", s[4].reply);
+    assert_eq!((s[4].policy, s[4].nice), (0, 0));
     // Classes and policy load together: without rt50 in rules.d the policy is invalid, the
     // reload is refused with the policy's position, and the old configuration stays.
     std::fs::remove_file(d.dir.path().join("conf/rules.d/10-classes.yaml")).unwrap();

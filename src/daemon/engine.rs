@@ -682,6 +682,8 @@ fn within_own(
         Some(libc::ESRCH) => gone(),
         _ => (Code::Internal, format!("sched_getattr {tid}: {e}")),
     })?;
+    // What the thread ends up with, as sched::apply builds it from sched_getattr.
+    let new = policy::Sched::of(&a).with(attrs);
     let mut now = policy::Sched::of(&a);
     if crate::sched::is_realtime(now.policy) {
         // sched_getattr reports no nice for a real-time task; the kernel still checks the
@@ -702,7 +704,7 @@ fn within_own(
         .get(&tid)
         .filter(|(st, _)| *st == starttime)
         .map(|(_, o)| o);
-    Ok(policy::beyond_own(attrs, &now, original, limits, uclamp))
+    Ok(policy::beyond_reach(&new, &now, original, limits, uclamp))
 }
 
 /// A task's nice value (`/proc/<id>/stat` field 19, counted from after the comm).

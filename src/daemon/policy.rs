@@ -427,9 +427,20 @@ pub fn beyond_own(
     limits: Limits,
     uclamp: bool,
 ) -> Result<(), String> {
-    let new = now.with(class);
-    beyond_task(&new, now, limits, uclamp).or_else(|why| match original {
-        Some(o) if beyond_task(&new, o, limits, uclamp).is_ok() => Ok(()),
+    beyond_reach(&now.with(class), now, original, limits, uclamp)
+}
+
+/// `beyond_own` for attributes `new` computed elsewhere (from what `sched_getattr`
+/// reports, which for a real-time task is not the nice the kernel keeps in `now`).
+pub fn beyond_reach(
+    new: &Sched,
+    now: &Sched,
+    original: Option<&Sched>,
+    limits: Limits,
+    uclamp: bool,
+) -> Result<(), String> {
+    beyond_task(new, now, limits, uclamp).or_else(|why| match original {
+        Some(o) if beyond_task(new, o, limits, uclamp).is_ok() => Ok(()),
         _ => Err(why),
     })
 }
@@ -927,6 +938,14 @@ mod tests {
         // Leaving real time for a fair policy at the nice it keeps is free.
         let other = class(|a| a.policy = Some(SCHED_OTHER));
         assert!(beyond_own(&other, &rt, None, none, false).is_ok());
+        // sched_getattr reports nice 0 for a real-time task that keeps nice 10: leaving
+        // real time then lowers it, as the kernel sees it.
+        let reported = task(SCHED_FIFO, 50, 0);
+        let kept = task(SCHED_FIFO, 50, 10);
+        assert_eq!(
+            beyond_reach(&reported.with(&other), &kept, None, none, false).unwrap_err(),
+            "nice 0 (the thread has 10; RLIMIT_NICE 0 allows no lowering)"
+        );
         // Batch and idle are slower: free. Leaving idle needs RLIMIT_NICE for its nice.
         let batch = class(|a| a.policy = Some(SCHED_BATCH));
         let idle = class(|a| a.policy = Some(SCHED_IDLE));
