@@ -212,7 +212,7 @@ fn one_user_cannot_take_the_socket_from_the_others() {
         assert!(c.starts_with("busy eof"), "{conns:#?}");
         assert!(
             c.contains(&format!(
-                "too many connections from uid {UNPRIV_UID} (2, limits.max-connections-per-user: 2)"
+                "too many connections from uid {UNPRIV_UID}: 2 open, limits.max-connections-per-user is 2"
             )),
             "{c}"
         );

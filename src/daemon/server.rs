@@ -360,8 +360,8 @@ fn admit(shared: &Arc<Shared>, stream: UnixStream) {
                 turn_away(
                     stream,
                     format!(
-                        "too many connections from uid {uid} ({open}, \
-                         limits.max-connections-per-user: {}); close one and try again",
+                        "too many connections from uid {uid}: {open} open, \
+                         limits.max-connections-per-user is {}; close one and try again",
                         shared.max_per_user
                     ),
                 );
