@@ -377,6 +377,28 @@ fn the_socket_is_bound_and_removed_in_its_directory() {
     d.signal(libc::SIGTERM);
     assert!(d.socket().exists(), "not ours: kept");
     drop(other);
+
+    // That socket is now stale (nobody answers on it, and it is root's): the next start
+    // removes it and serves; a second daemon on the same socket is refused.
+    d.start();
+    let state = tempfile::tempdir().unwrap();
+    let r = run(cgqos()
+        .arg("daemon")
+        .arg("--cgroup-root")
+        .arg(&d.root)
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--socket")
+        .arg(d.socket())
+        .arg("--config-dir")
+        .arg(d.dir.path().join("conf")));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("another daemon is serving"),
+        "{}",
+        r.stderr
+    );
+    assert!(request(&mut d.connect(), r#"{"v":1,"op":"ping"}"#).contains("pong"));
 }
 
 #[test]
