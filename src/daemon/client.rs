@@ -48,14 +48,19 @@ impl Client {
     pub fn call_raw(&mut self, request: &Request) -> io::Result<Reply> {
         let id = self.next_id;
         self.next_id += 1;
-        self.writer
-            .write_all(request_line(id, request).as_bytes())?;
+        let sent = self.writer.write_all(request_line(id, request).as_bytes());
+        // A connection the daemon turns away (`busy`) is closed without being read, so the
+        // write may fail: its one line still says why.
         let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the daemon closed the connection",
-            ));
+        match (sent, self.reader.read_line(&mut line)) {
+            (_, Ok(n)) if n > 0 => {}
+            (Err(e), _) | (Ok(()), Err(e)) => return Err(e),
+            (Ok(()), Ok(_)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the daemon closed the connection",
+                ));
+            }
         }
         serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
@@ -81,5 +86,44 @@ impl Client {
                 "malformed reply from the daemon",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A daemon that answers `busy` and closes before the request is written: the client
+    /// reports the daemon's reason, not the broken pipe.
+    #[test]
+    fn a_busy_reply_is_read_even_when_the_write_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let r = Reply::err(serde_json::Value::Null, Code::Busy, "too many connections");
+            s.write_all(r.to_line().as_bytes()).unwrap();
+        });
+        let mut c = Client::connect(&path).unwrap().unwrap();
+        server.join().unwrap();
+        // Large enough that the write cannot complete into a closed socket unnoticed.
+        let big = Request::Move {
+            group: "ui".into(),
+            targets: vec![
+                super::super::protocol::TaskRef {
+                    id: 1,
+                    starttime: None
+                };
+                1000
+            ],
+        };
+        let err = c.call::<serde_json::Value>(&big).unwrap_err();
+        assert_eq!(err.exit, Exit::Unavailable);
+        assert!(
+            err.message.contains("too many connections"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -155,11 +155,13 @@ impl Engine {
                     old.socket_mode,
                     old.socket_gid,
                     old.max_connections,
+                    old.max_connections_per_user,
                     old.idle_timeout_secs,
                 ) != (
                     new.socket_mode,
                     new.socket_gid,
                     new.max_connections,
+                    new.max_connections_per_user,
                     new.idle_timeout_secs,
                 ) {
                     tracing::warn!(

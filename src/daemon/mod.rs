@@ -33,11 +33,11 @@ pub fn run(paths: Paths, socket: PathBuf, reset_on_exit: bool) -> CliResult<()> 
     let socket_err = |e: std::io::Error| {
         CliError::new(Exit::BadInput, format!("socket {}: {e}", socket.display()))
     };
-    server::check(&socket).map_err(socket_err)?;
+    let mut socket_dir = server::check(&socket).map_err(socket_err)?;
     let engine = Engine::start(paths)?;
     let cfg = engine.loaded.config.clone();
     let std_listener =
-        server::bind(&socket, cfg.socket_mode, cfg.socket_gid).map_err(socket_err)?;
+        server::bind(&mut socket_dir, cfg.socket_mode, cfg.socket_gid).map_err(socket_err)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -53,6 +53,8 @@ pub fn run(paths: Paths, socket: PathBuf, reset_on_exit: bool) -> CliResult<()> 
             exits,
             engine: Mutex::new(engine),
             connections: Arc::new(Semaphore::new(cfg.max_connections)),
+            per_user: Mutex::new(std::collections::HashMap::new()),
+            max_per_user: cfg.max_connections_per_user,
             idle_timeout: Duration::from_secs(cfg.idle_timeout_secs),
         });
         watch::forget_exits(shared.clone(), exits_rx);
@@ -83,7 +85,7 @@ pub fn run(paths: Paths, socket: PathBuf, reset_on_exit: bool) -> CliResult<()> 
         tracing::info!("serving {}", socket.display());
         watch::notify_ready();
         server::accept_loop(shared.clone(), listener, shutdown()).await;
-        server::unbind(&socket);
+        server::unbind(&socket_dir);
         if reset_on_exit {
             let r = shared
                 .with_engine(|e| {

@@ -87,6 +87,8 @@ pub struct Config {
     pub socket_mode: u32,
     pub socket_gid: Option<u32>,
     pub max_connections: usize,
+    /// Connections one non-root uid may hold at once (default: a quarter of max_connections).
+    pub max_connections_per_user: usize,
     pub idle_timeout_secs: u64,
     pub any_target: Principals,
     pub admin: Principals,
@@ -100,6 +102,7 @@ impl Default for Config {
             socket_mode: 0o660,
             socket_gid: None,
             max_connections: 64,
+            max_connections_per_user: 16,
             idle_timeout_secs: 60,
             any_target: Principals::default(),
             admin: Principals::default(),
@@ -513,9 +516,27 @@ pub fn parse_with_classes(
     }
     if let Some(limits) = find(top, "limits") {
         let m = map_of(limits, "limits")?;
-        check_keys(m, "limits", &["max-connections", "idle-timeout-secs"])?;
+        check_keys(
+            m,
+            "limits",
+            &[
+                "max-connections",
+                "max-connections-per-user",
+                "idle-timeout-secs",
+            ],
+        )?;
         if let Some(n) = find(m, "max-connections") {
             cfg.max_connections = int(n, "limits.max-connections", 1, 4096)? as usize;
+            cfg.max_connections_per_user = (cfg.max_connections / 4).max(1);
+        }
+        if let Some(n) = find(m, "max-connections-per-user") {
+            // A value above max-connections could never apply: refuse it rather than ignore it.
+            cfg.max_connections_per_user = int(
+                n,
+                "limits.max-connections-per-user",
+                1,
+                cfg.max_connections as u64,
+            )? as usize;
         }
         if let Some(n) = find(m, "idle-timeout-secs") {
             cfg.idle_timeout_secs = int(n, "limits.idle-timeout-secs", 1, 86400)?;

@@ -176,8 +176,14 @@ pub fn parse(line: &[u8]) -> Result<(Value, Request), Reply> {
             format!("request longer than {MAX_LINE} bytes"),
         ));
     }
-    let value: Value = serde_json::from_slice(line)
-        .map_err(|e| Reply::err(Value::Null, Code::BadRequest, format!("not JSON: {e}")))?;
+    let value = strict_value(line).map_err(|e| {
+        let message = match e.classify() {
+            // A duplicate key: the text is JSON, the request is not.
+            serde_json::error::Category::Data => e.to_string(),
+            _ => format!("not JSON: {e}"),
+        };
+        Reply::err(Value::Null, Code::BadRequest, message)
+    })?;
     let Value::Object(mut obj) = value else {
         return Err(Reply::err(
             Value::Null,
@@ -186,12 +192,8 @@ pub fn parse(line: &[u8]) -> Result<(Value, Request), Reply> {
         ));
     };
     let id = obj.remove("id").unwrap_or(Value::Null);
-    if matches!(id, Value::Array(_) | Value::Object(_)) {
-        return Err(Reply::err(
-            Value::Null,
-            Code::BadRequest,
-            "`id` must be a string, number, boolean or null",
-        ));
+    if !id_round_trips(&id) {
+        return Err(Reply::err(Value::Null, Code::BadRequest, ID_RULE));
     }
     match obj.remove("v") {
         Some(Value::Number(n)) if n.as_u64() == Some(VERSION) => {}
@@ -245,6 +247,133 @@ pub fn parse(line: &[u8]) -> Result<(Value, Request), Reply> {
         return Err(Reply::err(id, Code::BadRequest, "`targets` is empty"));
     }
     Ok((id, request))
+}
+
+const ID_RULE: &str = "`id` must be a string, an integer from -9223372036854775808 to \
+     18446744073709551615, a boolean or null (a fraction, an exponent, -0 or a larger integer \
+     would not come back as sent)";
+
+/// Whether `id` comes back in the reply as the value that was sent: serde_json keeps strings,
+/// booleans and integers in the i64/u64 range exactly, but turns every other number into an
+/// f64 (`-0` into `-0.0`, `1e3` into `1000.0`, a 20-digit integer rounded), so those are
+/// refused instead of echoed altered; arrays and objects are refused as before.
+fn id_round_trips(id: &Value) -> bool {
+    match id {
+        Value::Null | Value::Bool(_) | Value::String(_) => true,
+        Value::Number(n) => n.is_u64() || n.is_i64(),
+        Value::Array(_) | Value::Object(_) => false,
+    }
+}
+
+/// Parses JSON text into a `Value` like `serde_json::from_slice`, except that an object with
+/// the same key twice, at any depth, is an error (serde_json would keep the last one, so a
+/// request could say `"op":"ping"` to one reader and `"op":"reset"` to another). The nesting
+/// limit of serde_json's parser (128) still applies.
+fn strict_value(text: &[u8]) -> serde_json::Result<Value> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let value = Strict {
+        path: String::new(),
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// Builds a `Value`, refusing duplicate keys; `path` locates the value for the message
+/// (`targets[1]`; empty for the request itself).
+struct Strict {
+    path: String,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // JSON has no NaN or infinity, so serde_json never passes one.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(Strict {
+            path: format!("{}[{}]", self.path, out.len()),
+        })? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                let inside = if self.path.is_empty() {
+                    "the request".to_string()
+                } else {
+                    format!("`{}`", self.path)
+                };
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate key `{}` in {inside}",
+                    shown(&key)
+                )));
+            }
+            let path = if self.path.is_empty() {
+                shown(&key)
+            } else {
+                format!("{}.{}", self.path, shown(&key))
+            };
+            let v = map.next_value_seed(Strict { path })?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// A key as error messages show it: escaped and cut short, since it is the caller's text
+/// and goes to the log.
+fn shown(key: &str) -> String {
+    let mut s: String = key.chars().take(32).flat_map(char::escape_debug).collect();
+    if key.chars().nth(32).is_some() {
+        s.push('…');
+    }
+    s
 }
 
 /// Serialises a request as a line (the client side).
@@ -373,6 +502,102 @@ mod tests {
         assert_eq!(e.id, Value::from("abc"));
     }
 
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        for (line, key, inside) in [
+            (r#"{"v":1,"op":"ping","op":"reset"}"#, "op", "the request"),
+            (r#"{"v":1,"v":1,"op":"ping"}"#, "v", "the request"),
+            (r#"{"id":1,"v":1,"id":2,"op":"ping"}"#, "id", "the request"),
+            (
+                r#"{"v":1,"op":"move","group":"ui","targets":[{"id":1},{"id":2,"id":3}]}"#,
+                "id",
+                "`targets[1]`",
+            ),
+            (
+                r#"{"v":1,"op":"ping","x":[{"a":{"b":[1,{"c":1,"c":1}]}}]}"#,
+                "c",
+                "`x[0].a.b[1]`",
+            ),
+        ] {
+            let e = parse(line.as_bytes()).unwrap_err();
+            assert_eq!(e.id, Value::Null, "{line}");
+            let e = e.error.unwrap();
+            assert_eq!(e.code, Code::BadRequest, "{line}");
+            assert!(
+                e.message
+                    .starts_with(&format!("duplicate key `{key}` in {inside}")),
+                "{line}: {}",
+                e.message
+            );
+        }
+        // The same key in different objects is not a duplicate.
+        assert!(
+            parse(br#"{"v":1,"id":9,"op":"move","group":"ui","targets":[{"id":1},{"id":2}]}"#)
+                .is_ok()
+        );
+        // A hostile key is escaped and shortened in the message (which is logged).
+        let long = "k\\n".repeat(100);
+        let e = parse(format!(r#"{{"v":1,"{long}":1,"{long}":2}}"#).as_bytes()).unwrap_err();
+        let m = e.error.unwrap().message;
+        assert!(!m.contains('\n') && m.contains('…') && m.len() < 200, "{m}");
+    }
+
+    /// `id` comes back as sent, or the request is refused: never an altered value.
+    #[test]
+    fn ids_round_trip_or_are_refused() {
+        let echoed = |id: &str| {
+            let line = format!(r#"{{"v":1,"id":{id},"op":"ping"}}"#);
+            match parse(line.as_bytes()) {
+                Ok((id, _)) => Ok(Reply::ok(id, Value::Null).to_line()),
+                Err(r) => Err(r),
+            }
+        };
+        for id in [
+            "0",
+            "7",
+            "-1",
+            "18446744073709551615",
+            "-9223372036854775808",
+            r#""abc""#,
+            r#""""#,
+            r#""a\"b\\c""#,
+            "true",
+            "false",
+        ] {
+            let line = echoed(id).unwrap_or_else(|r| panic!("{id}: {r:?}"));
+            assert!(line.contains(&format!(r#""id":{id},"#)), "{id}: {line}");
+        }
+        // Same value, written the way serde_json writes strings.
+        let line = echoed(r#""A\/""#).unwrap();
+        assert!(line.contains(r#""id":"A/""#), "{line}");
+        // Absent and null: no id in the reply.
+        assert!(!echoed("null").unwrap().contains("\"id\""));
+        for id in [
+            "-0",
+            "1e3",
+            "1E3",
+            "1.0",
+            "0.5",
+            "-0.0",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "123456789012345678901234567890",
+            "[1]",
+            "{}",
+            r#"{"a":1}"#,
+        ] {
+            let r = echoed(id).expect_err(id);
+            assert_eq!(r.id, Value::Null, "{id}");
+            let e = r.error.unwrap();
+            assert_eq!(e.code, Code::BadRequest, "{id}");
+            assert!(
+                e.message.starts_with("`id` must be a string"),
+                "{id}: {}",
+                e.message
+            );
+        }
+    }
+
     /// Mutation fuzzing: bytes flipped, inserted and cut in valid requests never panic the
     /// parser, and every failure is a reply with a code.
     #[test]
@@ -397,6 +622,9 @@ mod tests {
                     quota_percent: None,
                 },
             ),
+            // Nested objects and arrays, where duplicate keys can appear.
+            r#"{"v":1,"id":"x","op":"move","group":"ui","targets":[{"id":1},{"id":2,"starttime":3}]}"#
+                .to_string(),
         ];
         let alphabet = br#"{}[]":,0123456789-.eE \ntrufalsn"vidoptargesu"#;
         let mut x: u64 = 0x2545F4914F6CDD1D;

@@ -1,9 +1,13 @@
 //! The socket side: bind safely, authenticate each connection, bound everything, and hand
 //! requests to the engine one at a time.
 
+use std::collections::HashMap;
+use std::ffi::CString;
 use std::fs;
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +24,12 @@ use super::watch;
 pub struct Shared {
     pub engine: Mutex<Engine>,
     pub connections: Arc<Semaphore>,
+    /// Open connections per non-root uid, and the most one uid may hold
+    /// (`limits.max-connections-per-user`).
+    pub per_user: Mutex<HashMap<u32, UserConnections>>,
+    pub max_per_user: usize,
+    /// How long a connection may go without a complete request line, and how long a reply
+    /// may wait for the client to read it.
     pub idle_timeout: Duration,
     /// For checks that need /proc but not the engine.
     pub proc: crate::procfs::Procfs,
@@ -43,74 +53,260 @@ impl Shared {
     }
 }
 
-/// Creates the listening socket, refusing paths that are not ours: a parent directory owned
-/// by someone else or writable by others, a non-socket, a socket owned by another user, or a
-/// socket another daemon still answers on.
+/// The socket's directory, opened once and checked on the descriptor: the checks, the bind,
+/// the mode and group and the removal at shutdown all work relative to it, so renaming or
+/// replacing a component of the path afterwards cannot redirect the daemon.
+pub struct SocketDir {
+    dir: OwnedFd,
+    /// The directory as given, for messages.
+    dir_path: PathBuf,
+    /// The socket's file name in it.
+    name: CString,
+    /// (device, inode) of the socket this daemon bound, so that shutdown removes that one
+    /// and nothing a later daemon put there.
+    bound: Option<(u64, u64)>,
+}
+
+fn refuse<T>(msg: String) -> io::Result<T> {
+    Err(io::Error::new(io::ErrorKind::PermissionDenied, msg))
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+impl SocketDir {
+    /// `/proc/self/fd/<dir>/<name>`: the socket's path through the opened directory, for the
+    /// calls that take a path (bind, connect).
+    fn via_fd(&self) -> PathBuf {
+        let mut p = PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_raw_fd()));
+        p.push(std::ffi::OsStr::from_bytes(self.name.as_bytes()));
+        p
+    }
+
+    /// The socket's entry, not following a symlink; `None` if there is none.
+    fn entry(&self) -> io::Result<Option<libc::stat>> {
+        // SAFETY: all-zero is a valid `stat`; it is only read after fstatat filled it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a live directory descriptor, a NUL-terminated name and a `stat` we own.
+        let r = unsafe {
+            libc::fstatat(
+                self.dir.as_raw_fd(),
+                self.name.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        match cvt(r) {
+            Ok(_) => Ok(Some(st)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn unlink(&self) -> io::Result<()> {
+        // SAFETY: a live directory descriptor and a NUL-terminated name.
+        cvt(unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.name.as_ptr(), 0) }).map(drop)
+    }
+
+    fn socket_path(&self) -> PathBuf {
+        self.dir_path
+            .join(std::ffi::OsStr::from_bytes(self.name.as_bytes()))
+    }
+}
+
+fn is_socket(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+}
+
+/// Creates the listening socket in the checked directory (see `check`).
 pub fn bind(
-    path: &Path,
+    sd: &mut SocketDir,
     mode: u32,
     gid: Option<u32>,
 ) -> io::Result<std::os::unix::net::UnixListener> {
-    check(path)?;
-    let listener = std::os::unix::net::UnixListener::bind(path)?;
-    let finish = || -> io::Result<()> {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))
-            .map_err(|e| io::Error::new(e.kind(), format!("chmod {mode:o}: {e}")))?;
+    let listener = std::os::unix::net::UnixListener::bind(sd.via_fd())?;
+    // Nobody else can create or rename entries in the checked directory, so the name still
+    // is the socket just bound.
+    let finish = |sd: &mut SocketDir| -> io::Result<()> {
+        // SAFETY: a live directory descriptor and a NUL-terminated name.
+        cvt(unsafe {
+            libc::fchmodat(
+                sd.dir.as_raw_fd(),
+                sd.name.as_ptr(),
+                mode as libc::mode_t,
+                0,
+            )
+        })
+        .map_err(|e| io::Error::new(e.kind(), format!("chmod {mode:o}: {e}")))?;
         if let Some(g) = gid {
-            std::os::unix::fs::chown(path, None, Some(g))
-                .map_err(|e| io::Error::new(e.kind(), format!("chown to group {g}: {e}")))?;
+            // SAFETY: as above; uid -1 leaves the owner unchanged.
+            cvt(unsafe {
+                libc::fchownat(
+                    sd.dir.as_raw_fd(),
+                    sd.name.as_ptr(),
+                    u32::MAX,
+                    g,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })
+            .map_err(|e| io::Error::new(e.kind(), format!("chown to group {g}: {e}")))?;
         }
+        sd.bound = sd.entry()?.map(|st| (st.st_dev, st.st_ino));
         listener.set_nonblocking(true)
     };
-    if let Err(e) = finish() {
-        let _ = fs::remove_file(path);
+    if let Err(e) = finish(sd) {
+        let _ = sd.unlink();
         return Err(e);
     }
     Ok(listener)
 }
 
-/// The checks of `bind`, without binding; removes a stale socket of ours.
-pub fn check(path: &Path) -> io::Result<()> {
-    let refuse = |msg: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, msg));
+/// Opens and checks the socket's directory, before the daemon touches anything: created
+/// (mode 0755) if missing; a symlink, a directory owned by anyone but root or the daemon's
+/// user, or one writable by group or others is refused (others could replace the socket).
+/// An existing entry must be a socket of the daemon's user on which no daemon answers; such a
+/// stale socket is removed.
+pub fn check(path: &Path) -> io::Result<SocketDir> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    let dir = path.parent().unwrap_or(Path::new("/"));
+    let Some(name) = path.file_name() else {
+        return refuse(format!("{} does not name a file", path.display()));
+    };
+    let name = CString::new(name.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
-        .create(dir)?;
-    let dm = fs::metadata(dir)?;
-    if dm.uid() != euid {
-        return refuse(format!(
-            "{} is owned by uid {}, not by the daemon (uid {euid})",
-            dir.display(),
-            dm.uid()
-        ));
-    }
-    if dm.mode() & 0o022 != 0 {
-        return refuse(format!(
-            "{} is writable by group or others (mode {:o})",
-            dir.display(),
-            dm.mode() & 0o777
-        ));
-    }
-    match fs::symlink_metadata(path) {
-        Ok(m) => {
-            if !m.file_type().is_socket() {
-                return refuse(format!("{} exists and is not a socket", path.display()));
-            }
-            if m.uid() != euid {
-                return refuse(format!("{} is owned by uid {}", path.display(), m.uid()));
-            }
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return refuse(format!("another daemon is serving {}", path.display()));
-            }
-            fs::remove_file(path)?;
+        .create(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
+    let cdir = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
+    // SAFETY: a NUL-terminated path; the descriptor is owned right below.
+    let fd = unsafe {
+        libc::open(
+            cdir.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    let fd = match cvt(fd) {
+        // SAFETY: `fd` was just returned by open and is owned by nobody else.
+        Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+        // O_NOFOLLOW on a symlink: ELOOP, or ENOTDIR with O_DIRECTORY.
+        Err(_) if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) => {
+            return refuse(format!(
+                "{} is a symbolic link; give the socket's real directory",
+                dir.display()
+            ));
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+    };
+    // SAFETY: all-zero is a valid `stat`; it is only read after fstat filled it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a live descriptor and a `stat` we own.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    if st.st_uid != 0 && st.st_uid != euid {
+        return refuse(format!(
+            "{} is owned by uid {}, not by root or the daemon (uid {euid})",
+            dir.display(),
+            st.st_uid
+        ));
     }
-    Ok(())
+    if st.st_mode & 0o022 != 0 {
+        return refuse(format!(
+            "{} is writable by group or others (mode {:o}); the socket's directory must be \
+             writable only by its owner",
+            dir.display(),
+            st.st_mode & 0o7777
+        ));
+    }
+    let sd = SocketDir {
+        dir: fd,
+        dir_path: dir.to_path_buf(),
+        name,
+        bound: None,
+    };
+    if let Some(m) = sd.entry()? {
+        if !is_socket(&m) {
+            return refuse(format!("{} exists and is not a socket", path.display()));
+        }
+        if m.st_uid != euid {
+            return refuse(format!("{} is owned by uid {}", path.display(), m.st_uid));
+        }
+        if std::os::unix::net::UnixStream::connect(sd.via_fd()).is_ok() {
+            return refuse(format!("another daemon is serving {}", path.display()));
+        }
+        sd.unlink()?;
+    }
+    Ok(sd)
+}
+
+/// The connections of one uid.
+#[derive(Debug, Default)]
+pub struct UserConnections {
+    open: usize,
+    /// A refusal was logged since the last connection of this uid closed: one warning per
+    /// episode, not one per attempt.
+    warned: bool,
+}
+
+/// A connection slot of a non-root uid, given back on drop.
+struct UserSlot {
+    shared: Arc<Shared>,
+    uid: u32,
+}
+
+impl UserSlot {
+    /// Takes a slot for `uid`, or says how many it holds when it is at its limit.
+    fn take(shared: &Arc<Shared>, uid: u32) -> Result<UserSlot, (usize, bool)> {
+        let mut map = shared.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        let u = map.entry(uid).or_default();
+        if u.open >= shared.max_per_user {
+            let first = !u.warned;
+            u.warned = true;
+            return Err((u.open, first));
+        }
+        u.open += 1;
+        Ok(UserSlot {
+            shared: shared.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .shared
+            .per_user
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = map.get_mut(&self.uid) {
+            u.open -= 1;
+            u.warned = false;
+            if u.open == 0 {
+                map.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Answers `busy` to a connection that will not be served, and closes it. The request is
+/// not read; a fresh connection's send buffer is empty, so the one short line is written at
+/// once without waiting (and if not, the connection closes without it).
+fn turn_away(stream: UnixStream, message: String) {
+    let r = Reply::err(serde_json::Value::Null, Code::Busy, message);
+    if let Ok(s) = stream.into_std() {
+        let _ = (&s).write(r.to_line().as_bytes());
+    }
 }
 
 /// Accepts connections until `shutdown` resolves.
@@ -124,24 +320,7 @@ pub async fn accept_loop(
         tokio::select! {
             _ = &mut shutdown => break,
             r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    let shared = shared.clone();
-                    match shared.connections.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            tokio::spawn(async move {
-                                connection(shared, stream).await;
-                                drop(permit);
-                            });
-                        }
-                        Err(_) => {
-                            tokio::spawn(async move {
-                                let mut s = stream;
-                                let r = Reply::err(serde_json::Value::Null, Code::Busy, "too many connections; try again");
-                                let _ = s.write_all(r.to_line().as_bytes()).await;
-                            });
-                        }
-                    }
-                }
+                Ok((stream, _)) => admit(&shared, stream),
                 Err(e) => {
                     tracing::warn!("accept: {e}");
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -149,6 +328,57 @@ pub async fn accept_loop(
             },
         }
     }
+}
+
+/// Serves a new connection, or turns it away: a non-root uid at
+/// `limits.max-connections-per-user`, or everyone at `limits.max-connections`. The per-user
+/// limit is checked first, so a uid over it takes no slot from the others.
+fn admit(shared: &Arc<Shared>, stream: UnixStream) {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("connection without peer credentials refused: {e}");
+            return;
+        }
+    };
+    let uid = cred.uid();
+    let slot = if uid == 0 {
+        None
+    } else {
+        match UserSlot::take(shared, uid) {
+            Ok(slot) => Some(slot),
+            Err((open, first)) => {
+                if first {
+                    tracing::warn!(
+                        uid,
+                        pid = cred.pid().unwrap_or(0),
+                        "connection refused: uid {uid} already has {open} \
+                         (limits.max-connections-per-user); further refusals are not logged \
+                         until one closes"
+                    );
+                }
+                turn_away(
+                    stream,
+                    format!(
+                        "too many connections from uid {uid}: {open} open, \
+                         limits.max-connections-per-user is {}; close one and try again",
+                        shared.max_per_user
+                    ),
+                );
+                return;
+            }
+        }
+    };
+    let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+        turn_away(stream, "too many connections; try again".into());
+        return;
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        connection(shared, stream).await;
+        drop(permit);
+        drop(slot);
+    });
 }
 
 enum Line {
@@ -199,17 +429,9 @@ fn caller_of(stream: &UnixStream, shared: &Shared) -> io::Result<Caller> {
     let cred = stream.peer_cred()?;
     let pid = cred.pid().map(|p| p as u32);
     let mut gids = vec![cred.gid()];
-    if let Some(p) = pid {
-        let proc = shared
-            .engine
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .session
-            .proc
-            .clone();
-        if let Ok(g) = proc.groups(p) {
-            gids.extend(g);
-        }
+    // Not through the engine: its lock may be held by a long request.
+    if let Some(Ok(g)) = pid.map(|p| shared.proc.groups(p)) {
+        gids.extend(g);
     }
     Ok(Caller {
         uid: cred.uid(),
@@ -261,8 +483,23 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                 tracing::warn!(uid = caller.uid, pid = caller.pid.unwrap_or(0), code = ?e.code, "refused request: {}", e.message);
             }
         }
-        if w.write_all(reply.to_line().as_bytes()).await.is_err() {
-            break;
+        // A client that sends requests but does not read the replies would otherwise hold
+        // its connection forever: the reply must be handed to the kernel within the idle
+        // timeout (the socket's buffer full means the client has stopped reading).
+        match tokio::time::timeout(shared.idle_timeout, w.write_all(reply.to_line().as_bytes()))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                tracing::warn!(
+                    uid = caller.uid,
+                    pid = caller.pid.unwrap_or(0),
+                    "connection closed: its replies were not read for {} s",
+                    shared.idle_timeout.as_secs()
+                );
+                break;
+            }
         }
     }
 }
@@ -358,9 +595,16 @@ fn summarize(req: &Request) -> String {
     }
 }
 
-/// Removes the socket on shutdown (only if it is still ours).
-pub fn unbind(path: &PathBuf) {
-    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        let _ = fs::remove_file(path);
+/// Removes the socket on shutdown, if it is still the one this daemon bound.
+pub fn unbind(sd: &SocketDir) {
+    let ours = sd
+        .entry()
+        .ok()
+        .flatten()
+        .is_some_and(|st| is_socket(&st) && sd.bound == Some((st.st_dev, st.st_ino)));
+    if ours {
+        if let Err(e) = sd.unlink() {
+            tracing::warn!("removing {}: {e}", sd.socket_path().display());
+        }
     }
 }
