@@ -316,6 +316,9 @@ fn sigkill_mid_burst_loses_nothing_acknowledged() {
     let pids: Vec<u32> = (0..30).map(|_| d.sleeper()).collect();
     let socket = d.socket();
     let burst_pids = pids.clone();
+    // The kill lands mid-burst once the first move is acknowledged (a fixed delay lost the
+    // race on a loaded machine: the kill came before any reply).
+    let (first_ack, first_acked) = std::sync::mpsc::channel();
     let burst = std::thread::spawn(move || {
         let mut acked = Vec::new();
         let mut s = UnixStream::connect(&socket).unwrap();
@@ -332,11 +335,13 @@ fn sigkill_mid_burst_loses_nothing_acknowledged() {
             }
             if reply.contains("\"ok\":true") {
                 acked.push(pid);
+                let _ = first_ack.send(());
             }
         }
         acked
     });
-    std::thread::sleep(Duration::from_millis(30));
+    let _ = first_acked.recv_timeout(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(2));
     d.signal(libc::SIGKILL);
     let acked = burst.join().unwrap();
     assert!(
