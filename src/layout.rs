@@ -159,10 +159,12 @@ const THREAD_CLASS_WORDS: [&str; 7] = [
 ];
 
 /// The candidate closest to `input`, if it is close enough to be what was meant: at most
-/// one edit per three characters (one for short words), or `input` a prefix of it.
+/// one edit per three characters (one for two-letter words, none for one letter), or `input`
+/// a prefix of it.
 pub fn closest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let input_l = input.to_ascii_lowercase();
-    let budget = (input.chars().count() / 3).max(1);
+    let len = input.chars().count();
+    let budget = if len < 2 { 0 } else { (len / 3).max(1) };
     candidates
         .into_iter()
         .filter(|c| *c != input)

@@ -96,18 +96,18 @@ pub fn run(ctx: &Ctx, args: MoveArgs) -> CliResult<()> {
             None => run_direct(ctx, &Dest::Group(group), &targets)?,
         }
     };
-    // Each failure is printed once: in the JSON report, or on stderr next to the text
-    // report of the ids that moved.
-    for r in &results {
-        match &r.error {
-            None => tracing::info!(id = r.id, to = %label, "moved"),
-            Some(e) if !ctx.g.json => super::eprint_line(&format!("{}: not moved: {e}", r.id)),
-            Some(_) => {}
-        }
+    // Each failure is printed once, in the report (a line of its own in text), not also
+    // as a log line.
+    for r in results.iter().filter(|r| r.error.is_none()) {
+        tracing::info!(id = r.id, to = %label, "moved");
     }
     ctx.output(&results, |rs| {
         let mut s = String::new();
-        for r in rs.iter().filter(|r| r.error.is_none()) {
+        for r in rs {
+            if let Some(e) = &r.error {
+                s.push_str(&format!("{}: not moved: {e}\n", r.id));
+                continue;
+            }
             let mut counts: Vec<(String, usize)> = Vec::new();
             for t in &r.threads {
                 let c = t.class.clone().unwrap_or_else(|| "outside".into());
