@@ -680,3 +680,39 @@ fn an_unprivileged_move_without_a_daemon_says_what_it_needs() {
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert!(!Path::new(&parent.join("state")).exists());
 }
+
+/// Real kernel and a real daemon (root): `restrict` and `status` through the socket give the
+/// same codes as directly. This host may lack the cpu controller: then restrict is exit 5.
+#[test]
+fn restrict_and_status_through_the_daemon() {
+    let Some(d) = common::daemon::Daemon::new("robust-cli", "socket:\n  mode: \"0666\"\n", None)
+    else {
+        return;
+    };
+    let r = d.cli(&["status", "--json"]);
+    let in_sync = json(&r)["in_sync"] == true;
+    assert_eq!(r.code, if in_sync { 0 } else { 8 }, "{}", r.stderr);
+
+    let r = d.cli(&[
+        "restrict",
+        "background",
+        "background",
+        "--quota",
+        "50",
+        "--json",
+    ]);
+    if d.root.join("chrome/background/cpu.weight").exists() {
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let j = json(&r);
+        assert_eq!(j["group"], "chrome/background");
+        assert_eq!(j["cpu_max"], "50000 100000");
+        // The restriction is in force, not the plan: status says so in its exit status.
+        assert_eq!(d.cli(&["status"]).code, 8);
+    } else {
+        assert_eq!(r.code, 5, "{}", r.stderr);
+        assert_eq!(json(&r)["error"]["kind"], "unsupported");
+        assert!(r.stderr.contains("no cpu controller"), "{}", r.stderr);
+    }
+    let r = d.cli(&["restrict", "arcvm-io", "background"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
