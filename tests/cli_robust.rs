@@ -716,3 +716,14 @@ fn restrict_and_status_through_the_daemon() {
     let r = d.cli(&["restrict", "arcvm-io", "background"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
 }
+
+/// detect's report lists the topology's warnings; they are not logged on stderr as well.
+#[test]
+fn detect_warnings_are_printed_once() {
+    let r = run(cgqos()
+        .args(["detect", "--sysfs-root"])
+        .arg(fixture("bad-values")));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("warning: "), "{}", r.stdout);
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+}
