@@ -206,58 +206,67 @@ fn case_run(prep: &[&[&str]], args: &[&str], json: bool, out: Out, pid: &str) ->
 fn every_command_survives_a_closed_or_full_stdout() {
     let sleeper = Sleeper::new();
     let pid = sleeper.pid();
-    for (prep, args) in CASES {
-        for json in [false, true] {
-            let what = format!("{args:?}{}", if json { " --json" } else { "" });
-            let base = case_run(prep, args, json, Out::Piped, &pid);
-            for out in [Out::Piped, Out::ClosedPipe, Out::Full, Out::Closed] {
-                let r = if out == Out::Piped {
-                    Run {
-                        code: base.code,
-                        stdout: base.stdout.clone(),
-                        stderr: base.stderr.clone(),
-                    }
-                } else {
-                    case_run(prep, args, json, out, &pid)
-                };
-                assert!(
-                    r.code != 101 && !r.stderr.contains("panicked"),
-                    "{what} with stdout {out:?} panicked: {}",
-                    r.stderr
-                );
-                match out {
-                    Out::Piped => {}
-                    // A reader that went away is not an error: same status, nothing said.
-                    Out::ClosedPipe | Out::Closed => {
-                        assert_eq!(
-                            r.code, base.code,
-                            "{what} with stdout {out:?}: {}",
-                            r.stderr
-                        );
-                        assert!(
-                            !r.stderr.contains("Broken pipe") && !r.stderr.contains("os error 32"),
-                            "{what} with stdout {out:?}: {}",
-                            r.stderr
-                        );
-                    }
-                    // A failed write: exit 1 and one line saying so, unless the command
-                    // failed anyway (its own code then wins) or printed nothing.
-                    Out::Full => {
-                        if base.code == 0 && !base.stdout.is_empty() {
-                            assert_eq!(r.code, 1, "{what} on /dev/full: {}", r.stderr);
-                            let lines: Vec<&str> = r
-                                .stderr
-                                .lines()
-                                .filter(|l| l.contains("No space left on device"))
-                                .collect();
-                            assert_eq!(lines.len(), 1, "{what} on /dev/full: {}", r.stderr);
-                            assert!(lines[0].starts_with("cgqos: writing the "), "{}", lines[0]);
-                        } else {
-                            assert_eq!(r.code, base.code, "{what} on /dev/full: {}", r.stderr);
-                        }
+    // A few cases at a time: each is independent (its own fake tree and state).
+    std::thread::scope(|s| {
+        for chunk in CASES.chunks(CASES.len().div_ceil(4)) {
+            let pid = &pid;
+            s.spawn(move || {
+                for (prep, args) in chunk {
+                    for json in [false, true] {
+                        check_outputs(prep, args, json, pid);
                     }
                 }
+            });
+        }
+    });
+}
+
+fn check_outputs(prep: &[&[&str]], args: &[&str], json: bool, pid: &str) {
+    let what = format!("{args:?}{}", if json { " --json" } else { "" });
+    let base = case_run(prep, args, json, Out::Piped, pid);
+    assert!(
+        base.code != 101 && !base.stderr.contains("panicked"),
+        "{what} panicked: {}",
+        base.stderr
+    );
+    for out in [Out::ClosedPipe, Out::Full, Out::Closed] {
+        let r = case_run(prep, args, json, out, pid);
+        assert!(
+            r.code != 101 && !r.stderr.contains("panicked"),
+            "{what} with stdout {out:?} panicked: {}",
+            r.stderr
+        );
+        match out {
+            // A reader that went away is not an error: same status, nothing said.
+            Out::ClosedPipe | Out::Closed => {
+                assert_eq!(
+                    r.code, base.code,
+                    "{what} with stdout {out:?}: {}",
+                    r.stderr
+                );
+                assert!(
+                    !r.stderr.contains("Broken pipe") && !r.stderr.contains("os error 32"),
+                    "{what} with stdout {out:?}: {}",
+                    r.stderr
+                );
             }
+            // A failed write: exit 1 and one line saying so, unless the command failed
+            // anyway (its own code then wins) or printed nothing.
+            Out::Full => {
+                if base.code == 0 && !base.stdout.is_empty() {
+                    assert_eq!(r.code, 1, "{what} on /dev/full: {}", r.stderr);
+                    let lines: Vec<&str> = r
+                        .stderr
+                        .lines()
+                        .filter(|l| l.contains("No space left on device"))
+                        .collect();
+                    assert_eq!(lines.len(), 1, "{what} on /dev/full: {}", r.stderr);
+                    assert!(lines[0].starts_with("cgqos: writing the "), "{}", lines[0]);
+                } else {
+                    assert_eq!(r.code, base.code, "{what} on /dev/full: {}", r.stderr);
+                }
+            }
+            Out::Piped => unreachable!(),
         }
     }
 }
