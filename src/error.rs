@@ -29,6 +29,25 @@ pub enum Exit {
     Denied = 6,
     /// The daemon is busy or went away mid-request.
     Unavailable = 7,
+    /// `status`: the tree differs from the plan or groups are missing (run `setup`).
+    NotInSync = 8,
+}
+
+impl Exit {
+    /// The name of the code in `--json` error objects (docs/cli.md).
+    pub fn name(self) -> &'static str {
+        match self {
+            Exit::Ok => "ok",
+            Exit::Failure => "failure",
+            Exit::BadInput => "bad_input",
+            Exit::NoSuchProcess => "no_such_process",
+            Exit::KernelRefused => "kernel_refused",
+            Exit::Unsupported => "unsupported",
+            Exit::Denied => "denied",
+            Exit::Unavailable => "unavailable",
+            Exit::NotInSync => "not_in_sync",
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -46,7 +46,10 @@ impl Target {
                     name: name.into(),
                     part: Some(p.into()),
                 }),
-                Some(p) => Err(format!("VM groups have parts `vcpu` and `io`, not {p:?}")),
+                Some(p) => Err(format!(
+                    "VM groups have parts `vcpu` and `io`, not {p:?}{}",
+                    suggest(p, [VCPU, IO])
+                )),
             }
         };
         match parts.as_slice() {
@@ -60,8 +63,12 @@ impl Target {
             [alias, rest @ ..] if alias.starts_with("vm:") && rest.len() <= 1 => {
                 vm(&alias[3..], rest.first().copied())
             }
+            [class] if THREAD_CLASS_WORDS.contains(class) => Err(format!(
+                "{class:?} is a thread class, not a group: `cgqos move --thread TID... {class}` moves threads to a class (whole processes go to ui, foreground, background, arcvm or vm:<name>)"
+            )),
             _ => Err(format!(
-                "unknown group {s:?}: expected ui, foreground, background, chrome/<group>, arcvm, arcvm-vcpu, arcvm-io, vm:<name>[/vcpu|/io] or vms/<name>[/vcpu|/io]"
+                "unknown group {s:?}{}: expected ui, foreground, background, chrome/<group>, arcvm, arcvm-vcpu, arcvm-io, vm:<name>[/vcpu|/io] or vms/<name>[/vcpu|/io]",
+                suggest(s, GROUP_WORDS)
             )),
         }
     }
@@ -121,9 +128,91 @@ pub fn parse_class(s: &str) -> Result<Option<&'static str>, String> {
         "vcpu" => Ok(Some(VCPU)),
         "io" => Ok(Some(IO)),
         other => Err(format!(
-            "unknown thread class {other:?}: expected urgent, non-urgent, default (browser groups) or vcpu, io, default (VM groups)"
+            "unknown thread class {other:?}{}: expected urgent, non-urgent, default (browser groups) or vcpu, io, default (VM groups)",
+            suggest(other, [URGENT, NON_URGENT, "default", VCPU, IO])
         )),
     }
+}
+
+/// The fixed group names and aliases `Target::parse` accepts, for "did you mean".
+const GROUP_WORDS: [&str; 9] = [
+    "ui",
+    "foreground",
+    "background",
+    "chrome/ui",
+    "chrome/foreground",
+    "chrome/background",
+    "arcvm",
+    "arcvm-vcpu",
+    "arcvm-io",
+];
+
+/// Words that name a thread class (of `move --thread`) rather than a group.
+const THREAD_CLASS_WORDS: [&str; 7] = [
+    URGENT,
+    NON_URGENT,
+    "nonurgent",
+    "default",
+    VCPU,
+    IO,
+    "urgent-bursty",
+];
+
+/// The candidate closest to `input`, if it is close enough to be what was meant: at most
+/// one edit per three characters (one for two-letter words, none for one letter), or `input`
+/// a prefix of it.
+pub fn closest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let input_l = input.to_ascii_lowercase();
+    let len = input.chars().count();
+    let budget = if len < 2 { 0 } else { (len / 3).max(1) };
+    candidates
+        .into_iter()
+        .filter(|c| *c != input)
+        .filter_map(|c| {
+            let d = edit_distance(&input_l, &c.to_ascii_lowercase());
+            let prefix = input.len() >= 3 && c.starts_with(input);
+            (d <= budget || prefix).then_some((if prefix { 0 } else { d }, c))
+        })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// ` (did you mean "x"?)` for the closest candidate, or nothing.
+pub fn suggest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    closest(input, candidates)
+        .map(|c| format!(" (did you mean {c:?}?)"))
+        .unwrap_or_default()
+}
+
+/// Edit distance over characters (insertions, deletions, substitutions and swaps of two
+/// neighbours, the usual typing slips). Inputs are names typed on a command line: short, so
+/// the quadratic table is fine; longer inputs are not compared at all.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    if a.len() > 256 || b.len() > 256 {
+        return usize::MAX;
+    }
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// Where a cgroup path (relative to the cgqos root) sits in the layout.
@@ -198,6 +287,29 @@ mod tests {
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn near_misses_get_a_suggestion_and_classes_point_at_thread() {
+        let e = Target::parse("forground").unwrap_err();
+        assert!(e.contains("did you mean \"foreground\""), "{e}");
+        let e = Target::parse("chrome/backgorund").unwrap_err();
+        assert!(e.contains("did you mean \"chrome/background\""), "{e}");
+        let e = Target::parse("vm:termina/vpcu").unwrap_err();
+        assert!(e.contains("did you mean \"vcpu\""), "{e}");
+        let e = Target::parse("urgent").unwrap_err();
+        assert!(e.contains("--thread"), "{e}");
+        let e = parse_class("nonurgnet").unwrap_err();
+        assert!(e.contains("did you mean \"non-urgent\""), "{e}");
+        // Nothing close: no guess.
+        assert!(
+            !Target::parse("zzzzzz")
+                .unwrap_err()
+                .contains("did you mean")
+        );
+        assert_eq!(closest("x", ["ui", "io"]), None);
+        assert_eq!(closest("UI", ["ui", "io"]), Some("ui"));
+        assert_eq!(closest("back", ["ui", "background"]), Some("background"));
     }
 
     #[test]

@@ -68,8 +68,16 @@ pub fn thread_dest(
                 by,
             }),
             None => Err(format!(
-                "unknown thread class {name:?}: expected one of {} (or urgent, non-urgent, default; vcpu, io in VM groups; schedqos QOS_* names)",
-                classes.names().join(", ")
+                "unknown thread class {name:?}{}: expected one of {} (or urgent, non-urgent, default; vcpu, io in VM groups; schedqos QOS_* names){}",
+                layout::suggest(name, classes.names()),
+                classes.names().join(", "),
+                if Target::parse(name).is_ok() {
+                    format!(
+                        "; {name:?} is a group: `cgqos move PID... {name}` moves whole processes"
+                    )
+                } else {
+                    String::new()
+                }
             )),
         },
     }
@@ -95,7 +103,7 @@ pub fn code_of(exit: Exit) -> Code {
         Exit::KernelRefused => Code::KernelRefused,
         Exit::Denied => Code::Denied,
         Exit::Unsupported => Code::Unsupported,
-        Exit::Failure | Exit::Unavailable | Exit::Ok => Code::Internal,
+        Exit::Failure | Exit::Unavailable | Exit::NotInSync | Exit::Ok => Code::Internal,
     }
 }
 

@@ -248,7 +248,14 @@ fn status_reports_requested_effective_and_unsupported() {
     let state = tempfile::tempdir().unwrap();
     setup(&f, state.path(), &[]);
     let r = run(cgqos()
-        .args(["status", "--json", "--board", "trogdor", "--sysfs-root"])
+        .args([
+            "status",
+            "--json",
+            "--board",
+            "trogdor",
+            "--allow-non-cgroupfs",
+            "--sysfs-root",
+        ])
         .arg(fixture("trogdor"))
         .arg("--cgroup-root")
         .arg(f.root()));

@@ -141,8 +141,13 @@ impl BoardSource {
             .map(|(n, text)| (format!("<built-in>/boards/{n}/model.yaml"), text.to_string()))
             .ok_or_else(|| {
                 let known: Vec<&str> = BUILTIN_BOARDS.iter().map(|(n, _)| *n).collect();
+                // Installed boards are only named, for the suggestion; nothing in them is read.
+                let installed: Vec<String> = fs::read_dir(&dir)
+                    .map(|d| d.flatten().take(1000).filter_map(|e| e.file_name().into_string().ok()).collect())
+                    .unwrap_or_default();
                 BoardError::Select(format!(
-                    "no board {name:?}: {} does not exist and no built-in board has that name (built-in: {})",
+                    "no board {name:?}{}: {} does not exist and no built-in board has that name (built-in: {})",
+                    crate::layout::suggest(name, known.iter().copied().chain(installed.iter().map(String::as_str))),
                     path.display(),
                     known.join(", ")
                 ))
@@ -171,7 +176,8 @@ fn select(
         Some(b) if distinct.contains(&b) => b.to_string(),
         Some(b) => {
             return Err(BoardError::Select(format!(
-                "no device named {b:?} in {} (devices: {})",
+                "no device named {b:?}{} in {} (devices: {})",
+                crate::layout::suggest(b, distinct.iter().copied()),
                 docs.iter()
                     .map(|(f, _)| f.as_str())
                     .collect::<Vec<_>>()

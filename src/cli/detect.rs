@@ -14,7 +14,8 @@ pub struct DetectArgs {
 }
 
 pub fn run(ctx: &Ctx, args: DetectArgs) -> CliResult<()> {
-    let mut topo = ctx.topology()?;
+    // Not ctx.topology(): the report lists the warnings, so they are not logged as well.
+    let mut topo = Topology::detect(&ctx.g.sysfs_root)?;
     if !args.no_board {
         let board = ctx.board()?;
         if let Some(list) = &board.scheduler_tune.cpuset_nonurgent {

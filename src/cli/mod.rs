@@ -5,6 +5,7 @@ mod detect;
 mod move_tasks;
 mod plan;
 mod reset;
+mod restrict;
 mod rules;
 mod setup;
 mod status;
@@ -14,9 +15,12 @@ mod vm;
 mod where_;
 mod why;
 
+use std::cell::RefCell;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::board::{Board, BoardSource};
@@ -40,9 +44,15 @@ Exit status:
   5  --strict and a setting the kernel does not support
   6  the daemon's policy denied the request
   7  the daemon is busy or went away mid-request
+  8  status: the tree is not in sync with the plan, or groups are missing
 
-Environment: every global option has a CGQOS_* variable (shown with each option);
-CGQOS_LOG (or RUST_LOG) sets the log filter, e.g. CGQOS_LOG=debug.
+A closed stdout (cgqos plan | head -1) is not an error; any other failure to write the
+output is exit 1. With --json, an error is also printed on stdout as
+{\"error\": {\"exit\": N, \"kind\": \"...\", \"message\": \"...\"}}.
+
+Environment: every global option has a CGQOS_* variable (shown with each option); an empty
+value counts as unset, and switches take 1/0, true/false, yes/no, on/off.
+CGQOS_LOG (or RUST_LOG) sets the log filter, e.g. CGQOS_LOG=debug; -v and -q override it.
 
 See docs/ in the source tree for the design, the board configuration and deployment.";
 
@@ -129,20 +139,42 @@ pub struct Global {
     pub socket: PathBuf,
 
     /// Work directly on the cgroup tree even if a daemon answers (needs root)
-    #[arg(long, global = true, env = "CGQOS_DIRECT")]
+    #[arg(long, global = true, env = "CGQOS_DIRECT", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub direct: bool,
 
     /// The daemon's configuration directory (daemon.yaml), watched for changes
     #[arg(long, global = true, env = "CGQOS_CONFIG_DIR", default_value = crate::daemon::DEFAULT_CONFIG_DIR, value_name = "DIR")]
     pub config_dir: PathBuf,
 
-    /// Print machine-readable JSON instead of text
+    /// Print machine-readable JSON instead of text (errors too)
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// More log output on stderr: -v every change (info), -vv debug, -vvv trace
+    #[arg(short = 'v', long = "verbose", global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less log output on stderr: -q errors only, -qq none (the error that ends a command is
+    /// still printed)
+    #[arg(short = 'q', long = "quiet", global = true, action = ArgAction::Count)]
+    pub quiet: u8,
+
     /// For tests on fake trees: do not insist that the cgroup root is a cgroup2 filesystem
-    #[arg(long, global = true, env = "CGQOS_ALLOW_NON_CGROUPFS", hide = true)]
+    #[arg(long, global = true, env = "CGQOS_ALLOW_NON_CGROUPFS", hide = true, action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub allow_non_cgroupfs: bool,
+}
+
+impl Global {
+    /// The log level -v / -q ask for, counted from the default `warn`; `None` without them
+    /// (then CGQOS_LOG, RUST_LOG or the command's default decide).
+    pub fn log_level(&self) -> Option<&'static str> {
+        if self.verbose == 0 && self.quiet == 0 {
+            return None;
+        }
+        let levels = ["off", "error", "warn", "info", "debug", "trace"];
+        let i = (2 + i32::from(self.verbose) - i32::from(self.quiet)).clamp(0, 5);
+        Some(levels[i as usize])
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,14 +195,16 @@ pub enum Command {
     /// Show each thread of a process: its group and class
     Where(where_::WhereArgs),
     /// Add, remove or list VM groups
-    #[command(subcommand)]
+    #[command(subcommand, about = "Add, remove or list VM groups")]
     Vm(vm::VmCommand),
     /// Move every task back where it came from and remove the hierarchy
     Teardown(teardown::TeardownArgs),
+    /// Set the CPU share (foreground or background) and quota of a browser group or a VM
+    Restrict(restrict::RestrictArgs),
     /// Serve the placement API on --socket (converges the hierarchy first)
     Daemon(daemon::DaemonArgs),
     /// Check the rules of <config-dir>/rules.d
-    #[command(subcommand)]
+    #[command(subcommand, about = "Check the rules of <config-dir>/rules.d")]
     Rules(rules::RulesCommand),
     /// Explain which rule or request put a task where it is
     Why(why::WhyArgs),
@@ -178,10 +212,12 @@ pub enum Command {
     Reset(reset::ResetArgs),
 }
 
-/// Runs a parsed command line.
+/// Runs a parsed command line. Output goes through `Ctx::output`: a closed stdout ends the
+/// command quietly, any other write error is exit 1; with `--json`, an error that ends the
+/// command before it printed anything is also printed on stdout as a JSON object.
 pub fn run(cli: Cli) -> CliResult<()> {
-    let ctx = Ctx { g: cli.global };
-    match cli.command {
+    let ctx = Ctx::new(cli.global);
+    let result = match cli.command {
         Command::Detect(a) => detect::run(&ctx, a),
         Command::Validate(a) => validate::run(&ctx, a),
         Command::Plan(a) => plan::run(&ctx, a),
@@ -191,19 +227,77 @@ pub fn run(cli: Cli) -> CliResult<()> {
         Command::Where(a) => where_::run(&ctx, a),
         Command::Vm(c) => vm::run(&ctx, c),
         Command::Teardown(a) => teardown::run(&ctx, a),
+        Command::Restrict(a) => restrict::run(&ctx, a),
         Command::Daemon(a) => daemon::run(&ctx, a),
         Command::Rules(c) => rules::run(&ctx, c),
         Command::Why(a) => why::run(&ctx, a),
         Command::Reset(a) => reset::run(&ctx, a),
+    };
+    let out = ctx.out.into_inner();
+    let result = match (result, out.error) {
+        // The command's own failure says more than a failure to print its report; its
+        // code stays, and a report that failed silently gets the write error as message.
+        (Err(e), Some(w)) if e.message.is_empty() => Err(CliError::new(e.exit, w.message)),
+        (Err(e), _) => Err(e),
+        (Ok(()), Some(e)) => Err(e),
+        (Ok(()), None) => Ok(()),
+    };
+    if let Err(e) = &result {
+        if ctx.g.json && !out.printed && !out.closed && !e.message.is_empty() {
+            let _ = write_stdout(&json_error(e));
+        }
     }
+    result
+}
+
+/// The `--json` form of an error that ends a command (documented in docs/cli.md).
+pub fn json_error(e: &CliError) -> String {
+    let v = serde_json::json!({
+        "error": {"exit": e.exit as u8, "kind": e.exit.name(), "message": e.message}
+    });
+    format!("{v}\n")
+}
+
+fn write_stdout(s: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(s.as_bytes())?;
+    out.flush()
+}
+
+/// Writes one line to stderr, prefixed with `cgqos: `; a failing stderr is ignored (there is
+/// nowhere left to report it).
+pub fn eprint_line(message: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "cgqos: {message}");
 }
 
 /// Resolves the global options into the pieces each command needs.
 pub struct Ctx {
     pub g: Global,
+    out: RefCell<Output>,
+    /// Why the daemon could not be used, when a connection was tried and failed.
+    daemon_unusable: RefCell<Option<String>>,
+}
+
+/// What happened to stdout.
+#[derive(Default)]
+struct Output {
+    /// Something was written (or tried).
+    printed: bool,
+    /// The reader went away (EPIPE): the rest of the output is dropped quietly.
+    closed: bool,
+    /// Writing failed otherwise: the command ends with this (exit 1).
+    error: Option<CliError>,
 }
 
 impl Ctx {
+    pub fn new(g: Global) -> Ctx {
+        Ctx {
+            g,
+            out: RefCell::default(),
+            daemon_unusable: RefCell::default(),
+        }
+    }
+
     pub fn topology(&self) -> CliResult<Topology> {
         let topo = Topology::detect(&self.g.sysfs_root)?;
         for w in &topo.warnings {
@@ -212,17 +306,36 @@ impl Ctx {
         Ok(topo)
     }
 
-    pub fn board_source(&self) -> BoardSource {
-        BoardSource {
+    /// Where the board comes from. An explicit `--boards-dir` must be a directory: a typo
+    /// there would otherwise fall back to the built-in boards without a word.
+    pub fn board_source(&self) -> CliResult<BoardSource> {
+        if let Some(dir) = &self.g.boards_dir {
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(CliError::bad_input(format!(
+                        "--boards-dir {}: not a directory",
+                        dir.display()
+                    )));
+                }
+                Err(e) => {
+                    return Err(CliError::bad_input(format!(
+                        "--boards-dir {}: {e}",
+                        dir.display()
+                    )));
+                }
+            }
+        }
+        Ok(BoardSource {
             models: self.g.models.clone(),
             board: self.g.board.clone(),
             sku: self.g.sku,
             boards_dir: self.g.boards_dir.clone(),
-        }
+        })
     }
 
     pub fn board(&self) -> CliResult<Board> {
-        Ok(self.board_source().load()?)
+        Ok(self.board_source()?.load()?)
     }
 
     pub fn plan(&self) -> CliResult<(Topology, Board, Plan)> {
@@ -268,8 +381,34 @@ impl Ctx {
         CgroupMap::new(root, &self.mountinfo())
     }
 
+    /// Locks the state directory. A permission error for a user other than root means the
+    /// command needed root or the daemon: say that, not just which file was refused.
     pub fn state_dir(&self) -> CliResult<StateDir> {
-        Ok(StateDir::lock(&self.g.state_dir)?)
+        match StateDir::lock(&self.g.state_dir) {
+            Ok(sd) => Ok(sd),
+            Err(crate::state::StateError::Io { path, source })
+                if source.kind() == std::io::ErrorKind::PermissionDenied
+                    // SAFETY: geteuid has no preconditions.
+                    && unsafe { libc::geteuid() } != 0 =>
+            {
+                let daemon = match self.daemon_unusable.borrow().as_deref() {
+                    Some(why) => format!(
+                        "the daemon's socket {} is unusable ({why})",
+                        self.g.socket.display()
+                    ),
+                    None if self.g.direct => "--direct was given".to_string(),
+                    None => format!("no daemon answers on {}", self.g.socket.display()),
+                };
+                Err(CliError::new(
+                    Exit::KernelRefused,
+                    format!(
+                        "this needs root, or a running cgqos daemon to ask: {daemon}, and working directly needs root ({}: {source})",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The rules and classes of `<config-dir>/rules.d` (the shipped classes when absent).
@@ -290,6 +429,7 @@ impl Ctx {
                     "daemon at {} unusable ({e}); working directly",
                     self.g.socket.display()
                 );
+                *self.daemon_unusable.borrow_mut() = Some(e.to_string());
                 Ok(None)
             }
         }
@@ -312,13 +452,8 @@ impl Ctx {
 
     /// Checks that `dir` (or its nearest existing ancestor) is on cgroup2 and writable.
     pub fn check_cgroupfs(&self, dir: &Path) -> CliResult<()> {
+        self.check_cgroup2(dir)?;
         let existing = dir.ancestors().find(|d| d.exists()).unwrap_or(dir);
-        if !self.g.allow_non_cgroupfs && !is_cgroup2(existing) {
-            return Err(CliError::bad_input(format!(
-                "{} is not on a cgroup2 filesystem (pass --cgroup-root inside a cgroup2 mount)",
-                existing.display()
-            )));
-        }
         if !writable(existing) {
             return Err(CliError::new(
                 Exit::KernelRefused,
@@ -331,20 +466,61 @@ impl Ctx {
         Ok(())
     }
 
-    /// Prints a value as JSON (with --json) or with the given text renderer.
+    /// Checks that `dir` (or its nearest existing ancestor) is on a cgroup2 filesystem.
+    pub fn check_cgroup2(&self, dir: &Path) -> CliResult<()> {
+        let existing = dir.ancestors().find(|d| d.exists()).unwrap_or(dir);
+        if !self.g.allow_non_cgroupfs && !is_cgroup2(existing) {
+            return Err(CliError::bad_input(format!(
+                "{} is not on a cgroup2 filesystem (pass --cgroup-root inside a cgroup2 mount)",
+                existing.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Prints a value as JSON (with --json) or with the given text renderer. Never panics:
+    /// a closed stdout drops the output quietly, another write error is kept and ends the
+    /// command with exit 1 once it returns (see `run`).
     pub fn output<T: Serialize>(&self, value: &T, text: impl FnOnce(&T) -> String) {
-        if self.g.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(value).expect("output serialises")
-            );
-        } else {
-            let t = text(value);
-            if !t.is_empty() {
-                print!("{t}");
-                if !t.ends_with('\n') {
-                    println!();
+        let s = if self.g.json {
+            match serde_json::to_string_pretty(value) {
+                Ok(mut j) => {
+                    j.push('\n');
+                    j
                 }
+                Err(e) => {
+                    self.out.borrow_mut().error.get_or_insert(CliError::new(
+                        Exit::Failure,
+                        format!("cannot format the output as JSON: {e}"),
+                    ));
+                    return;
+                }
+            }
+        } else {
+            let mut t = text(value);
+            if !t.is_empty() && !t.ends_with('\n') {
+                t.push('\n');
+            }
+            t
+        };
+        self.print(&s);
+    }
+
+    /// Writes text to stdout as `output` does.
+    pub fn print(&self, s: &str) {
+        let mut out = self.out.borrow_mut();
+        if out.closed || out.error.is_some() || s.is_empty() {
+            return;
+        }
+        out.printed = true;
+        match write_stdout(s) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => out.closed = true,
+            Err(e) => {
+                out.error = Some(CliError::new(
+                    Exit::Failure,
+                    format!("writing the output to stdout: {e}"),
+                ));
             }
         }
     }

@@ -9,12 +9,15 @@ use crate::layout::Target;
 use crate::ops::{self, Dest, Moved};
 
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:
+#[command(
+    override_usage = "cgqos move [OPTIONS] PID... GROUP\n       cgqos move --thread [OPTIONS] TID... CLASS",
+    after_help = "Examples:
   cgqos move 1234 background            # every thread keeps its urgent/non-urgent class
   cgqos move 1234 1240 chrome/foreground
   cgqos move 4321 arcvm-io
   cgqos move --thread 1237 non-urgent   # within the thread's current process group
-  cgqos move --thread 5000 5001 vcpu    # vCPU threads of a VM")]
+  cgqos move --thread 5000 5001 vcpu    # vCPU threads of a VM"
+)]
 pub struct MoveArgs {
     /// Move threads to a class (urgent, non-urgent, default; vcpu, io in VM groups)
     #[arg(long)]
@@ -23,14 +26,18 @@ pub struct MoveArgs {
     /// protects a caller that looked the id up earlier against id reuse
     #[arg(long, value_name = "TICKS")]
     pub expect_starttime: Option<u64>,
-    /// Process ids (thread ids with --thread) followed by the group (class with --thread)
-    #[arg(required = true, num_args = 2.., value_name = "ID... GROUP")]
-    pub args: Vec<String>,
+    /// Process ids (thread ids with --thread)
+    #[arg(required = true, num_args = 1.., value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Group (ui, foreground, background, arcvm, vm:<name>, chrome/..., vms/...); with
+    /// --thread, a thread class
+    #[arg(required = true, value_name = "GROUP|CLASS")]
+    pub dest: String,
 }
 
 pub fn run(ctx: &Ctx, args: MoveArgs) -> CliResult<()> {
-    let (ids, dest) = args.args.split_at(args.args.len() - 1);
-    let dest = &dest[0];
+    let ids = &args.ids;
+    let dest = &args.dest;
     let label = dest.clone();
     let ids: Vec<u32> = ids
         .iter()
@@ -71,7 +78,16 @@ pub fn run(ctx: &Ctx, args: MoveArgs) -> CliResult<()> {
             }
         }
     } else {
-        let group = Target::parse(dest).map_err(CliError::bad_input)?;
+        let group = Target::parse(dest).map_err(|e| {
+            // A class of rules.d is not a group either: point at --thread as for the
+            // built-in class names (Target::parse knows only those).
+            match ctx.rules().ok().filter(|r| r.classes.get(dest).is_some()) {
+                Some(_) if !e.contains("--thread") => CliError::bad_input(format!(
+                    "{dest:?} is a thread class, not a group: `cgqos move --thread TID... {dest}` moves threads to a class"
+                )),
+                _ => CliError::bad_input(e),
+            }
+        })?;
         match ctx.daemon()? {
             Some(mut d) => d.call(&Request::Move {
                 group: dest.clone(),
@@ -80,11 +96,10 @@ pub fn run(ctx: &Ctx, args: MoveArgs) -> CliResult<()> {
             None => run_direct(ctx, &Dest::Group(group), &targets)?,
         }
     };
-    for r in &results {
-        match &r.error {
-            None => tracing::info!(id = r.id, to = %label, "moved"),
-            Some(e) => tracing::warn!(id = r.id, "{e}"),
-        }
+    // Each failure is printed once, in the report (a line of its own in text), not also
+    // as a log line.
+    for r in results.iter().filter(|r| r.error.is_none()) {
+        tracing::info!(id = r.id, to = %label, "moved");
     }
     ctx.output(&results, |rs| {
         let mut s = String::new();

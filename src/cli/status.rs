@@ -4,10 +4,15 @@ use clap::Args;
 
 use super::Ctx;
 use crate::daemon::protocol::Request;
-use crate::error::CliResult;
+use crate::error::{CliError, CliResult, Exit};
 use crate::ops::{self, Status};
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Exit status 0 when the tree is in sync with the plan (settings the kernel \
+does not support do not count), 8 when a group is missing or a setting differs (run `cgqos \
+setup`), another code when status itself failed."
+)]
 pub struct StatusArgs {}
 
 pub fn run(ctx: &Ctx, _args: StatusArgs) -> CliResult<()> {
@@ -15,11 +20,19 @@ pub fn run(ctx: &Ctx, _args: StatusArgs) -> CliResult<()> {
         Some(mut d) => d.call(&Request::Status)?,
         None => {
             let (_topo, board, plan) = ctx.plan()?;
-            ops::status(&ctx.cgroupfs()?, &board, &plan)
+            let cg = ctx.cgroupfs()?;
+            // As setup: a root outside cgroup2 would read as "missing" everywhere.
+            ctx.check_cgroup2(cg.root())?;
+            ops::status(&cg, &board, &plan)
         }
     };
     ctx.output(&out, text);
-    Ok(())
+    // Scripts and monitoring read the answer from the exit status; the output said why.
+    if out.in_sync {
+        Ok(())
+    } else {
+        Err(CliError::new(Exit::NotInSync, String::new()))
+    }
 }
 
 fn text(o: &Status) -> String {

@@ -19,7 +19,10 @@ pub enum VmCommand {
         name: String,
     },
     /// Move a VM's tasks back where they came from and remove its groups
-    Remove { name: String },
+    Remove {
+        /// VM name, as given to `vm add`
+        name: String,
+    },
     /// List VM groups and their members
     List,
 }
