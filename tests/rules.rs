@@ -161,13 +161,20 @@ fn a_matching_program_is_classified_at_exec_and_a_renamed_thread_again() {
         nice(pid, renamed) == 10
     });
     assert_eq!(nice(pid, r.tids[1]), 1, "the other worker keeps its class");
-    // Explain: the rule, with file and line.
-    let w = d.cli(&[
-        "why",
-        &renamed.to_string(),
-        "--state-dir",
-        d.state().to_str().unwrap(),
-    ]);
+    // Explain: the rule, with file and line. The daemon saves its records after the
+    // batch of events it applied, so the new class may reach the file a moment after nice.
+    let why = || {
+        d.cli(&[
+            "why",
+            &renamed.to_string(),
+            "--state-dir",
+            d.state().to_str().unwrap(),
+        ])
+    };
+    wait_for("the record of the renamed thread saved", || {
+        why().stdout.contains("class: background")
+    });
+    let w = why();
     assert!(
         w.stdout.contains("placed by rule test-app (") && w.stdout.contains("10-test.yaml:2)"),
         "{}",
