@@ -4,11 +4,11 @@
 pub mod model;
 pub mod yaml;
 
-use std::fs;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::config_read::{self, ReadError, Trust};
 use crate::cpulist::CpuList;
 use model::{DeviceConfig, describe};
 use yaml::{Location, Node, Value, YamlError};
@@ -80,11 +80,9 @@ pub struct Board {
 pub enum BoardError {
     #[error(transparent)]
     Yaml(#[from] YamlError),
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// Not readable, not a regular file, or too large.
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("{0}")]
     Select(String),
 }
@@ -109,10 +107,7 @@ impl BoardSource {
             docs.push(parse_file(&file, &text)?);
         } else {
             for path in &self.models {
-                let text = fs::read_to_string(path).map_err(|source| BoardError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
+                let text = config_read::read(path, Trust::Any)?;
                 docs.push(parse_file(&path.display().to_string(), &text)?);
             }
         }
@@ -128,12 +123,8 @@ impl BoardSource {
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_BOARDS_DIR));
         let path = dir.join(name).join("model.yaml");
-        match fs::read_to_string(&path) {
-            Ok(text) => return Ok((path.display().to_string(), text)),
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(BoardError::Read { path, source: e });
-            }
-            Err(_) => {}
+        if let Some(text) = config_read::read_optional(&path, Trust::Any)? {
+            return Ok((path.display().to_string(), text));
         }
         BUILTIN_BOARDS
             .iter()
