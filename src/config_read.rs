@@ -154,6 +154,40 @@ pub fn read_optional(path: &Path, trust: Trust) -> Result<Option<String>, ReadEr
     }
 }
 
+/// Whether user `uid` with groups `gids` could read `path` itself, by the mode bits of the
+/// file and of every directory on the way (symbolic links resolved). Used to decide whether
+/// an error message that may quote the file can be shown to that user. A file that does not
+/// exist quotes nothing. ACLs are not consulted: they can only make this answer `false`
+/// where the user could read, never the reverse (a named entry can deny, see the caveat in
+/// docs/configuration.md).
+pub fn readable_by(path: &Path, uid: u32, gids: &[u32]) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let real = match fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) => {
+            return e.kind() == io::ErrorKind::NotFound && fs::symlink_metadata(path).is_err();
+        }
+    };
+    let allows = |m: &fs::Metadata, bit: u32| {
+        let mode = m.mode();
+        let shift = if m.uid() == uid {
+            6
+        } else if gids.contains(&m.gid()) {
+            3
+        } else {
+            0
+        };
+        (mode >> shift) & bit != 0
+    };
+    let dirs_ok = real
+        .ancestors()
+        .skip(1)
+        .all(|d| fs::metadata(d).is_ok_and(|m| allows(&m, 0o1)));
+    dirs_ok && fs::metadata(&real).is_ok_and(|m| allows(&m, 0o4))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +247,42 @@ mod tests {
         let fits = d.path().join("fits.yaml");
         fs::write(&fits, vec![b'#'; MAX_CONFIG_BYTES as usize]).unwrap();
         assert!(read(&fits, Trust::Any).is_ok());
+    }
+
+    #[test]
+    fn readable_by_follows_links_and_needs_every_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let open = d.path().join("open.yaml");
+        fs::write(&open, "x").unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o644)).unwrap();
+        let secret = d.path().join("secret");
+        fs::write(&secret, "x").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        let link = d.path().join("link.yaml");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let closed = d.path().join("closed");
+        fs::create_dir(&closed).unwrap();
+        fs::set_permissions(&closed, fs::Permissions::from_mode(0o700)).unwrap();
+        let inside = closed.join("in.yaml");
+        fs::write(&inside, "x").unwrap();
+        fs::set_permissions(&inside, fs::Permissions::from_mode(0o644)).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let other = if me == 54321 { 54322 } else { 54321 };
+        assert!(readable_by(&open, other, &[other]));
+        assert!(!readable_by(&secret, other, &[other]));
+        assert!(!readable_by(&link, other, &[other]));
+        assert!(!readable_by(&inside, other, &[other]));
+        assert!(readable_by(&d.path().join("gone"), other, &[other]));
+        assert!(readable_by(&link, 0, &[0]));
+        if me != 0 {
+            assert!(readable_by(&inside, me, &[]));
+        }
+        let dangling = d.path().join("dangling.yaml");
+        std::os::unix::fs::symlink(d.path().join("nothing"), &dangling).unwrap();
+        assert!(!readable_by(&dangling, other, &[other]));
     }
 
     #[test]

@@ -114,6 +114,19 @@ impl BoardSource {
         resolve(&docs, self.board.as_deref(), self.sku)
     }
 
+    /// The files `load` reads (a built-in board reads none).
+    pub fn files(&self) -> Vec<PathBuf> {
+        if !self.models.is_empty() {
+            return self.models.clone();
+        }
+        let name = self.board.as_deref().unwrap_or(DEFAULT_BOARD);
+        let dir = self
+            .boards_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_BOARDS_DIR));
+        vec![dir.join(name).join("model.yaml")]
+    }
+
     fn board_file(&self, name: &str) -> Result<(String, String), BoardError> {
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
             return Err(BoardError::Select(format!("invalid board name {name:?}")));
