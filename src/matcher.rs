@@ -168,6 +168,9 @@ impl Wildcard {
 
     /// Whether the whole of `text` matches. Reads `text` once.
     pub fn matches(&self, text: &str) -> bool {
+        if self.words == 1 {
+            return self.matches_short(text);
+        }
         let mut d = self.start.clone();
         let mut next = vec![0u64; self.words];
         for c in text.chars() {
@@ -194,6 +197,27 @@ impl Wildcard {
             std::mem::swap(&mut d, &mut next);
         }
         get(&d, self.accept)
+    }
+}
+
+impl Wildcard {
+    /// `matches` for patterns of up to 63 tokens (nearly all): one word, no allocation.
+    fn matches_short(&self, text: &str) -> bool {
+        let (stars, mut d) = (self.stars[0], self.start[0]);
+        for c in text.chars() {
+            let adv = (d & self.mask(c)[0]) << 1;
+            let stay = if self.mode == Mode::Path && c == '/' {
+                0
+            } else {
+                d & stars
+            };
+            d = adv | stay;
+            if d == 0 {
+                return false;
+            }
+            d |= (d & stars) << 1;
+        }
+        get(&[d], self.accept)
     }
 }
 
@@ -280,13 +304,25 @@ mod tests {
         }
         let patterns = all(&['a', 'b', '/', '*', '?'], 4);
         let texts = all(&['a', 'b', '/'], 5);
+        // A literal prefix of 70 characters takes the same patterns (against the shorter
+        // texts) through the several-word code path.
+        let pad = "x".repeat(70);
         for mode in [Mode::Name, Mode::Path] {
             for p in &patterns {
                 let w = Wildcard::new(p, mode);
+                let long = Wildcard::new(&format!("{pad}{p}"), mode);
                 let pc: Vec<char> = p.chars().collect();
                 for t in &texts {
                     let tc: Vec<char> = t.chars().collect();
-                    assert_eq!(w.matches(t), slow(&pc, &tc, mode), "{mode:?} {p:?} {t:?}");
+                    let want = slow(&pc, &tc, mode);
+                    assert_eq!(w.matches(t), want, "{mode:?} {p:?} {t:?}");
+                    if t.len() <= 3 {
+                        assert_eq!(
+                            long.matches(&format!("{pad}{t}")),
+                            want,
+                            "{mode:?} {p:?} {t:?}"
+                        );
+                    }
                 }
             }
         }
