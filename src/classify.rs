@@ -14,6 +14,9 @@ use crate::rules::{ClassDef, ProcessInfo, Rule, RuleSet};
 use crate::sched::{self, TaskAttrs};
 use crate::state::{AttrRecord, State, Why};
 
+/// How much of a process's command line rules see (argv[0] and `cmdline` matches), in bytes.
+pub const MAX_CMDLINE: u64 = 128 * 1024;
+
 /// Reads what rules match a process by. A process that exits meanwhile is `Gone`.
 pub fn process_info(proc: &Procfs, pid: u32) -> Result<ProcessInfo, ProcError> {
     let root = proc.root();
@@ -25,7 +28,13 @@ pub fn process_info(proc: &Procfs, pid: u32) -> Result<ProcessInfo, ProcError> {
             source: e,
         },
     };
-    let cmdline = read("cmdline").map_err(gone)?;
+    // argv can be megabytes; rules see its first MAX_CMDLINE bytes.
+    let cmdline = std::fs::File::open(root.join(format!("{pid}/cmdline")))
+        .and_then(|f| {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_CMDLINE), &mut v).map(|_| v)
+        })
+        .map_err(gone)?;
     let mut args = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty());
     let argv0 = args
         .next()

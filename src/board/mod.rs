@@ -4,11 +4,11 @@
 pub mod model;
 pub mod yaml;
 
-use std::fs;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::config_read::{self, ReadError, Trust};
 use crate::cpulist::CpuList;
 use model::{DeviceConfig, describe};
 use yaml::{Location, Node, Value, YamlError};
@@ -80,11 +80,9 @@ pub struct Board {
 pub enum BoardError {
     #[error(transparent)]
     Yaml(#[from] YamlError),
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// Not readable, not a regular file, or too large.
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("{0}")]
     Select(String),
 }
@@ -109,14 +107,24 @@ impl BoardSource {
             docs.push(parse_file(&file, &text)?);
         } else {
             for path in &self.models {
-                let text = fs::read_to_string(path).map_err(|source| BoardError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
+                let text = config_read::read(path, Trust::Any)?;
                 docs.push(parse_file(&path.display().to_string(), &text)?);
             }
         }
         resolve(&docs, self.board.as_deref(), self.sku)
+    }
+
+    /// The files `load` reads (a built-in board reads none).
+    pub fn files(&self) -> Vec<PathBuf> {
+        if !self.models.is_empty() {
+            return self.models.clone();
+        }
+        let name = self.board.as_deref().unwrap_or(DEFAULT_BOARD);
+        let dir = self
+            .boards_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_BOARDS_DIR));
+        vec![dir.join(name).join("model.yaml")]
     }
 
     fn board_file(&self, name: &str) -> Result<(String, String), BoardError> {
@@ -128,12 +136,8 @@ impl BoardSource {
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_BOARDS_DIR));
         let path = dir.join(name).join("model.yaml");
-        match fs::read_to_string(&path) {
-            Ok(text) => return Ok((path.display().to_string(), text)),
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(BoardError::Read { path, source: e });
-            }
-            Err(_) => {}
+        if let Some(text) = config_read::read_optional(&path, Trust::Any)? {
+            return Ok((path.display().to_string(), text));
         }
         BUILTIN_BOARDS
             .iter()
@@ -142,7 +146,7 @@ impl BoardSource {
             .ok_or_else(|| {
                 let known: Vec<&str> = BUILTIN_BOARDS.iter().map(|(n, _)| *n).collect();
                 // Installed boards are only named, for the suggestion; nothing in them is read.
-                let installed: Vec<String> = fs::read_dir(&dir)
+                let installed: Vec<String> = std::fs::read_dir(&dir)
                     .map(|d| d.flatten().take(1000).filter_map(|e| e.file_name().into_string().ok()).collect())
                     .unwrap_or_default();
                 BoardError::Select(format!(

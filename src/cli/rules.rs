@@ -64,7 +64,7 @@ fn text(set: &RuleSet) -> String {
                     ", threads {}",
                     r.threads
                         .iter()
-                        .map(|(g, c)| format!("{}={c}", g.0))
+                        .map(|(g, c)| format!("{}={c}", g.as_str()))
                         .collect::<Vec<_>>()
                         .join(" ")
                 )

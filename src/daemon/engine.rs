@@ -52,20 +52,90 @@ pub struct Engine {
     pub uclamp: bool,
 }
 
+/// Why a configuration could not be loaded: the whole message (for root and the log) and the
+/// files whose content it may quote, so a caller who could not read them is not shown it.
+#[derive(Debug, Clone)]
+pub struct LoadError {
+    pub message: String,
+    /// `file:line:col`, when the error has one.
+    pub at: Option<String>,
+    /// Files whose content the message may quote.
+    pub quotes: Vec<PathBuf>,
+}
+
+impl LoadError {
+    fn yaml(e: crate::board::yaml::YamlError) -> LoadError {
+        LoadError {
+            message: e.to_string(),
+            at: Some(e.at.to_string()),
+            quotes: vec![PathBuf::from(&*e.at.file)],
+        }
+    }
+
+    fn quoting(e: impl std::fmt::Display, quotes: Vec<PathBuf>) -> LoadError {
+        LoadError {
+            message: e.to_string(),
+            at: None,
+            quotes,
+        }
+    }
+
+    /// What `caller` is told: everything when it could read every file the message may
+    /// quote; otherwise where, and that the details are in the daemon's log.
+    pub fn for_caller(&self, caller: &Caller) -> String {
+        let hidden: Vec<String> = self
+            .quotes
+            .iter()
+            .filter(|f| !crate::config_read::readable_by(f, caller.uid, &caller.gids))
+            .map(|f| f.display().to_string())
+            .collect();
+        if caller.is_root() || hidden.is_empty() {
+            return self.message.clone();
+        }
+        format!(
+            "{}invalid configuration; the message quotes {}, which uid {} may not read: see the daemon's log",
+            self.at
+                .as_ref()
+                .map(|a| format!("{a}: "))
+                .unwrap_or_default(),
+            hidden.join(", "),
+            caller.uid
+        )
+    }
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<LoadError> for String {
+    fn from(e: LoadError) -> String {
+        e.message
+    }
+}
+
 fn fail(e: CliError) -> (Code, String) {
     (code_of(e.exit), e.message)
 }
 
 impl Engine {
-    /// Reads configuration, board and topology, and plans: all or nothing.
-    pub fn load(paths: &Paths) -> Result<Loaded, String> {
+    /// Reads configuration, board and topology, and plans: all or nothing. Reads files only:
+    /// the daemon runs it without holding the engine (`watch::reload`).
+    pub fn load(paths: &Paths) -> Result<Loaded, LoadError> {
         // The classes first: the policy may name any of them.
-        let rules = crate::rules::load::load_dir(&paths.config_dir).map_err(|e| e.to_string())?;
-        let config = policy::load(&paths.config_dir, &paths.etc, &rules.classes)
-            .map_err(|e| e.to_string())?;
-        let board = paths.board.load().map_err(|e| e.to_string())?;
-        let topology = Topology::detect(&paths.sysfs).map_err(|e| e.to_string())?;
-        let plan = Plan::build(&topology, &board).map_err(|e| e.to_string())?;
+        let rules = crate::rules::load::load_dir(&paths.config_dir).map_err(LoadError::yaml)?;
+        let config =
+            policy::load(&paths.config_dir, &paths.etc, &rules.classes).map_err(LoadError::yaml)?;
+        let board = paths.board.load().map_err(|e| match e {
+            crate::board::BoardError::Yaml(y) => LoadError::yaml(y),
+            e => LoadError::quoting(e.to_string(), paths.board.files()),
+        })?;
+        let topology = Topology::detect(&paths.sysfs).map_err(|e| LoadError::quoting(e, vec![]))?;
+        // Plan errors quote board values.
+        let plan = Plan::build(&topology, &board)
+            .map_err(|e| LoadError::quoting(e, paths.board.files()))?;
         Ok(Loaded {
             config,
             rules,
@@ -146,9 +216,22 @@ impl Engine {
         Ok(())
     }
 
-    /// Re-reads configuration and converges; an invalid configuration keeps the old one.
+    /// Re-reads configuration and converges; an invalid configuration keeps the old one. This
+    /// reads files with the engine held: the daemon uses `watch::reload`, which does not.
     pub fn reload(&mut self, why: &str) -> Result<usize, (Code, String)> {
-        match Engine::load(&self.paths) {
+        let loaded = Engine::load(&self.paths);
+        self.install(loaded, why)
+            .map_err(|e| (e.0, e.1.to_string()))
+    }
+
+    /// Replaces the configuration with a freshly loaded one and converges; a failed load keeps
+    /// the old configuration (and is logged in full).
+    pub fn install(
+        &mut self,
+        loaded: Result<Loaded, LoadError>,
+        why: &str,
+    ) -> Result<usize, (Code, LoadError)> {
+        match loaded {
             Ok(loaded) => {
                 let (old, new) = (&self.loaded.config, &loaded.config);
                 if (
@@ -169,8 +252,9 @@ impl Engine {
                     );
                 }
                 self.loaded = loaded;
-                self.converge().map_err(fail)?;
-                self.session.save().map_err(fail)?;
+                let plain = |(code, msg): (Code, String)| (code, LoadError::quoting(msg, vec![]));
+                self.converge().map_err(fail).map_err(plain)?;
+                self.session.save().map_err(fail).map_err(plain)?;
                 tracing::info!(
                     "reloaded ({why}): board {:?}, {} rule(s) from {} file(s)",
                     self.loaded.board.name,
@@ -188,6 +272,12 @@ impl Engine {
                 Err((Code::InvalidConfig, e))
             }
         }
+    }
+
+    /// The paths to reload from, if `caller` may reload.
+    pub fn reload_paths(&self, caller: &Caller) -> Result<Paths, (Code, String)> {
+        self.authorize(caller, &Action::Reload)?;
+        Ok(self.paths.clone())
     }
 
     /// Re-detects the CPUs (hotplug) and converges the cpusets.
@@ -523,9 +613,14 @@ impl Engine {
                 self.session.save().map_err(fail)?;
                 Ok(json!({"group": path, "cpu_weight": r.weight, "cpu_max": r.cpu_max}))
             }
+            // The server reloads through `watch::reload_request` (files read outside the
+            // engine); this is the same, with the engine held.
             Request::Reload => {
                 self.authorize(caller, &Action::Reload)?;
-                let steps = self.reload("request")?;
+                let loaded = Engine::load(&self.paths);
+                let steps = self
+                    .install(loaded, "request")
+                    .map_err(|(code, e)| (code, e.for_caller(caller)))?;
                 Ok(json!({"reloaded": true, "steps": steps}))
             }
             Request::Reset => {

@@ -50,18 +50,11 @@ impl Pattern {
     }
 }
 
-/// `*` matches any run of characters except `/`; everything else literally.
+/// `*` matches any run of characters except `/`; everything else literally. Linear in the
+/// group name, which a caller chooses (`crate::matcher`).
 fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    fn go(p: &[char], t: &[char]) -> bool {
-        match (p.first(), t.first()) {
-            (None, None) => true,
-            (Some('*'), _) => go(&p[1..], t) || (!t.is_empty() && t[0] != '/' && go(p, &t[1..])),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
-            _ => false,
-        }
-    }
-    go(&p, &t)
+    use crate::matcher::{Mode, Wildcard};
+    Wildcard::new(pattern, Mode::Path).matches(text)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -461,19 +454,11 @@ pub fn load(dir: &Path, etc: &Path, classes: &Classes) -> Result<Config, YamlErr
     let path = dir.join(CONFIG_FILE);
     crate::rules::load::trusted(dir)?;
     crate::rules::load::trusted(&path)?;
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
-        Err(e) => {
-            return Err(YamlError {
-                at: yaml::Location {
-                    file: path.display().to_string().into(),
-                    line: 1,
-                    col: 1,
-                },
-                message: format!("cannot read: {e}"),
-            });
-        }
+    // A regular file of at most 1 MiB, checked on the opened file (never blocks on a FIFO).
+    let text = match crate::config_read::read_optional(&path, crate::config_read::Trust::Owner) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Ok(Config::default()),
+        Err(e) => return Err(crate::rules::load::read_error(&e)),
     };
     parse_with_classes(&path.display().to_string(), &text, etc, classes)
 }

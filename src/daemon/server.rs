@@ -513,7 +513,12 @@ async fn handle(
     let c = caller.clone();
     let op = req.op();
     let summary = summarize(&req);
-    let (reply, watch) = shared.with_engine(move |e| e.handle(&c, id, &req)).await;
+    // A reload reads files: not with the engine held.
+    let (reply, watch) = if matches!(req, Request::Reload) {
+        (watch::reload_request(shared, &c, id).await, Vec::new())
+    } else {
+        shared.with_engine(move |e| e.handle(&c, id, &req)).await
+    };
     match (&reply.error, &reply.result) {
         (Some(err), _) if err.code == Code::Denied => tracing::warn!(
             uid = caller.uid,

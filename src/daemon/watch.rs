@@ -11,6 +11,11 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use serde_json::Value;
+
+use super::engine::{Engine, LoadError, Paths};
+use super::policy::Caller;
+use super::protocol::{Code, Reply};
 use super::server::Shared;
 
 /// pidfd_open(2): a file descriptor that becomes readable when the process exits.
@@ -67,6 +72,46 @@ pub fn forget_exits(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedRec
                 .await;
         }
     });
+}
+
+/// One reload at a time, from reading to swapping, so an older reading never replaces a
+/// newer one.
+static RELOADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Reloads configuration: reads and plans without holding the engine (files may be slow or
+/// hostile; requests keep being served meanwhile), then swaps and converges under it. A
+/// failed load keeps the old configuration.
+pub async fn reload(
+    shared: &Arc<Shared>,
+    paths: Paths,
+    why: &'static str,
+) -> Result<usize, (Code, LoadError)> {
+    let _one = RELOADING.lock().await;
+    let loaded = tokio::task::spawn_blocking(move || Engine::load(&paths))
+        .await
+        .expect("loading does not panic");
+    shared.with_engine(move |e| e.install(loaded, why)).await
+}
+
+/// A reload triggered by the daemon itself (inotify, SIGHUP): failures are logged by
+/// `Engine::install`.
+async fn reload_quietly(shared: &Arc<Shared>, why: &'static str) {
+    let paths = shared.with_engine(|e| e.paths.clone()).await;
+    let _ = reload(shared, paths, why).await;
+}
+
+/// The `reload` request: authorized with the engine, then [`reload`]. The caller is told
+/// only what it could read itself (`LoadError::for_caller`).
+pub async fn reload_request(shared: &Arc<Shared>, caller: &Caller, id: Value) -> Reply {
+    let c = caller.clone();
+    let paths = match shared.with_engine(move |e| e.reload_paths(&c)).await {
+        Ok(p) => p,
+        Err((code, msg)) => return Reply::err(id, code, msg),
+    };
+    match reload(shared, paths, "request").await {
+        Ok(steps) => Reply::ok(id, serde_json::json!({"reloaded": true, "steps": steps})),
+        Err((code, e)) => Reply::err(id, code, e.for_caller(caller)),
+    }
 }
 
 /// Reloads when a file in the configuration directory is written, renamed into place,
@@ -159,9 +204,7 @@ pub fn config_watch(shared: Arc<Shared>, dir: &Path) {
                     .read_events(&mut buf)
                     .is_ok_and(|mut e| e.next().is_some())
                 {}
-                let _ = shared
-                    .with_engine(|e| e.reload("configuration changed"))
-                    .await;
+                reload_quietly(&shared, "configuration changed").await;
             }
         }
     });
@@ -185,7 +228,7 @@ pub fn sighup(shared: Arc<Shared>) {
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            let _ = shared.with_engine(|e| e.reload("SIGHUP")).await;
+            reload_quietly(&shared, "SIGHUP").await;
         }
     });
 }

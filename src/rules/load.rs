@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::{CgroupClass, ClassDef, Glob, Matcher, Rule, RuleSet};
 use crate::board::yaml::{self, Node, Value, YamlError};
+use crate::config_read::{self, ReadError, Trust};
 use crate::layout::Target;
 use crate::sched::{self, TaskAttrs};
 
@@ -31,15 +32,9 @@ pub fn load_dir(config_dir: &Path) -> Result<RuleSet, YamlError> {
     trusted(&dir)?;
     for n in names {
         let path = dir.join(&n);
-        trusted(&path)?;
-        let text = fs::read_to_string(&path).map_err(|e| YamlError {
-            at: yaml::Location {
-                file: path.display().to_string().into(),
-                line: 1,
-                col: 1,
-            },
-            message: format!("cannot read: {e}"),
-        })?;
+        // Regular files only, at most 1 MiB, owned by root and writable only by root:
+        // checked on the opened file, so a FIFO or a device never blocks the reader.
+        let text = config_read::read(&path, Trust::Owner).map_err(|e| read_error(&e))?;
         files.push((path.display().to_string(), text));
     }
     load_texts(
@@ -50,26 +45,25 @@ pub fn load_dir(config_dir: &Path) -> Result<RuleSet, YamlError> {
     )
 }
 
+/// A file that could not be read, as an error at its first line.
+pub fn read_error(e: &ReadError) -> YamlError {
+    YamlError {
+        at: yaml::Location {
+            file: e.path().display().to_string().into(),
+            line: 1,
+            col: 1,
+        },
+        message: e.detail(),
+    }
+}
+
 /// Rules change how root treats every process: a file or directory that another user owns
-/// or may write is refused.
+/// or may write is refused. (Files are checked again on the opened file when read.)
 pub fn trusted(path: &Path) -> Result<(), YamlError> {
-    use std::os::unix::fs::MetadataExt;
     let Ok(m) = fs::metadata(path) else {
         return Ok(());
     };
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    let why = if m.uid() != euid && m.uid() != 0 {
-        Some(format!("owned by uid {}", m.uid()))
-    } else if m.mode() & 0o022 != 0 {
-        Some(format!(
-            "writable by group or others (mode {:o})",
-            m.mode() & 0o777
-        ))
-    } else {
-        None
-    };
-    match why {
+    match config_read::untrusted(&m) {
         None => Ok(()),
         Some(w) => Err(YamlError {
             at: yaml::Location {
@@ -117,6 +111,11 @@ fn str_of<'a>(n: &'a Node, what: &str) -> Result<&'a str, YamlError> {
         Value::Scalar { text, .. } if !n.is_null() => Ok(text),
         _ => Err(n.error(format!("{what}: expected a string, found {}", n.kind()))),
     }
+}
+
+/// A name glob from a string node; an over-long pattern is an error at the node.
+fn glob(n: &Node, what: &str) -> Result<Glob, YamlError> {
+    Glob::new(str_of(n, what)?).map_err(|e| n.error(format!("{what}: {e}")))
 }
 
 fn check_keys(m: &[(Node, Node)], what: &str, known: &[&str]) -> Result<(), YamlError> {
@@ -314,9 +313,9 @@ fn rule(r: &Node, refs: &mut Vec<(Node, String)>) -> Result<Rule, YamlError> {
     let mut matcher = Matcher::default();
     for (k, v) in mmap {
         match k.as_str().unwrap_or_default() {
-            "argv0" => matcher.argv0 = Some(Glob(str_of(v, "match.argv0")?.into())),
-            "exe" => matcher.exe = Some(Glob(str_of(v, "match.exe")?.into())),
-            "comm" => matcher.comm = Some(Glob(str_of(v, "match.comm")?.into())),
+            "argv0" => matcher.argv0 = Some(glob(v, "match.argv0")?),
+            "exe" => matcher.exe = Some(glob(v, "match.exe")?),
+            "comm" => matcher.comm = Some(glob(v, "match.comm")?),
             "cmdline" => {
                 let s = str_of(v, "match.cmdline")?;
                 matcher.cmdline = Some(
@@ -360,7 +359,7 @@ fn rule(r: &Node, refs: &mut Vec<(Node, String)>) -> Result<Rule, YamlError> {
         for (k, v) in map_of(t, "rule.threads")? {
             let name = str_of(v, "rule.threads")?.to_string();
             refs.push((v.clone(), name.clone()));
-            threads.push((Glob(str_of(k, "rule.threads")?.into()), name));
+            threads.push((glob(k, "rule.threads")?, name));
         }
     }
     let name = match find("name") {
@@ -402,7 +401,7 @@ fn schedqos_json(
             name: app_name.to_string(),
             at: loc(app),
             matcher: Matcher {
-                argv0: Some(Glob(app_name.into())),
+                argv0: Some(glob(app, "app name")?),
                 ..Matcher::default()
             },
             group: None,
@@ -420,8 +419,7 @@ fn schedqos_json(
                     for (t, q) in map_of(v, "thread_qos")? {
                         let q_name = json_str(q, "thread_qos")?.to_string();
                         refs.push((q.clone(), q_name.clone()));
-                        rule.threads
-                            .push((Glob(str_of(t, "thread_qos")?.into()), q_name));
+                        rule.threads.push((glob(t, "thread_qos")?, q_name));
                     }
                 }
                 // A sched_profile period: cgqos has no profiles; accepted and ignored.

@@ -13,6 +13,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::layout::Target;
+use crate::matcher::{Mode, TooLong, Wildcard};
 use crate::sched::TaskAttrs;
 
 /// Where a class puts a thread inside its process group.
@@ -110,23 +111,45 @@ impl Classes {
     }
 }
 
-/// A shell-style glob (`*`, `?`), as schedqos matches names with fnmatch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct Glob(pub String);
+/// A shell-style glob (`*`, `?`; every other character literal), as schedqos matches names
+/// with fnmatch. Compiled once; matching is linear in the text (`crate::matcher`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(into = "String")]
+pub struct Glob {
+    source: String,
+    compiled: Wildcard,
+}
 
 impl Glob {
+    /// Compiles a glob; one longer than `matcher::MAX_PATTERN` characters is refused.
+    pub fn new(pattern: &str) -> Result<Glob, TooLong> {
+        Ok(Glob {
+            source: pattern.to_string(),
+            compiled: Wildcard::bounded(pattern, Mode::Name)?,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
     pub fn matches(&self, text: &str) -> bool {
-        fn go(p: &[u8], t: &[u8]) -> bool {
-            match (p.first(), t.first()) {
-                (None, None) => true,
-                (Some(b'*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
-                (Some(b'?'), Some(_)) => go(&p[1..], &t[1..]),
-                (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
-                _ => false,
-            }
-        }
-        go(self.0.as_bytes(), text.as_bytes())
+        self.compiled.matches(text)
+    }
+}
+
+impl PartialEq for Glob {
+    fn eq(&self, other: &Glob) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Glob {}
+
+impl From<Glob> for String {
+    fn from(g: Glob) -> String {
+        g.source
     }
 }
 
@@ -267,7 +290,7 @@ mod tests {
 
     #[test]
     fn globs_like_fnmatch() {
-        let g = |p: &str, t: &str| Glob(p.into()).matches(t);
+        let g = |p: &str, t: &str| Glob::new(p).unwrap().matches(t);
         assert!(g("chrome", "chrome"));
         assert!(!g("chrome", "chromium"));
         assert!(g("chrom*", "chromium"));
