@@ -1,5 +1,6 @@
 //! The `cgqos` command line: global options, shared context, one module per subcommand.
 
+mod completions;
 mod daemon;
 mod detect;
 mod move_tasks;
@@ -176,6 +177,10 @@ pub enum Command {
     Why(why::WhyArgs),
     /// Undo every change to tasks (cgroups and scheduling attributes); keep the hierarchy
     Reset(reset::ResetArgs),
+    /// Print shell completions (bash, zsh, fish, ...) to stdout
+    Completions(completions::CompletionsArgs),
+    /// Print the roff manual page cgqos(8), or one subcommand's, to stdout
+    Manpage(completions::ManpageArgs),
 }
 
 /// Runs a parsed command line.
@@ -195,6 +200,8 @@ pub fn run(cli: Cli) -> CliResult<()> {
         Command::Rules(c) => rules::run(&ctx, c),
         Command::Why(a) => why::run(&ctx, a),
         Command::Reset(a) => reset::run(&ctx, a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Manpage(a) => completions::manpage(a),
     }
 }
 
@@ -333,19 +340,25 @@ impl Ctx {
 
     /// Prints a value as JSON (with --json) or with the given text renderer.
     pub fn output<T: Serialize>(&self, value: &T, text: impl FnOnce(&T) -> String) {
-        if self.g.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(value).expect("output serialises")
-            );
+        let mut t = if self.g.json {
+            serde_json::to_string_pretty(value).expect("output serialises")
         } else {
-            let t = text(value);
-            if !t.is_empty() {
-                print!("{t}");
-                if !t.ends_with('\n') {
-                    println!();
-                }
+            text(value)
+        };
+        if t.is_empty() {
+            return;
+        }
+        if !t.ends_with('\n') {
+            t.push('\n');
+        }
+        // Not print!: it panics when the reader went away (`cgqos plan | head`), which is
+        // no error at all; any other write error is one.
+        match std::io::Write::write_all(&mut std::io::stdout().lock(), t.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("cgqos: writing to stdout: {e}");
+                std::process::exit(Exit::Failure as i32);
             }
+            _ => {}
         }
     }
 }
