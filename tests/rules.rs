@@ -128,6 +128,13 @@ fn nice(pid: u32, tid: u32) -> i32 {
     rest.split_whitespace().nth(16).unwrap().parse().unwrap()
 }
 
+/// The nice value of the calling test thread, which every task it starts inherits: 0 under a
+/// plain `cargo test`, 10 under `nice -n 10 cargo test`. What "untouched" and "restored" mean.
+fn start_nice() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    nice(std::process::id(), unsafe { libc::gettid() } as u32)
+}
+
 const OPEN: &str = "socket:\n  mode: \"0666\"\n";
 
 fn rules_daemon(tag: &str, rules: &str, env: &[(&str, &str)]) -> Option<Daemon> {
@@ -179,7 +186,7 @@ fn a_matching_program_is_classified_at_exec_and_a_renamed_thread_again() {
     let reset = d.cli(&["reset"]);
     assert_eq!(reset.code, 0, "{}{}", reset.stdout, reset.stderr);
     for &t in &r.tids {
-        assert_eq!(nice(pid, t), 0, "reset restores nice of {t}");
+        assert_eq!(nice(pid, t), start_nice(), "reset restores nice of {t}");
     }
     assert_eq!(
         cgroup_of_task(pid, pid),
@@ -231,8 +238,8 @@ fn tasks_that_match_no_rule_are_never_touched() {
     let pid = r.child.id();
     let s = d.sleeper();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(nice(pid, pid), 0);
-    assert_eq!(nice(s, s), 0);
+    assert_eq!(nice(pid, pid), start_nice());
+    assert_eq!(nice(s, s), start_nice());
     assert!(!cgroup_of_task(pid, pid).contains("chrome"));
 }
 
@@ -300,7 +307,7 @@ fn move_thread_applies_the_class_attributes() {
         .arg("--state-dir")
         .arg(d.state()));
     assert_eq!(t.code, 0, "{}", t.stderr);
-    assert_eq!(nice(pid, pid), 0, "teardown restored nice");
+    assert_eq!(nice(pid, pid), start_nice(), "teardown restored nice");
     assert!(!Path::new(&d.root).exists());
 }
 
@@ -408,7 +415,7 @@ fn reset_restores_policy_nice_and_cgroup_of_real_tasks() {
     };
     let pid = d.sleeper();
     let original = cgroup_of_task(pid, pid);
-    assert_eq!((policy(pid, pid), nice(pid, pid)), (0, 0));
+    assert_eq!((policy(pid, pid), nice(pid, pid)), (0, start_nice()));
     assert_eq!(d.cli(&["move", &pid.to_string(), "foreground"]).code, 0);
     let r = d.cli(&["move", "--thread", &pid.to_string(), "batchy"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -422,8 +429,8 @@ fn reset_restores_policy_nice_and_cgroup_of_real_tasks() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
         (policy(pid, pid), nice(pid, pid)),
-        (0, 0),
-        "SCHED_OTHER, nice 0 again"
+        (0, start_nice()),
+        "SCHED_OTHER, the starting nice again"
     );
     assert_eq!(cgroup_of_task(pid, pid), original);
 }
