@@ -240,7 +240,7 @@ fn installed_cpu_descriptions_override_and_bad_ones_are_refused_with_file_and_li
         ("- 1\n", "a CPU description must be a mapping"),
     ] {
         std::fs::write(b.join("cpus.yaml"), text).unwrap();
-        let r = run(cgqos().args(["plan"]).args(&args).arg(dir.path()));
+        let r = run(cgqos().args(["plan"]).args(args).arg(dir.path()));
         assert_eq!(r.code, 2, "{text:?}: {}", r.stdout);
         assert!(
             r.stderr.contains(want),
