@@ -164,17 +164,23 @@ fn a_matching_program_is_classified_at_exec_and_a_renamed_thread_again() {
     let mut stdin = r.child.stdin.as_ref().unwrap();
     writeln!(stdin, "rename").unwrap();
     let renamed = r.tids[0];
+    let why = || {
+        d.cli(&[
+            "why",
+            &renamed.to_string(),
+            "--state-dir",
+            d.state().to_str().unwrap(),
+        ])
+    };
+    // The daemon sets the attributes before it saves the record that `why` reads: wait for
+    // both (seen failing under `nice -n 10`, where the window was hit).
     wait_for("the renamed thread in class background", || {
-        nice(pid, renamed) == 10
+        nice(pid, renamed) == 10 && why().stdout.contains("class: background")
     });
+    assert_eq!(nice(pid, renamed), 10);
     assert_eq!(nice(pid, r.tids[1]), 1, "the other worker keeps its class");
     // Explain: the rule, with file and line.
-    let w = d.cli(&[
-        "why",
-        &renamed.to_string(),
-        "--state-dir",
-        d.state().to_str().unwrap(),
-    ]);
+    let w = why();
     assert!(
         w.stdout.contains("placed by rule test-app (") && w.stdout.contains("10-test.yaml:2)"),
         "{}",
