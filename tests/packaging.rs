@@ -420,3 +420,57 @@ fn make_install_and_uninstall_into_a_destdir() {
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert_eq!(files_below(dest.path()), Vec::<String>::new());
 }
+
+#[test]
+fn readme_root_block_runs_as_written_on_a_private_sub_root() {
+    let Some(root) = real_subroot("readme") else {
+        return;
+    };
+    let mut lines = sh_block("README.md", "As root, on a private sub-root");
+    assert_eq!(lines.remove(0), "sudo -s", "the block starts a root shell");
+    let export = lines.remove(0);
+    assert!(export.starts_with("export CGQOS_CGROUP_ROOT="), "{export}");
+    // The README's sub-root is in the same cgroup2 mount as the test's.
+    let readme_root = run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("{export}; echo \"$CGQOS_CGROUP_ROOT\"")));
+    assert_eq!(
+        readme_root.stdout.trim(),
+        root.parent().unwrap().join("cgqos-demo").to_str().unwrap(),
+        "{}",
+        readme_root.stderr
+    );
+    // The test's own sub-root and state directory instead of the README's names; `cgqos`
+    // on PATH is the binary under test. On any failure: teardown, and no sleep left behind.
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cgqos"), bin_dir.path().join("cgqos")).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let script = format!(
+        "set -e\ntrap 'kill \"$pid\" 2>/dev/null; cgqos teardown >/dev/null 2>&1' EXIT\n{}\n",
+        lines.join("\n")
+    );
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(&script)
+        .current_dir(manifest_dir())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.path().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("CGQOS_CGROUP_ROOT", &root)
+        .env("CGQOS_STATE_DIR", state.path())
+        .env("CGQOS_SOCKET", "/nonexistent/cgqos-test.sock");
+    let r = run(&mut cmd);
+    assert_eq!(
+        r.code, 0,
+        "{script}\nstdout: {}\nstderr: {}",
+        r.stdout, r.stderr
+    );
+    assert!(r.stdout.contains("foreground"), "{}", r.stdout);
+    assert!(r.stdout.contains("urgent"), "{}", r.stdout);
+    assert!(!root.exists(), "teardown removed {}", root.display());
+}
