@@ -1,5 +1,6 @@
 //! The `cgqos` command line: global options, shared context, one module per subcommand.
 
+mod completions;
 mod daemon;
 mod detect;
 mod move_tasks;
@@ -210,6 +211,10 @@ pub enum Command {
     Why(why::WhyArgs),
     /// Undo every change to tasks (cgroups and scheduling attributes); keep the hierarchy
     Reset(reset::ResetArgs),
+    /// Print shell completions (bash, zsh, fish, ...) to stdout
+    Completions(completions::CompletionsArgs),
+    /// Print the roff manual page cgqos(8), or one subcommand's, to stdout
+    Manpage(completions::ManpageArgs),
 }
 
 /// Runs a parsed command line. Output goes through `Ctx::output`: a closed stdout ends the
@@ -232,6 +237,8 @@ pub fn run(cli: Cli) -> CliResult<()> {
         Command::Rules(c) => rules::run(&ctx, c),
         Command::Why(a) => why::run(&ctx, a),
         Command::Reset(a) => reset::run(&ctx, a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Manpage(a) => completions::manpage(a),
     };
     let out = ctx.out.into_inner();
     let result = match (result, out.error) {

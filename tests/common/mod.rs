@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod root_only;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -148,7 +149,7 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
 pub fn real_subroot(tag: &str) -> Option<PathBuf> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: not root (tests on the real cgroup2 mount need root)");
+        root_only::skipped("not root (tests on the real cgroup2 mount need root)");
         return None;
     }
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -156,13 +157,13 @@ pub fn real_subroot(tag: &str) -> Option<PathBuf> {
         .into_iter()
         .find(|m| m.root == "/")
     else {
-        eprintln!("skipped: no cgroup2 mount found in /proc/self/mountinfo");
+        root_only::skipped("no cgroup2 mount found in /proc/self/mountinfo");
         return None;
     };
     // Our own cgroup must be inside this mount for moves to be visible to us.
     let own = fs::read_to_string("/proc/self/cgroup").unwrap();
     if !own.lines().any(|l| l.starts_with("0::/")) {
-        eprintln!("skipped: this process has no cgroup2 membership");
+        root_only::skipped("this process has no cgroup2 membership");
         return None;
     }
     Some(
