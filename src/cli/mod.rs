@@ -9,6 +9,7 @@ mod rules;
 mod setup;
 mod status;
 mod teardown;
+mod top;
 mod validate;
 mod vm;
 mod where_;
@@ -176,6 +177,8 @@ pub enum Command {
     Why(why::WhyArgs),
     /// Undo every change to tasks (cgroups and scheduling attributes); keep the hierarchy
     Reset(reset::ResetArgs),
+    /// Live view of the groups: tasks, CPU use, pressure, cpusets, uclamp (--once: one sample)
+    Top(top::TopArgs),
 }
 
 /// Runs a parsed command line.
@@ -195,6 +198,7 @@ pub fn run(cli: Cli) -> CliResult<()> {
         Command::Rules(c) => rules::run(&ctx, c),
         Command::Why(a) => why::run(&ctx, a),
         Command::Reset(a) => reset::run(&ctx, a),
+        Command::Top(a) => top::run(&ctx, a),
     }
 }
 
