@@ -209,8 +209,8 @@ fn two_reads_of_a_fake_tree_give_rates_counts_placement_and_caps() {
             "chrome/ui",
             "chrome/ui/non-urgent",
             "chrome/ui/urgent",
-            "system.slice",
-            "vms"
+            "vms",
+            "system.slice"
         ]
     );
     let ui = row("chrome/ui");
@@ -422,11 +422,12 @@ impl Tmux {
     }
 
     /// Starts `top` in a new 120x40 window named `name`; records its pid, exit status and
-    /// the terminal settings after it.
+    /// the terminal settings after it (each file complete once renamed into place; the
+    /// `rc` file last).
     fn start(&self, name: &str, top_cmd: &str) {
         let d = self.dir.path().display();
         let script = format!(
-            "stty sane; echo $$ > {d}/{name}.pid; {top_cmd}; echo $? > {d}/{name}.rc; stty -a > {d}/{name}.stty; sleep 60"
+            "stty sane; echo $$ > {d}/{name}.pid.tmp; mv {d}/{name}.pid.tmp {d}/{name}.pid; {top_cmd}; echo $? > {d}/{name}.rc.tmp; stty -a > {d}/{name}.stty; mv {d}/{name}.rc.tmp {d}/{name}.rc; sleep 60"
         );
         // The first window creates the session; later ones join it.
         let has = Command::new("tmux")
@@ -549,7 +550,7 @@ fn the_live_view_takes_keys_and_restores_the_terminal_on_every_way_out() {
         }
         let rc = wait_for("top to exit", || t.file(name, "rc"));
         assert_eq!(rc.trim(), "0", "{name}");
-        let stty = wait_for("stty", || t.file(name, "stty").filter(|s| !s.is_empty()));
+        let stty = t.file(name, "stty").unwrap();
         let words: Vec<&str> = stty.split_whitespace().collect();
         for mode in ["icanon", "echo", "isig", "icrnl"] {
             assert!(words.contains(&mode), "{name}: {mode} not restored: {stty}");

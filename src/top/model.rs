@@ -48,7 +48,8 @@ pub struct TaskSnap {
 pub struct Snapshot {
     /// A monotonic clock, in microseconds.
     pub at_usec: u64,
-    /// Parents before children (a pre-order walk).
+    /// Parents before children (a pre-order walk): the root, cgqos's groups, then the
+    /// collapsed others.
     pub groups: Vec<GroupSnap>,
     pub tasks: HashMap<u32, TaskSnap>,
     /// The effective uclamp (min, max) percent above the cgqos root, where its ancestors

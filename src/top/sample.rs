@@ -60,12 +60,18 @@ impl Sampler {
             truncated: false,
         };
         self.group(&mut w, "", false);
-        for child in self.cg.children("") {
-            if child == layout::CHROME || child == layout::VMS {
-                self.walk(&mut w, &child, 1);
-            } else {
-                self.collapsed(&mut w, &child);
-            }
+        // cgqos's own groups first, so that many groups elsewhere (a delegated subtree can
+        // make thousands) use up the budget without hiding them.
+        let (ours, others): (Vec<String>, Vec<String>) = self
+            .cg
+            .children("")
+            .into_iter()
+            .partition(|c| c == layout::CHROME || c == layout::VMS);
+        for child in ours {
+            self.walk(&mut w, &child, 1);
+        }
+        for child in others {
+            self.collapsed(&mut w, &child);
         }
         if w.truncated {
             w.snap.warnings.push(format!(
