@@ -260,7 +260,9 @@ pub fn screen(
                     "         {:>7} {:>7} {:<16} {:>6} {:<28} PLACED BY",
                     "TID", "PID", "COMM", "CPU", "CGROUP"
                 ));
-                let room = height.saturating_sub(lines.len() + 1).max(3);
+                // Leave a line for each group row still to come.
+                let later = ord.len() - n - 1;
+                let room = height.saturating_sub(lines.len() + 1 + later).max(3);
                 for t in r.tasks.iter().take(room) {
                     lines.push(format!("   {}", task_line(t)));
                 }
@@ -404,5 +406,36 @@ mod tests {
         v.selected = 1000;
         screen(Some(&s), &mut v, "", 40, 20);
         assert_eq!(v.selected, 41);
+    }
+
+    #[test]
+    fn an_expanded_group_leaves_room_for_the_rows_after_it() {
+        let mut root = row("", Some(1.0), 100);
+        root.tasks = (1..=100)
+            .map(|tid| TaskRow {
+                tid,
+                pid: tid,
+                comm: format!("t{tid}"),
+                cgroup: String::new(),
+                cpu_percent: 0.0,
+                placed_by: None,
+            })
+            .collect();
+        let s = Sample {
+            root: "/r".into(),
+            interval_ms: 1000,
+            cpus: 1,
+            groups: vec![root, row("chrome", None, 0), row("vms", None, 0)],
+            warnings: vec![],
+        };
+        let mut v = View::default();
+        v.expanded.insert(String::new());
+        let (lines, _) = screen(Some(&s), &mut v, "", 100, 20);
+        assert_eq!(lines.len(), 20);
+        assert!(
+            lines[18].contains("chrome") && lines[19].contains("vms"),
+            "{lines:#?}"
+        );
+        assert!(lines[17].contains("more"), "{lines:#?}");
     }
 }
