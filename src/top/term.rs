@@ -49,6 +49,13 @@ impl Terminal {
             return Err(io::Error::last_os_error());
         }
         let t = Terminal { saved };
+        // A panic's message would be printed on the alternate screen and vanish with it:
+        // put the terminal back first (the guard's drop then restores it once more).
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore(&saved);
+            previous(info);
+        }));
         // Alternate screen, cursor hidden.
         let mut out = io::stdout().lock();
         out.write_all(b"\x1b[?1049h\x1b[?25l")?;
@@ -59,12 +66,17 @@ impl Terminal {
 
 impl Drop for Terminal {
     fn drop(&mut self) {
-        let mut out = io::stdout().lock();
-        let _ = out.write_all(b"\x1b[0m\x1b[?25h\x1b[?1049l");
-        let _ = out.flush();
-        // SAFETY: fd 0 and the termios saved by `enter`.
-        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved) };
+        restore(&self.saved);
     }
+}
+
+/// Main screen, cursor shown, attributes reset, the saved termios back. Idempotent.
+fn restore(saved: &libc::termios) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(b"\x1b[0m\x1b[?25h\x1b[?1049l");
+    let _ = out.flush();
+    // SAFETY: fd 0 and a termios saved by `Terminal::enter`.
+    unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
 }
 
 fn install_handlers() {
