@@ -38,6 +38,7 @@ jget() {
 		}'
 }
 # gt A B: A > B as numbers.
+# shellcheck disable=SC2317 # called through t_check
 gt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 > b + 0) }'; }
 
 cpu=$(jget chrome/ui cpu_percent)
