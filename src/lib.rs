@@ -23,4 +23,5 @@ pub mod procfs;
 pub mod rules;
 pub mod sched;
 pub mod state;
+pub mod top;
 pub mod topology;

@@ -171,6 +171,10 @@ const CASES: &[(&[&[&str]], &[&str])] = &[
     (&[], &["rules", "-h"]),
     (&[], &["restrict", "-h"]),
     (&[], &["no-such-command"]),
+    (&[], &["completions", "bash"]),
+    (&[], &["manpage"]),
+    (&[], &["manpage", "--list"]),
+    (&[&["setup"]], &["top", "--once", "--interval", "0.1"]),
 ];
 
 fn substitute(args: &[&str], pid: &str) -> Vec<String> {

@@ -60,7 +60,7 @@ fn print(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> CliResult<()> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(CliError::new(
             Exit::Failure,
-            format!("writing to stdout: {e}"),
+            format!("writing the output to stdout: {e}"),
         )),
     }
 }

@@ -11,6 +11,7 @@ mod rules;
 mod setup;
 mod status;
 mod teardown;
+mod top;
 mod validate;
 mod vm;
 mod where_;
@@ -215,6 +216,8 @@ pub enum Command {
     Completions(completions::CompletionsArgs),
     /// Print the roff manual page cgqos(8), or one subcommand's, to stdout
     Manpage(completions::ManpageArgs),
+    /// Live view of the groups: tasks, CPU use, pressure, cpusets, uclamp (--once: one sample)
+    Top(top::TopArgs),
 }
 
 /// Runs a parsed command line. Output goes through `Ctx::output`: a closed stdout ends the
@@ -239,6 +242,7 @@ pub fn run(cli: Cli) -> CliResult<()> {
         Command::Reset(a) => reset::run(&ctx, a),
         Command::Completions(a) => completions::completions(a),
         Command::Manpage(a) => completions::manpage(a),
+        Command::Top(a) => top::run(&ctx, a),
     };
     let out = ctx.out.into_inner();
     let result = match (result, out.error) {

@@ -1,0 +1,150 @@
+//! `cgqos top`: a live view of the hierarchy, or one sample with `--once` / `--json`.
+
+use std::fs::File;
+use std::io::{IsTerminal, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use super::Ctx;
+use crate::error::{CliError, CliResult, Exit};
+use crate::state::{STATE_FILE, State};
+use crate::top::model::{Sample, Snapshot, compute};
+use crate::top::render;
+use crate::top::sample::Sampler;
+use crate::top::term;
+
+/// The state file is read for `placed by` only; a larger one is not ours.
+const STATE_MAX_BYTES: u64 = 64 << 20;
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    /// Print one sample (two reads --interval apart) and exit; implied by --json and when
+    /// stdout or stdin is not a terminal
+    #[arg(long)]
+    pub once: bool,
+
+    /// Seconds between reads (0.1 to 3600)
+    #[arg(long, default_value = "1", value_parser = parse_interval, value_name = "SECONDS")]
+    pub interval: Duration,
+
+    /// With --once: the busiest tasks listed per group (0 to 10000)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(0..=10000), value_name = "N")]
+    pub tasks: u16,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number of seconds, found {s:?}"))?;
+    if !(0.1..=3600.0).contains(&v) {
+        return Err(format!("expected 0.1 to 3600 seconds, found {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+pub fn run(ctx: &Ctx, args: TopArgs) -> CliResult<()> {
+    let cg = ctx.cgroupfs()?;
+    let root = cg.root().to_path_buf();
+    if !root.is_dir() {
+        return Err(CliError::bad_input(format!(
+            "{} is not a directory: run `cgqos setup`, or pass --cgroup-root",
+            root.display()
+        )));
+    }
+    if !ctx.g.allow_non_cgroupfs && !super::is_cgroup2(&root) {
+        return Err(CliError::bad_input(format!(
+            "{} is not on a cgroup2 filesystem (pass --cgroup-root inside a cgroup2 mount)",
+            root.display()
+        )));
+    }
+    let sampler = Sampler::new(cg, ctx.procfs());
+    let state_path = ctx.g.state_dir.join(STATE_FILE);
+    let clk_tck = clock_ticks();
+    let start = Instant::now();
+    let snapshot = || sampler.snapshot(start.elapsed().as_micros() as u64);
+    let build = |prev: &Snapshot, cur: &Snapshot| -> Sample {
+        let (state, mut warnings) = read_state(&state_path);
+        warnings.splice(0..0, cur.warnings.iter().cloned());
+        Sample {
+            root: root.display().to_string(),
+            interval_ms: cur.at_usec.saturating_sub(prev.at_usec) / 1000,
+            cpus: online_cpus(),
+            groups: compute(prev, cur, &state, clk_tck),
+            warnings,
+        }
+    };
+    let live = !args.once
+        && !ctx.g.json
+        && std::io::stdout().is_terminal()
+        && std::io::stdin().is_terminal();
+    if live {
+        return term::run(args.interval, snapshot, build)
+            .map_err(|e| CliError::new(Exit::Failure, format!("terminal: {e}")));
+    }
+    let prev = snapshot();
+    std::thread::sleep(args.interval);
+    let cur = snapshot();
+    let mut sample = build(&prev, &cur);
+    for g in &mut sample.groups {
+        g.tasks.truncate(args.tasks as usize);
+    }
+    ctx.output(&sample, render::once);
+    Ok(())
+}
+
+/// The state file, for `placed by`: a missing file is an empty state; anything else that
+/// keeps it from being read is a warning, since the rest of the view does not need it. Read
+/// without the lock (it is replaced atomically), not through a symlink, only a regular file,
+/// at most [`STATE_MAX_BYTES`].
+fn read_state(path: &Path) -> (State, Vec<String>) {
+    let warn = |what: String| {
+        (
+            State::default(),
+            vec![format!(
+                "{}: {what}; placed-by is not shown",
+                path.display()
+            )],
+        )
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path);
+    let mut file: File = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (State::default(), vec![]),
+        Err(e) => return warn(e.to_string()),
+    };
+    match file.metadata() {
+        Ok(m) if !m.is_file() => return warn("not a regular file".into()),
+        Ok(m) if m.len() > STATE_MAX_BYTES => {
+            return warn(format!("larger than {STATE_MAX_BYTES} bytes"));
+        }
+        Ok(_) => {}
+        Err(e) => return warn(e.to_string()),
+    }
+    let mut bytes = Vec::new();
+    if let Err(e) = (&mut file).take(STATE_MAX_BYTES).read_to_end(&mut bytes) {
+        return warn(e.to_string());
+    }
+    match serde_json::from_slice::<State>(&bytes) {
+        Ok(s) => (s, vec![]),
+        Err(e) => warn(format!("not a cgqos state file ({e})")),
+    }
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 { n as usize } else { 1 }
+}
