@@ -415,6 +415,9 @@ pub struct TeardownReport {
     pub removed: Vec<String>,
     pub skipped_exited: usize,
     pub errors: Vec<String>,
+    /// sysfs files written back to their value before setup (`path = value`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysfs_restored: Vec<String>,
 }
 
 impl<'a> Placer<'a> {

@@ -240,11 +240,16 @@ impl Ctx {
         self.procfs().mountinfo().unwrap_or_default()
     }
 
-    /// The cgqos root: `--cgroup-root`, or the cgroup2 mount (the one showing the
-    /// hierarchy's root, e.g. `/sys/fs/cgroup` or `/sys/fs/cgroup/unified` on hybrid hosts).
+    /// The cgqos root: `--cgroup-root`; else the root recorded in the state file (where
+    /// `setup` put the hierarchy); else the cgroup2 mount (the one showing the hierarchy's
+    /// root, e.g. `/sys/fs/cgroup` or `/sys/fs/cgroup/unified` on hybrid hosts). A root
+    /// given that differs from the recorded one is refused when the state is loaded.
     pub fn cgroup_root(&self) -> CliResult<PathBuf> {
         if let Some(r) = &self.g.cgroup_root {
             return Ok(r.clone());
+        }
+        if let Some(r) = crate::state::recorded_root(&self.g.state_dir)? {
+            return Ok(r);
         }
         let mounts = crate::cgroupfs::cgroup2_mounts(&self.mountinfo());
         mounts

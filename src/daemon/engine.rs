@@ -117,12 +117,14 @@ impl Engine {
             })?;
             self.session.state.created_root = true;
         }
+        let before = crate::apply::sysfs_before(&self.loaded.plan.steps, &self.paths.sysfs);
         let report = apply(
             &self.loaded.plan.steps,
             &self.session.cg,
             &self.paths.sysfs,
             false,
         )?;
+        crate::apply::remember_sysfs(&report, &self.paths.sysfs, &before, &mut self.session.state);
         let mut unsupported = 0;
         for s in &report.steps {
             match &s.outcome {
