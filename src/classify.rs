@@ -142,6 +142,7 @@ fn apply_class_inner(
                             pid,
                             starttime,
                             original: TaskAttrs::of(&before),
+                            inherited_from: None,
                         },
                     );
                 }
@@ -299,6 +300,135 @@ fn classify_thread_with(
         tracing::info!(pid, tid, comm = %comm, class = %class.name, rule = %rule.at, "classified by rule {}", rule.name);
     }
     Ok(Some(applied))
+}
+
+/// Records why each successful move of `moved` happened (`by`: who asked): a process move
+/// (`process`) under the process's id with its group, a thread move under the thread's id
+/// with its class. Ids that exited meanwhile are skipped.
+pub fn record_moves(
+    state: &mut State,
+    proc: &Procfs,
+    moved: &[crate::ops::Moved],
+    by: &str,
+    process: bool,
+) {
+    for m in moved.iter().filter(|m| m.ok) {
+        let Ok(st) = proc.stat(m.id) else { continue };
+        let pid = if process {
+            m.id
+        } else {
+            match proc.tgid(m.id) {
+                Ok(p) => p,
+                Err(_) => continue,
+            }
+        };
+        let place = m
+            .threads
+            .iter()
+            .find(|t| t.tid.0 == m.id)
+            .or(m.threads.first());
+        state.why.insert(
+            m.id,
+            Why {
+                pid,
+                starttime: st.starttime,
+                by: by.to_string(),
+                group: place.and_then(|t| t.group.clone()),
+                class: if process {
+                    None
+                } else {
+                    place.and_then(|t| t.class.clone())
+                },
+                attrs: TaskAttrs::default(),
+                at: now(),
+            },
+        );
+    }
+}
+
+/// A task born from a creator whose attributes cgqos changed starts with the changed
+/// attributes (fork copies them); without cgqos it would have had the creator's original
+/// ones, so those are its original too, and `reset` restores them. Records that for `tid`
+/// (of process `tgid`), unless it has a record of its own. Returns whether it recorded.
+pub fn inherit_original(
+    state: &mut State,
+    proc: &Procfs,
+    creator: u32,
+    tid: u32,
+    tgid: u32,
+) -> bool {
+    if creator == tid {
+        return false;
+    }
+    let Some(parent) = state.attrs.get(&creator) else {
+        return false;
+    };
+    // The record must still be the creator's: alive with the recorded start, or already
+    // gone (its exit event, which drops the record, comes after this fork).
+    if proc
+        .stat(creator)
+        .is_ok_and(|s| s.starttime != parent.starttime)
+    {
+        return false;
+    }
+    let Ok(st) = proc.stat(tid) else {
+        return false;
+    };
+    if state
+        .attrs
+        .get(&tid)
+        .is_some_and(|r| r.starttime == st.starttime)
+    {
+        return false;
+    }
+    let record = AttrRecord {
+        pid: tgid,
+        starttime: st.starttime,
+        original: parent.original,
+        inherited_from: Some(parent.inherited_from.unwrap_or(creator)),
+    };
+    state.attrs.insert(tid, record);
+    true
+}
+
+/// For threads found without their fork event (a rescan after lost events): a thread of
+/// `pid` with no record of its own, whose attributes are exactly its main thread's current
+/// ones while the main thread has a record of changed ones, was in all likelihood created
+/// after cgqos changed the main thread; it gets the main thread's original. Threads that
+/// differ (set their own attributes, or were born before the change) are left alone.
+pub fn inherit_from_main(state: &mut State, proc: &Procfs, pid: u32) -> usize {
+    let Some(main) = state.attrs.get(&pid).cloned() else {
+        return 0;
+    };
+    if !proc.stat(pid).is_ok_and(|s| s.starttime == main.starttime) {
+        return 0;
+    }
+    let Ok(main_now) = sched::getattr(pid).map(|a| TaskAttrs::of(&a)) else {
+        return 0;
+    };
+    if main_now == main.original {
+        return 0;
+    }
+    let Ok(threads) = proc.threads(ProcessId(pid)) else {
+        return 0;
+    };
+    let mut n = 0;
+    for ThreadId(tid) in threads {
+        let Ok(st) = proc.stat(tid) else { continue };
+        let own = state
+            .attrs
+            .get(&tid)
+            .is_some_and(|r| r.starttime == st.starttime);
+        if tid == pid || own {
+            continue;
+        }
+        if sched::getattr(tid).is_ok_and(|a| TaskAttrs::of(&a) == main_now)
+            && inherit_original(state, proc, pid, tid, pid)
+        {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Restores the scheduling attributes of every recorded thread that is still the same

@@ -65,6 +65,10 @@ pub struct AttrRecord {
     pub pid: u32,
     pub starttime: u64,
     pub original: crate::sched::TaskAttrs,
+    /// The creator whose original this is: the task was born after cgqos changed its
+    /// creator and inherited the changed attributes (see `classify::inherit_original`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherited_from: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
