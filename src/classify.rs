@@ -391,22 +391,48 @@ pub fn inherit_original(
     true
 }
 
-/// For threads found without their fork event (a rescan after lost events): a thread of
-/// `pid` with no record of its own, whose attributes are exactly its main thread's current
-/// ones while the main thread has a record of changed ones, was in all likelihood created
-/// after cgqos changed the main thread; it gets the main thread's original. Threads that
-/// differ (set their own attributes, or were born before the change) are left alone.
-pub fn inherit_from_main(state: &mut State, proc: &Procfs, pid: u32) -> usize {
-    let Some(main) = state.attrs.get(&pid).cloned() else {
-        return 0;
+/// The recorded task of process `tgid` that thread `tid` most likely inherited its
+/// attributes from. The fork event of a thread names the process's parent, not the
+/// creating thread, so: a live recorded thread of the same process (the main thread first)
+/// whose attributes cgqos changed and which has exactly `tid`'s attributes now. A thread
+/// whose attributes match no changed creator (born before the change, or set its own) has
+/// none, and keeps no record.
+fn likely_creator(state: &State, proc: &Procfs, tid: u32, tgid: u32) -> Option<u32> {
+    let now = TaskAttrs::of(&sched::getattr(tid).ok()?);
+    let matches = |id: u32, r: &AttrRecord| {
+        id != tid
+            && r.pid == tgid
+            && r.original != now
+            && proc.stat(id).is_ok_and(|s| s.starttime == r.starttime)
+            && sched::getattr(id).is_ok_and(|a| TaskAttrs::of(&a) == now)
     };
-    if !proc.stat(pid).is_ok_and(|s| s.starttime == main.starttime) {
-        return 0;
+    if state.attrs.get(&tgid).is_some_and(|r| matches(tgid, r)) {
+        return Some(tgid);
     }
-    let Ok(main_now) = sched::getattr(pid).map(|a| TaskAttrs::of(&a)) else {
-        return 0;
-    };
-    if main_now == main.original {
+    state
+        .attrs
+        .iter()
+        .find(|(id, r)| r.pid == tgid && matches(**id, r))
+        .map(|(id, _)| *id)
+}
+
+/// A new thread `tid` of `tgid` (its fork event): inherits the original of its likely
+/// creator (`likely_creator`). Returns whether it recorded.
+pub fn inherit_thread(state: &mut State, proc: &Procfs, tid: u32, tgid: u32) -> bool {
+    if !state.attrs.values().any(|r| r.pid == tgid) {
+        return false;
+    }
+    match likely_creator(state, proc, tid, tgid) {
+        Some(creator) => inherit_original(state, proc, creator, tid, tgid),
+        None => false,
+    }
+}
+
+/// For threads found without their fork event (a rescan after lost events): each thread of
+/// `pid` with no record of its own gets the original of its likely creator, as on a fork
+/// event. Returns how many were recorded.
+pub fn inherit_unrecorded(state: &mut State, proc: &Procfs, pid: u32) -> usize {
+    if !state.attrs.values().any(|r| r.pid == pid) {
         return 0;
     }
     let Ok(threads) = proc.threads(ProcessId(pid)) else {
@@ -415,18 +441,14 @@ pub fn inherit_from_main(state: &mut State, proc: &Procfs, pid: u32) -> usize {
     let mut n = 0;
     for ThreadId(tid) in threads {
         let Ok(st) = proc.stat(tid) else { continue };
-        let own = state
+        if state
             .attrs
             .get(&tid)
-            .is_some_and(|r| r.starttime == st.starttime);
-        if tid == pid || own {
+            .is_some_and(|r| r.starttime == st.starttime)
+        {
             continue;
         }
-        if sched::getattr(tid).is_ok_and(|a| TaskAttrs::of(&a) == main_now)
-            && inherit_original(state, proc, pid, tid, pid)
-        {
-            n += 1;
-        }
+        n += usize::from(inherit_thread(state, proc, tid, pid));
     }
     n
 }

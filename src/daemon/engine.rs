@@ -225,7 +225,7 @@ impl Engine {
     /// Applies the rules to everything that runs (at start, after a reload, after lost events).
     /// Records of tasks that exited meanwhile (their exit events may be among the lost ones)
     /// are dropped first; threads born without a fork event get their original attributes
-    /// from their main thread's record (`classify::inherit_from_main`).
+    /// from their likely creator's record (`classify::inherit_unrecorded`).
     pub fn rescan(&mut self) {
         self.forget_exited();
         let pids: Vec<u32> = std::fs::read_dir(self.session.proc.root())
@@ -236,7 +236,7 @@ impl Engine {
         let mut inherited = 0;
         let mut classified = 0;
         for pid in pids {
-            inherited += crate::classify::inherit_from_main(
+            inherited += crate::classify::inherit_unrecorded(
                 &mut self.session.state,
                 &self.session.proc,
                 pid,
@@ -257,15 +257,16 @@ impl Engine {
         let mut touched = 0;
         for ev in events {
             // Whatever the rules: a task born from one cgqos changed inherited the change.
+            // A process's fork event names its creating thread; a thread's names the
+            // process's parent, so its creator is inferred within its process.
             if let Event::Fork { pid, tgid, parent } = *ev {
                 let s = &mut self.session;
-                touched += usize::from(crate::classify::inherit_original(
-                    &mut s.state,
-                    &s.proc,
-                    parent,
-                    pid,
-                    tgid,
-                ));
+                let inherited = if pid == tgid {
+                    crate::classify::inherit_original(&mut s.state, &s.proc, parent, pid, tgid)
+                } else {
+                    crate::classify::inherit_thread(&mut s.state, &s.proc, pid, tgid)
+                };
+                touched += usize::from(inherited);
             }
             match *ev {
                 Event::Exit { pid, .. } => {

@@ -28,8 +28,9 @@ const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 /// One process event, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// A new task: a process when `pid == tgid`, else a thread of `tgid`; `parent` is the
-    /// thread that created it (its attributes are what the new task starts with).
+    /// A new task: a process when `pid == tgid`, else a thread of `tgid`. `parent` is the
+    /// kernel's `real_parent`: for a process, the thread that forked it (whose attributes it
+    /// starts with); for a thread, the parent of its process (not its creator).
     Fork {
         pid: u32,
         tgid: u32,
