@@ -494,4 +494,64 @@ mod tests {
             Err(StateError::OtherRoot { .. })
         ));
     }
+    #[test]
+    fn a_planted_temporary_symlink_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = tempfile::NamedTempFile::new().unwrap();
+        fs::write(target.path(), "precious").unwrap();
+        std::os::unix::fs::symlink(target.path(), dir.path().join(".state.json.tmp")).unwrap();
+        let sd = StateDir::lock(dir.path()).unwrap();
+        let s = sd.load(Path::new("/cg")).unwrap();
+        sd.save(&s).unwrap();
+        assert_eq!(fs::read_to_string(target.path()).unwrap(), "precious");
+        let meta = fs::symlink_metadata(dir.path().join(STATE_FILE)).unwrap();
+        assert!(meta.file_type().is_file());
+    }
+
+    #[test]
+    fn a_lock_symlink_is_refused_and_its_target_never_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(&target, dir.path().join(LOCK_FILE)).unwrap();
+        assert!(StateDir::lock(dir.path()).is_err());
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn a_state_file_symlink_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::NamedTempFile::new().unwrap();
+        fs::write(
+            other.path(),
+            r#"{"version":1,"root":"/elsewhere","created_root":true,"tasks":{},"vms":[]}"#,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(other.path(), dir.path().join(STATE_FILE)).unwrap();
+        let sd = StateDir::lock(dir.path()).unwrap();
+        assert!(sd.load(Path::new("/cg")).is_err());
+    }
+
+    #[test]
+    fn an_unknown_version_is_an_error_and_the_file_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"{"version":2,"root":"/cg","created_root":false,"tasks":{},"vms":[]}"#;
+        fs::write(dir.path().join(STATE_FILE), text).unwrap();
+        let sd = StateDir::lock(dir.path()).unwrap();
+        let e = sd.load(Path::new("/cg")).unwrap_err();
+        assert!(matches!(e, StateError::Version { .. }), "{e}");
+        assert_eq!(
+            fs::read_to_string(dir.path().join(STATE_FILE)).unwrap(),
+            text
+        );
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let e = StateDir::lock(dir.path()).err().expect("refused");
+        assert!(e.to_string().contains("mode 0777"), "{e}");
+        assert!(!dir.path().join(LOCK_FILE).exists());
+    }
 }
