@@ -86,8 +86,8 @@ pub struct Global {
     )]
     pub proc_root: PathBuf,
 
-    /// The cgqos root: the cgroup under which chrome/ and vms/ live [default: the cgroup2
-    /// mount found in /proc/self/mountinfo]
+    /// The cgqos root: the cgroup under which chrome/ and vms/ live [default: the root
+    /// recorded by setup in the state file, else the cgroup2 mount in /proc/self/mountinfo]
     #[arg(long, global = true, env = "CGQOS_CGROUP_ROOT", value_name = "DIR")]
     pub cgroup_root: Option<PathBuf>,
 
