@@ -417,9 +417,11 @@ fn likely_creator(state: &State, proc: &Procfs, tid: u32, tgid: u32) -> Option<u
 }
 
 /// A new thread `tid` of `tgid` (its fork event): inherits the original of its likely
-/// creator (`likely_creator`). Returns whether it recorded.
+/// creator (`likely_creator`). Returns whether it recorded. Only processes whose main
+/// thread has a record are looked at: this runs on every thread creation of the system,
+/// and one map lookup keeps it cheap (classes from rules always cover the main thread).
 pub fn inherit_thread(state: &mut State, proc: &Procfs, tid: u32, tgid: u32) -> bool {
-    if !state.attrs.values().any(|r| r.pid == tgid) {
+    if !state.attrs.contains_key(&tgid) {
         return false;
     }
     match likely_creator(state, proc, tid, tgid) {
@@ -432,7 +434,7 @@ pub fn inherit_thread(state: &mut State, proc: &Procfs, tid: u32, tgid: u32) -> 
 /// `pid` with no record of its own gets the original of its likely creator, as on a fork
 /// event. Returns how many were recorded.
 pub fn inherit_unrecorded(state: &mut State, proc: &Procfs, pid: u32) -> usize {
-    if !state.attrs.values().any(|r| r.pid == pid) {
+    if !state.attrs.contains_key(&pid) {
         return 0;
     }
     let Ok(threads) = proc.threads(ProcessId(pid)) else {
