@@ -554,3 +554,33 @@ fn a_state_directory_others_can_write_is_refused() {
         assert!(!dir.join("state.json").exists());
     }
 }
+
+/// `why` explains process moves through the daemon like thread moves: who asked.
+#[test]
+fn why_explains_a_process_move_through_the_daemon() {
+    let open = "socket:\n  mode: \"0666\"\n";
+    let Some(mut d) = Daemon::new("undo-why", open, None) else {
+        return;
+    };
+    let pid = d.sleeper();
+    let mv = d.cli(&["move", &pid.to_string(), "background"]);
+    assert_eq!(mv.code, 0, "{}{}", mv.stdout, mv.stderr);
+    let state = d.state();
+    let w = d.cli(&[
+        "why",
+        &pid.to_string(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(w.code, 0, "{}", w.stderr);
+    assert!(
+        w.stdout.contains("placed by request from uid 0 (pid ")
+            && w.stdout.contains("now in group chrome/background")
+            && w.stdout.contains("reset restores cgroup "),
+        "{}",
+        w.stdout
+    );
+    // Local time, ISO 8601: 2026-11-30T23:05:09+01:00.
+    let at = w.stdout.split(" at ").nth(1).unwrap_or_default();
+    assert_eq!(at.as_bytes().get(10), Some(&b'T'), "{}", w.stdout);
+}
