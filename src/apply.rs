@@ -400,3 +400,23 @@ pub fn restore_sysfs(state: &mut crate::state::State) -> (Vec<String>, Vec<Strin
     }
     (restored, errors)
 }
+
+/// Records the groups `report` created (mkdir steps that changed something), so teardown
+/// removes those and leaves groups that were there before alone.
+pub fn remember_created(report: &Report, state: &mut crate::state::State) {
+    if report.dry_run {
+        return;
+    }
+    // `None`: a state file from before the record was kept, where every group counts.
+    let Some(created) = state.created.as_mut() else {
+        return;
+    };
+    for s in report
+        .steps
+        .iter()
+        .filter(|s| s.step.tree == Tree::Cgroup && s.step.op == Op::Mkdir)
+        .filter(|s| s.outcome == Outcome::Changed)
+    {
+        created.insert(s.step.path.clone());
+    }
+}

@@ -58,6 +58,22 @@ pub struct State {
     /// write: teardown writes them back.
     #[serde(default)]
     pub sysfs: BTreeMap<PathBuf, String>,
+    /// Groups (relative to the root) setup or the daemon created; teardown removes only
+    /// these and the groups of VMs added (`vms`). `None` in files written before it was
+    /// kept: every group of the cgqos subtrees is then taken as cgqos's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<BTreeSet<String>>,
+}
+
+impl State {
+    /// Whether teardown may remove `group`: cgqos created it.
+    pub fn created_group(&self, group: &str) -> bool {
+        let vm = group
+            .strip_prefix("vms/")
+            .map(|r| r.split('/').next().unwrap_or(r))
+            .is_some_and(|name| self.vms.contains(name));
+        vm || self.created.as_ref().is_none_or(|c| c.contains(group))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -347,7 +363,11 @@ impl StateDir {
     /// another root is refused, never rewritten; so is a file of an unknown version.
     pub fn load(&self, root: &Path) -> Result<State, StateError> {
         let path = self.path();
-        let state = read_at(&self.fd, &path)?.unwrap_or_default();
+        // A fresh state records the groups it creates from the start.
+        let state = read_at(&self.fd, &path)?.unwrap_or_else(|| State {
+            created: Some(BTreeSet::new()),
+            ..State::default()
+        });
         if let Some(other) = &state.root {
             if !same_dir(other, root) {
                 return Err(StateError::OtherRoot {

@@ -584,3 +584,32 @@ fn why_explains_a_process_move_through_the_daemon() {
     let at = w.stdout.split(" at ").nth(1).unwrap_or_default();
     assert_eq!(at.as_bytes().get(10), Some(&b'T'), "{}", w.stdout);
 }
+
+/// Teardown removes the groups cgqos created and leaves the ones that were there before
+/// (here the root and `chrome/`, made by someone else).
+#[test]
+fn teardown_removes_only_the_groups_cgqos_created() {
+    let Some(root) = real_subroot("undo-own") else {
+        return;
+    };
+    std::fs::create_dir(&root).unwrap();
+    std::fs::create_dir(root.join("chrome")).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let sd = state.path().to_str().unwrap().to_string();
+    let setup = run(cgqos()
+        .args(["setup", "--state-dir", &sd, "--cgroup-root"])
+        .arg(&root));
+    assert_eq!(setup.code, 0, "{}", setup.stderr);
+    assert!(root.join("chrome/ui").exists() && root.join("vms").exists());
+    let td = run(cgqos().args(["teardown", "--state-dir", &sd]));
+    assert_eq!(td.code, 0, "{}{}", td.stdout, td.stderr);
+    assert!(
+        !root.join("chrome/ui").exists(),
+        "created by setup: removed"
+    );
+    assert!(!root.join("vms").exists(), "created by setup: removed");
+    assert!(root.join("chrome").exists(), "there before setup: kept");
+    assert!(root.exists(), "there before setup: kept");
+    std::fs::remove_dir(root.join("chrome")).unwrap();
+    std::fs::remove_dir(&root).unwrap();
+}

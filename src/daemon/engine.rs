@@ -125,6 +125,7 @@ impl Engine {
             false,
         )?;
         crate::apply::remember_sysfs(&report, &self.paths.sysfs, &before, &mut self.session.state);
+        crate::apply::remember_created(&report, &mut self.session.state);
         let mut unsupported = 0;
         for s in &report.steps {
             match &s.outcome {
