@@ -41,8 +41,8 @@ pub fn run(ctx: &Ctx, _args: TeardownArgs) -> CliResult<()> {
     if report.errors.is_empty() {
         session.sd.clear()?;
     } else {
-        // Keep what is still needed to finish the job on a rerun.
-        session.state.vms.clear();
+        // Keep what is still needed to finish the job on a rerun (the VM names among it:
+        // they say which VM groups cgqos made).
         session.save()?;
     }
     for r in &report.restored {
