@@ -333,3 +333,90 @@ fn apply_sysfs(step: &Step, path: &PathBuf, dry_run: bool) -> Result<Outcome, Fs
         }),
     }
 }
+
+/// The current values of the sysfs files among `steps` (absolute path, trimmed value), read
+/// before `apply` so the first value cgqos overwrote can be recorded for teardown.
+pub fn sysfs_before(steps: &[Step], sysfs_root: &Path) -> Vec<(PathBuf, String)> {
+    steps
+        .iter()
+        .filter(|s| s.tree == Tree::Sysfs && s.op == Op::Write)
+        .filter_map(|s| {
+            let path = sysfs_root.join(&s.path);
+            let v = fs::read_to_string(&path).ok()?;
+            Some((path, v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Records, for every sysfs file `report` changed, the value it had before (`before`, from
+/// `sysfs_before`). An existing record wins: it holds the value before cgqos's first write.
+pub fn remember_sysfs(
+    report: &Report,
+    sysfs_root: &Path,
+    before: &[(PathBuf, String)],
+    state: &mut crate::state::State,
+) {
+    if report.dry_run {
+        return;
+    }
+    for s in report
+        .steps
+        .iter()
+        .filter(|s| s.step.tree == Tree::Sysfs && s.outcome == Outcome::Changed)
+    {
+        let path = sysfs_root.join(&s.step.path);
+        if let Some((_, v)) = before.iter().find(|(p, _)| *p == path) {
+            state.sysfs.entry(path).or_insert_with(|| v.clone());
+        }
+    }
+}
+
+/// Writes back every recorded sysfs value (teardown). Restored files, and files that no
+/// longer exist (the module was unloaded), are forgotten; failures stay recorded and are
+/// returned, so a rerun can finish the job.
+pub fn restore_sysfs(state: &mut crate::state::State) -> (Vec<String>, Vec<String>) {
+    let (mut restored, mut errors) = (Vec::new(), Vec::new());
+    let recorded = std::mem::take(&mut state.sysfs);
+    for (path, value) in recorded {
+        let current = match fs::read_to_string(&path) {
+            Ok(c) => c,
+            Err(e) if Refusal::of(&e) == Refusal::Missing => continue,
+            Err(e) => {
+                errors.push(format!("read {}: {e}", path.display()));
+                state.sysfs.insert(path, value);
+                continue;
+            }
+        };
+        if current.trim() == value {
+            continue;
+        }
+        match write_existing(&path, &value) {
+            Ok(()) => restored.push(format!("{} = {value}", path.display())),
+            Err(e) => {
+                errors.push(e.to_string());
+                state.sysfs.insert(path, value);
+            }
+        }
+    }
+    (restored, errors)
+}
+
+/// Records the groups `report` created (mkdir steps that changed something), so teardown
+/// removes those and leaves groups that were there before alone.
+pub fn remember_created(report: &Report, state: &mut crate::state::State) {
+    if report.dry_run {
+        return;
+    }
+    // `None`: a state file from before the record was kept, where every group counts.
+    let Some(created) = state.created.as_mut() else {
+        return;
+    };
+    for s in report
+        .steps
+        .iter()
+        .filter(|s| s.step.tree == Tree::Cgroup && s.step.op == Op::Mkdir)
+        .filter(|s| s.outcome == Outcome::Changed)
+    {
+        created.insert(s.step.path.clone());
+    }
+}

@@ -151,6 +151,7 @@ fn apply_class_inner(
                             pid,
                             starttime,
                             original: TaskAttrs::of(&before),
+                            inherited_from: None,
                         },
                     );
                 }
@@ -308,6 +309,159 @@ fn classify_thread_with(
         tracing::info!(pid, tid, comm = %comm, class = %class.name, rule = %rule.at, "classified by rule {}", rule.name);
     }
     Ok(Some(applied))
+}
+
+/// Records why each successful move of `moved` happened (`by`: who asked): a process move
+/// (`process`) under the process's id with its group, a thread move under the thread's id
+/// with its class. Ids that exited meanwhile are skipped.
+pub fn record_moves(
+    state: &mut State,
+    proc: &Procfs,
+    moved: &[crate::ops::Moved],
+    by: &str,
+    process: bool,
+) {
+    for m in moved.iter().filter(|m| m.ok) {
+        let Ok(st) = proc.stat(m.id) else { continue };
+        let pid = if process {
+            m.id
+        } else {
+            match proc.tgid(m.id) {
+                Ok(p) => p,
+                Err(_) => continue,
+            }
+        };
+        let place = m
+            .threads
+            .iter()
+            .find(|t| t.tid.0 == m.id)
+            .or(m.threads.first());
+        state.why.insert(
+            m.id,
+            Why {
+                pid,
+                starttime: st.starttime,
+                by: by.to_string(),
+                group: place.and_then(|t| t.group.clone()),
+                class: if process {
+                    None
+                } else {
+                    place.and_then(|t| t.class.clone())
+                },
+                attrs: TaskAttrs::default(),
+                at: now(),
+            },
+        );
+    }
+}
+
+/// A task born from a creator whose attributes cgqos changed starts with the changed
+/// attributes (fork copies them); without cgqos it would have had the creator's original
+/// ones, so those are its original too, and `reset` restores them. Records that for `tid`
+/// (of process `tgid`), unless it has a record of its own. Returns whether it recorded.
+pub fn inherit_original(
+    state: &mut State,
+    proc: &Procfs,
+    creator: u32,
+    tid: u32,
+    tgid: u32,
+) -> bool {
+    if creator == tid {
+        return false;
+    }
+    let Some(parent) = state.attrs.get(&creator) else {
+        return false;
+    };
+    // The record must still be the creator's: alive with the recorded start, or already
+    // gone (its exit event, which drops the record, comes after this fork).
+    if proc
+        .stat(creator)
+        .is_ok_and(|s| s.starttime != parent.starttime)
+    {
+        return false;
+    }
+    let Ok(st) = proc.stat(tid) else {
+        return false;
+    };
+    if state
+        .attrs
+        .get(&tid)
+        .is_some_and(|r| r.starttime == st.starttime)
+    {
+        return false;
+    }
+    let record = AttrRecord {
+        pid: tgid,
+        starttime: st.starttime,
+        original: parent.original,
+        inherited_from: Some(parent.inherited_from.unwrap_or(creator)),
+    };
+    state.attrs.insert(tid, record);
+    true
+}
+
+/// The recorded task of process `tgid` that thread `tid` most likely inherited its
+/// attributes from. The fork event of a thread names the process's parent, not the
+/// creating thread, so: a live recorded thread of the same process (the main thread first)
+/// whose attributes cgqos changed and which has exactly `tid`'s attributes now. A thread
+/// whose attributes match no changed creator (born before the change, or set its own) has
+/// none, and keeps no record.
+fn likely_creator(state: &State, proc: &Procfs, tid: u32, tgid: u32) -> Option<u32> {
+    let now = TaskAttrs::of(&sched::getattr(tid).ok()?);
+    let matches = |id: u32, r: &AttrRecord| {
+        id != tid
+            && r.pid == tgid
+            && r.original != now
+            && proc.stat(id).is_ok_and(|s| s.starttime == r.starttime)
+            && sched::getattr(id).is_ok_and(|a| TaskAttrs::of(&a) == now)
+    };
+    if state.attrs.get(&tgid).is_some_and(|r| matches(tgid, r)) {
+        return Some(tgid);
+    }
+    state
+        .attrs
+        .iter()
+        .find(|(id, r)| r.pid == tgid && matches(**id, r))
+        .map(|(id, _)| *id)
+}
+
+/// A new thread `tid` of `tgid` (its fork event): inherits the original of its likely
+/// creator (`likely_creator`). Returns whether it recorded. Only processes whose main
+/// thread has a record are looked at: this runs on every thread creation of the system,
+/// and one map lookup keeps it cheap (classes from rules always cover the main thread).
+pub fn inherit_thread(state: &mut State, proc: &Procfs, tid: u32, tgid: u32) -> bool {
+    if !state.attrs.contains_key(&tgid) {
+        return false;
+    }
+    match likely_creator(state, proc, tid, tgid) {
+        Some(creator) => inherit_original(state, proc, creator, tid, tgid),
+        None => false,
+    }
+}
+
+/// For threads found without their fork event (a rescan after lost events): each thread of
+/// `pid` with no record of its own gets the original of its likely creator, as on a fork
+/// event. Returns how many were recorded.
+pub fn inherit_unrecorded(state: &mut State, proc: &Procfs, pid: u32) -> usize {
+    if !state.attrs.contains_key(&pid) {
+        return 0;
+    }
+    let Ok(threads) = proc.threads(ProcessId(pid)) else {
+        return 0;
+    };
+    let mut n = 0;
+    for ThreadId(tid) in threads {
+        let Ok(st) = proc.stat(tid) else { continue };
+        if state
+            .attrs
+            .get(&tid)
+            .is_some_and(|r| r.starttime == st.starttime)
+        {
+            continue;
+        }
+        n += usize::from(inherit_thread(state, proc, tid, pid));
+    }
+    n
 }
 
 /// Restores the scheduling attributes of every recorded thread that is still the same

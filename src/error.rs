@@ -122,7 +122,11 @@ impl From<TopologyError> for CliError {
 
 impl From<StateError> for CliError {
     fn from(e: StateError) -> Self {
-        CliError::new(Exit::Failure, e.to_string())
+        let exit = match e {
+            StateError::Unsafe { .. } | StateError::OtherRoot { .. } => Exit::BadInput,
+            _ => Exit::Failure,
+        };
+        CliError::new(exit, e.to_string())
     }
 }
 

@@ -415,6 +415,9 @@ pub struct TeardownReport {
     pub removed: Vec<String>,
     pub skipped_exited: usize,
     pub errors: Vec<String>,
+    /// sysfs files written back to their value before setup (`path = value`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysfs_restored: Vec<String>,
 }
 
 impl<'a> Placer<'a> {
@@ -477,8 +480,8 @@ impl<'a> Placer<'a> {
                 self.restore(group, pid, true, origin.as_deref(), files::PROCS, report);
             }
         }
-        // 3. Remove the groups, deepest first.
-        for g in groups.iter().rev() {
+        // 3. Remove the groups cgqos created, deepest first.
+        for g in groups.iter().rev().filter(|g| state.created_group(g)) {
             match self.cg.rmdir(g) {
                 Ok(()) => report.removed.push(g.clone()),
                 Err(e) => report.errors.push(e.to_string()),

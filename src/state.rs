@@ -7,9 +7,12 @@
 //! `flock` on a lock file serialises concurrent cgqos commands.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +54,26 @@ pub struct State {
     /// Why each task is where it is: the rule or request that last placed it.
     #[serde(default)]
     pub why: BTreeMap<u32, Why>,
+    /// sysfs files setup changed (absolute path), with the value they had before its first
+    /// write: teardown writes them back.
+    #[serde(default)]
+    pub sysfs: BTreeMap<PathBuf, String>,
+    /// Groups (relative to the root) setup or the daemon created; teardown removes only
+    /// these and the groups of VMs added (`vms`). `None` in files written before it was
+    /// kept: every group of the cgqos subtrees is then taken as cgqos's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<BTreeSet<String>>,
+}
+
+impl State {
+    /// Whether teardown may remove `group`: cgqos created it.
+    pub fn created_group(&self, group: &str) -> bool {
+        let vm = group
+            .strip_prefix("vms/")
+            .map(|r| r.split('/').next().unwrap_or(r))
+            .is_some_and(|name| self.vms.contains(name));
+        vm || self.created.as_ref().is_none_or(|c| c.contains(group))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +81,10 @@ pub struct AttrRecord {
     pub pid: u32,
     pub starttime: u64,
     pub original: crate::sched::TaskAttrs,
+    /// The creator whose original this is: the task was born after cgqos changed its
+    /// creator and inherited the changed attributes (see `classify::inherit_original`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherited_from: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,40 +120,213 @@ pub enum StateError {
         source: serde_json::Error,
     },
     #[error(
+        "{path}: state file version {found}, this cgqos understands version {VERSION}; left untouched (use the cgqos that wrote it, or move it away after undoing its changes)"
+    )]
+    Version { path: PathBuf, found: String },
+    #[error(
         "{0}: locked by another cgqos process (a running daemon holds it: talk to it, without --direct, or stop it)"
     )]
     Locked(PathBuf),
     #[error(
-        "{path}: state of cgqos root {other}, not {ours}; run teardown with --cgroup-root {other} first, or use another --state-dir"
+        "{path}: cgqos is set up at {other} (recorded in the state file), not at {ours}: run without --cgroup-root to use {other}, or tear it down first (or use another --state-dir)"
     )]
     OtherRoot {
         path: PathBuf,
         other: String,
         ours: String,
     },
+    /// A state directory others could plant files in.
+    #[error("state directory {path}: {why}; refusing to use it as root")]
+    Unsafe { path: PathBuf, why: String },
 }
 
-/// The state directory, locked for the lifetime of this value.
+/// Bytes read from a state file at most: a real one is a few hundred kilobytes.
+const MAX_STATE_BYTES: u64 = 64 << 20;
+
+/// The state directory, locked for the lifetime of this value. Every file in it is opened
+/// relative to the directory's descriptor, never following a symlink.
 pub struct StateDir {
     dir: PathBuf,
+    fd: OwnedFd,
     _lock: File,
 }
 
+fn cstr(name: &str) -> CString {
+    CString::new(name).expect("state file names have no NUL")
+}
+
+/// Opens `dir` and checks, on the opened descriptor (no race with a rename), that only root
+/// or this process's user can create files in it: owned by root or our euid, not writable
+/// by group or others. Anyone else could plant a symlink or a forged record there.
+fn open_checked(dir: &Path) -> Result<OwnedFd, StateError> {
+    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| StateError::Unsafe {
+        path: dir.to_path_buf(),
+        why: "the path contains a NUL byte".into(),
+    })?;
+    // SAFETY: `c` is a valid NUL-terminated path; the returned descriptor is owned below.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(StateError::Io {
+            path: dir.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `fd` was just returned by open and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let meta = fstat(&fd).map_err(|source| StateError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if meta.st_uid != 0 && meta.st_uid != euid {
+        return Err(StateError::Unsafe {
+            path: dir.to_path_buf(),
+            why: format!(
+                "owned by uid {}, expected root{}",
+                meta.st_uid,
+                if euid == 0 {
+                    String::new()
+                } else {
+                    format!(" or uid {euid}")
+                }
+            ),
+        });
+    }
+    if meta.st_mode & 0o022 != 0 {
+        return Err(StateError::Unsafe {
+            path: dir.to_path_buf(),
+            why: format!(
+                "mode {:04o} lets group or others create files in it (chmod go-w)",
+                meta.st_mode & 0o7777
+            ),
+        });
+    }
+    Ok(fd)
+}
+
+fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
+    // SAFETY: `st` is a zeroed stat we own; `fd` is a live descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`: a symlink planted as `name`
+/// fails with ELOOP instead of redirecting root's write.
+fn open_at(dir: &OwnedFd, name: &str, flags: i32, mode: u32) -> io::Result<File> {
+    let c = cstr(name);
+    // SAFETY: valid directory descriptor and NUL-terminated name; the result is owned below.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+fn unlink_at(dir: &OwnedFd, name: &str) -> io::Result<()> {
+    let c = cstr(name);
+    // SAFETY: valid directory descriptor and NUL-terminated name.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads the state file of an opened, checked directory: a regular file, size-capped, its
+/// version checked before anything else is interpreted. `None` when there is none.
+fn read_at(dir: &OwnedFd, path: &Path) -> Result<Option<State>, StateError> {
+    let io_err = |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = match open_at(dir, STATE_FILE, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(e)),
+    };
+    let meta = f.metadata().map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(io_err(io::Error::other("not a regular file")));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_STATE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(io_err)?;
+    let corrupt = |source| StateError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    };
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(corrupt)?;
+    match value.get("version") {
+        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(VERSION as u64) => {}
+        other => {
+            return Err(StateError::Version {
+                path: path.to_path_buf(),
+                found: other.map_or("(none)".into(), |v| v.to_string()),
+            });
+        }
+    }
+    serde_json::from_value(value).map(Some).map_err(corrupt)
+}
+
+/// The cgqos root recorded in the state file of `dir`, read without taking the lock (the
+/// file is replaced atomically). `None` when there is no directory, file or record.
+pub fn recorded_root(dir: &Path) -> Result<Option<PathBuf>, StateError> {
+    Ok(read_unlocked(dir)?.and_then(|s| s.root))
+}
+
+/// The state of `dir` without the lock (for `why`, and to find the recorded root); the
+/// directory is checked as for `lock`. `None` when the directory or the file is absent.
+pub fn read_unlocked(dir: &Path) -> Result<Option<State>, StateError> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let fd = open_checked(dir)?;
+    read_at(&fd, &dir.join(STATE_FILE))
+}
+
+/// Whether two spellings name the same directory (`/a/b/` and `/a/./b`, or a symlink).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+}
+
 impl StateDir {
-    /// Creates the directory if needed and takes the lock (blocking).
+    /// Creates the directory if needed (mode 0755), checks it is safe, and takes the lock
+    /// (blocking, a few seconds at most).
     pub fn lock(dir: &Path) -> Result<StateDir, StateError> {
-        let io_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StateError::Io { path, source }
-        };
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|source| StateError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        let fd = open_checked(dir)?;
         let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
+        let lock =
+            open_at(&fd, LOCK_FILE, libc::O_RDWR | libc::O_CREAT, 0o600).map_err(|source| {
+                StateError::Io {
+                    path: lock_path.clone(),
+                    source,
+                }
+            })?;
         // Another cgqos command finishes in milliseconds; a daemon holds the lock for its
         // whole life, so give up after a few seconds with a message that says so.
         let deadline = std::time::Instant::now() + LOCK_WAIT;
@@ -150,6 +350,7 @@ impl StateDir {
         }
         Ok(StateDir {
             dir: dir.to_path_buf(),
+            fd,
             _lock: lock,
         })
     }
@@ -158,21 +359,17 @@ impl StateDir {
         self.dir.join(STATE_FILE)
     }
 
-    /// Reads the state of `root`; an absent file is an empty state.
+    /// Reads the state of `root`; an absent file is an empty state. A state recorded for
+    /// another root is refused, never rewritten; so is a file of an unknown version.
     pub fn load(&self, root: &Path) -> Result<State, StateError> {
         let path = self.path();
-        let state = match fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice::<State>(&bytes).map_err(|source| StateError::Corrupt {
-                    path: path.clone(),
-                    source,
-                })?
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => State::default(),
-            Err(source) => return Err(StateError::Io { path, source }),
-        };
+        // A fresh state records the groups it creates from the start.
+        let state = read_at(&self.fd, &path)?.unwrap_or_else(|| State {
+            created: Some(BTreeSet::new()),
+            ..State::default()
+        });
         if let Some(other) = &state.root {
-            if other != root && !(state.tasks.is_empty() && state.vms.is_empty()) {
+            if !same_dir(other, root) {
                 return Err(StateError::OtherRoot {
                     path,
                     other: other.display().to_string(),
@@ -182,31 +379,54 @@ impl StateDir {
         }
         Ok(State {
             version: VERSION,
-            root: Some(root.to_path_buf()),
+            root: Some(state.root.clone().unwrap_or_else(|| root.to_path_buf())),
             ..state
         })
     }
 
-    /// Replaces the state file atomically.
+    /// Replaces the state file atomically: a new temporary file (O_EXCL: never an existing
+    /// file or a symlink), fsync, rename over the old one.
     pub fn save(&self, state: &State) -> Result<(), StateError> {
         let path = self.path();
-        let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
+        let tmp_name = format!(".{STATE_FILE}.tmp");
+        let tmp = self.dir.join(&tmp_name);
         let io_err = |p: &Path| {
             let p = p.to_path_buf();
             move |source| StateError::Io { path: p, source }
         };
         // Compact: the daemon rewrites it after every batch of changes.
         let bytes = serde_json::to_vec(state).expect("state serialises");
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+        let mut f = match open_at(&self.fd, &tmp_name, flags, 0o644) {
+            // A temporary file left by a crash (we hold the lock: nobody else writes it).
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                unlink_at(&self.fd, &tmp_name).map_err(io_err(&tmp))?;
+                open_at(&self.fd, &tmp_name, flags, 0o644)
+            }
+            r => r,
+        }
+        .map_err(io_err(&tmp))?;
         f.write_all(&bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        let (from, to) = (cstr(&tmp_name), cstr(STATE_FILE));
+        // SAFETY: valid directory descriptors and NUL-terminated names.
+        let rc = unsafe {
+            libc::renameat(
+                self.fd.as_raw_fd(),
+                from.as_ptr(),
+                self.fd.as_raw_fd(),
+                to.as_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(io_err(&path)(io::Error::last_os_error()));
+        }
         Ok(())
     }
 
     /// Removes the state file (after a complete teardown).
     pub fn clear(&self) -> Result<(), StateError> {
-        match fs::remove_file(self.path()) {
+        match unlink_at(&self.fd, STATE_FILE) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(StateError::Io {
@@ -293,5 +513,65 @@ mod tests {
             sd.load(Path::new("/two")),
             Err(StateError::OtherRoot { .. })
         ));
+    }
+    #[test]
+    fn a_planted_temporary_symlink_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = tempfile::NamedTempFile::new().unwrap();
+        fs::write(target.path(), "precious").unwrap();
+        std::os::unix::fs::symlink(target.path(), dir.path().join(".state.json.tmp")).unwrap();
+        let sd = StateDir::lock(dir.path()).unwrap();
+        let s = sd.load(Path::new("/cg")).unwrap();
+        sd.save(&s).unwrap();
+        assert_eq!(fs::read_to_string(target.path()).unwrap(), "precious");
+        let meta = fs::symlink_metadata(dir.path().join(STATE_FILE)).unwrap();
+        assert!(meta.file_type().is_file());
+    }
+
+    #[test]
+    fn a_lock_symlink_is_refused_and_its_target_never_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(&target, dir.path().join(LOCK_FILE)).unwrap();
+        assert!(StateDir::lock(dir.path()).is_err());
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn a_state_file_symlink_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::NamedTempFile::new().unwrap();
+        fs::write(
+            other.path(),
+            r#"{"version":1,"root":"/elsewhere","created_root":true,"tasks":{},"vms":[]}"#,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(other.path(), dir.path().join(STATE_FILE)).unwrap();
+        let sd = StateDir::lock(dir.path()).unwrap();
+        assert!(sd.load(Path::new("/cg")).is_err());
+    }
+
+    #[test]
+    fn an_unknown_version_is_an_error_and_the_file_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"{"version":2,"root":"/cg","created_root":false,"tasks":{},"vms":[]}"#;
+        fs::write(dir.path().join(STATE_FILE), text).unwrap();
+        let sd = StateDir::lock(dir.path()).unwrap();
+        let e = sd.load(Path::new("/cg")).unwrap_err();
+        assert!(matches!(e, StateError::Version { .. }), "{e}");
+        assert_eq!(
+            fs::read_to_string(dir.path().join(STATE_FILE)).unwrap(),
+            text
+        );
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let e = StateDir::lock(dir.path()).err().expect("refused");
+        assert!(e.to_string().contains("mode 0777"), "{e}");
+        assert!(!dir.path().join(LOCK_FILE).exists());
     }
 }

@@ -428,18 +428,21 @@ fn readme_root_block_runs_as_written_on_a_private_sub_root() {
     };
     let mut lines = sh_block("README.md", "As root, on a private sub-root");
     assert_eq!(lines.remove(0), "sudo -s", "the block starts a root shell");
-    let export = lines.remove(0);
-    assert!(export.starts_with("export CGQOS_CGROUP_ROOT="), "{export}");
-    // The README's sub-root is in the same cgroup2 mount as the test's.
-    let readme_root = run(Command::new("sh")
-        .arg("-c")
-        .arg(format!("{export}; echo \"$CGQOS_CGROUP_ROOT\"")));
+    // `setup --cgroup-root EXPR`: the README's sub-root is in the same cgroup2 mount as the
+    // test's; the script uses the test's own sub-root there, and every later command the
+    // root that setup recorded (no CGQOS_CGROUP_ROOT in the environment).
+    let setup = lines.remove(0);
+    let expr = setup
+        .strip_prefix("cgqos setup --cgroup-root ")
+        .unwrap_or_else(|| panic!("the block's first command sets up a sub-root: {setup}"));
+    let readme_root = run(Command::new("sh").arg("-c").arg(format!("echo {expr}")));
     assert_eq!(
         readme_root.stdout.trim(),
         root.parent().unwrap().join("cgqos-demo").to_str().unwrap(),
         "{}",
         readme_root.stderr
     );
+    lines.insert(0, format!("cgqos setup --cgroup-root '{}'", root.display()));
     // The test's own sub-root and state directory instead of the README's names; `cgqos`
     // on PATH is the binary under test. On any failure: teardown, and no sleep left behind.
     let bin_dir = tempfile::tempdir().unwrap();
@@ -461,7 +464,7 @@ fn readme_root_block_runs_as_written_on_a_private_sub_root() {
                 std::env::var("PATH").unwrap_or_default()
             ),
         )
-        .env("CGQOS_CGROUP_ROOT", &root)
+        .env_remove("CGQOS_CGROUP_ROOT")
         .env("CGQOS_STATE_DIR", state.path())
         .env("CGQOS_SOCKET", "/nonexistent/cgqos-test.sock");
     let r = run(&mut cmd);

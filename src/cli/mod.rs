@@ -98,8 +98,8 @@ pub struct Global {
     )]
     pub proc_root: PathBuf,
 
-    /// The cgqos root: the cgroup under which chrome/ and vms/ live [default: the cgroup2
-    /// mount found in /proc/self/mountinfo]
+    /// The cgqos root: the cgroup under which chrome/ and vms/ live [default: the root
+    /// recorded by setup in the state file, else the cgroup2 mount in /proc/self/mountinfo]
     #[arg(long, global = true, env = "CGQOS_CGROUP_ROOT", value_name = "DIR")]
     pub cgroup_root: Option<PathBuf>,
 
@@ -364,11 +364,16 @@ impl Ctx {
         self.procfs().mountinfo().unwrap_or_default()
     }
 
-    /// The cgqos root: `--cgroup-root`, or the cgroup2 mount (the one showing the
-    /// hierarchy's root, e.g. `/sys/fs/cgroup` or `/sys/fs/cgroup/unified` on hybrid hosts).
+    /// The cgqos root: `--cgroup-root`; else the root recorded in the state file (where
+    /// `setup` put the hierarchy); else the cgroup2 mount (the one showing the hierarchy's
+    /// root, e.g. `/sys/fs/cgroup` or `/sys/fs/cgroup/unified` on hybrid hosts). A root
+    /// given that differs from the recorded one is refused when the state is loaded.
     pub fn cgroup_root(&self) -> CliResult<PathBuf> {
         if let Some(r) = &self.g.cgroup_root {
             return Ok(r.clone());
+        }
+        if let Some(r) = crate::state::recorded_root(&self.g.state_dir)? {
+            return Ok(r);
         }
         let mounts = crate::cgroupfs::cgroup2_mounts(&self.mountinfo());
         mounts

@@ -144,6 +144,16 @@ pub fn run(ctx: &Ctx, args: MoveArgs) -> CliResult<()> {
 fn run_direct(ctx: &Ctx, dest: &Dest, targets: &[TaskRef]) -> CliResult<Vec<Moved>> {
     let mut s = ctx.session()?;
     let results = ops::move_tasks(&mut s, dest, targets);
+    if let Dest::Group(_) | Dest::Class(_) = dest {
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        let process = matches!(dest, Dest::Group(_));
+        let by = format!(
+            "cgqos move{} (uid {uid})",
+            if process { "" } else { " --thread" }
+        );
+        crate::classify::record_moves(&mut s.state, &s.proc, &results, &by, process);
+    }
     s.save()?;
     Ok(results)
 }

@@ -77,7 +77,10 @@ pub fn run(ctx: &Ctx, args: SetupArgs) -> CliResult<()> {
             ));
         }
     }
+    let before = crate::apply::sysfs_before(&plan.steps, &ctx.g.sysfs_root);
     let report = apply(&plan.steps, &cg, &ctx.g.sysfs_root, false)?;
+    crate::apply::remember_sysfs(&report, &ctx.g.sysfs_root, &before, &mut state);
+    crate::apply::remember_created(&report, &mut state);
     for s in &report.steps {
         match &s.outcome {
             Outcome::Changed => tracing::info!("{}", s.step),

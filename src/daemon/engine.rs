@@ -189,12 +189,15 @@ impl Engine {
             })?;
             self.session.state.created_root = true;
         }
+        let before = crate::apply::sysfs_before(&self.loaded.plan.steps, &self.paths.sysfs);
         let report = apply(
             &self.loaded.plan.steps,
             &self.session.cg,
             &self.paths.sysfs,
             false,
         )?;
+        crate::apply::remember_sysfs(&report, &self.paths.sysfs, &before, &mut self.session.state);
+        crate::apply::remember_created(&report, &mut self.session.state);
         let mut unsupported = 0;
         for s in &report.steps {
             match &s.outcome {
@@ -315,20 +318,31 @@ impl Engine {
     }
 
     /// Applies the rules to everything that runs (at start, after a reload, after lost events).
+    /// Records of tasks that exited meanwhile (their exit events may be among the lost ones)
+    /// are dropped first; threads born without a fork event get their original attributes
+    /// from their likely creator's record (`classify::inherit_unrecorded`).
     pub fn rescan(&mut self) {
-        if self.loaded.rules.rules.is_empty() {
-            return;
-        }
+        self.forget_exited();
         let pids: Vec<u32> = std::fs::read_dir(self.session.proc.root())
             .into_iter()
             .flatten()
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect();
+        let mut inherited = 0;
         let mut classified = 0;
         for pid in pids {
-            classified += self.classify(pid, None);
+            inherited += crate::classify::inherit_unrecorded(
+                &mut self.session.state,
+                &self.session.proc,
+                pid,
+            );
+            if !self.loaded.rules.rules.is_empty() {
+                classified += self.classify(pid, None);
+            }
         }
-        tracing::info!("rescan: {classified} thread(s) classified by rules");
+        tracing::info!(
+            "rescan: {classified} thread(s) classified by rules, {inherited} inherited original attributes"
+        );
         self.save_quietly();
     }
 
@@ -337,6 +351,18 @@ impl Engine {
         use super::events::Event;
         let mut touched = 0;
         for ev in events {
+            // Whatever the rules: a task born from one cgqos changed inherited the change.
+            // A process's fork event names its creating thread; a thread's names the
+            // process's parent, so its creator is inferred within its process.
+            if let Event::Fork { pid, tgid, parent } = *ev {
+                let s = &mut self.session;
+                let inherited = if pid == tgid {
+                    crate::classify::inherit_original(&mut s.state, &s.proc, parent, pid, tgid)
+                } else {
+                    crate::classify::inherit_thread(&mut s.state, &s.proc, pid, tgid)
+                };
+                touched += usize::from(inherited);
+            }
             match *ev {
                 Event::Exit { pid, .. } => {
                     // The task is gone: whatever was recorded for its id is stale.
@@ -349,12 +375,12 @@ impl Engine {
                 _ if self.loaded.rules.rules.is_empty() => {}
                 // A new process, an exec, or a rename of a main thread: the whole process
                 // (its match may have changed).
-                Event::Fork { pid, tgid } | Event::Comm { pid, tgid } if pid == tgid => {
+                Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } if pid == tgid => {
                     touched += self.classify(tgid, None)
                 }
                 Event::Exec { tgid, .. } => touched += self.classify(tgid, None),
                 // A new or renamed thread.
-                Event::Fork { pid, tgid } | Event::Comm { pid, tgid } => {
+                Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } => {
                     touched += self.classify(tgid, Some(pid))
                 }
             }
@@ -486,6 +512,13 @@ impl Engine {
                     )?;
                 }
                 let moved = self.move_checked(caller, &Dest::Group(target), targets, |_| Ok(()));
+                let by = format!(
+                    "request from uid {} (pid {})",
+                    caller.uid,
+                    caller.pid.unwrap_or(0)
+                );
+                let s = &mut self.session;
+                crate::classify::record_moves(&mut s.state, &s.proc, &moved, &by, true);
                 self.finish_moves(moved, watch)
             }
             Request::MoveThreads { class, targets } => {
@@ -562,6 +595,16 @@ impl Engine {
                     Ok(())
                 };
                 let moved = self.move_checked(caller, &dest, targets, check);
+                if let Dest::Class(_) = dest {
+                    // Thread classes record their own why; VM classes are recorded here.
+                    let by = format!(
+                        "request from uid {} (pid {})",
+                        caller.uid,
+                        caller.pid.unwrap_or(0)
+                    );
+                    let s = &mut self.session;
+                    crate::classify::record_moves(&mut s.state, &s.proc, &moved, &by, false);
+                }
                 self.finish_moves(moved, watch)
             }
             Request::VmAdd { name } => {

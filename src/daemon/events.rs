@@ -28,10 +28,13 @@ const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 /// One process event, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// A new task: a process when `pid == tgid`, else a thread of `tgid`.
+    /// A new task: a process when `pid == tgid`, else a thread of `tgid`. `parent` is the
+    /// kernel's `real_parent`: for a process, the thread that forked it (whose attributes it
+    /// starts with); for a thread, the parent of its process (not its creator).
     Fork {
         pid: u32,
         tgid: u32,
+        parent: u32,
     },
     Exec {
         pid: u32,
@@ -69,9 +72,11 @@ pub fn parse(mut buf: &[u8]) -> Vec<Event> {
             let what = u32_at(ev, 0);
             let field = |i: usize| u32_at(ev, 16 + 4 * i);
             let e = match what {
-                Some(PROC_EVENT_FORK) => field(2)
+                // fork_proc_event: parent_pid, parent_tgid, child_pid, child_tgid.
+                Some(PROC_EVENT_FORK) => field(0)
+                    .zip(field(2))
                     .zip(field(3))
-                    .map(|(pid, tgid)| Event::Fork { pid, tgid }),
+                    .map(|((parent, pid), tgid)| Event::Fork { pid, tgid, parent }),
                 Some(PROC_EVENT_EXEC) => field(0)
                     .zip(field(1))
                     .map(|(pid, tgid)| Event::Exec { pid, tgid }),
@@ -244,7 +249,11 @@ mod tests {
         assert_eq!(
             parse(&d),
             vec![
-                Event::Fork { pid: 11, tgid: 11 },
+                Event::Fork {
+                    pid: 11,
+                    tgid: 11,
+                    parent: 10
+                },
                 Event::Exec { pid: 11, tgid: 11 },
                 Event::Comm { pid: 12, tgid: 11 },
                 Event::Exit { pid: 11, tgid: 11 },
