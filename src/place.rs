@@ -142,7 +142,8 @@ enum Opened {
     Fd(Pidfd),
     /// ENOSYS: the kernel has no pidfd_open; check start times only.
     Unsupported,
-    /// EINVAL: not a process (for a process pidfd), or no `PIDFD_THREAD` (for a thread's).
+    /// EINVAL or ENOENT: not a process (for a process pidfd), or no `PIDFD_THREAD` (for a
+    /// thread's).
     Invalid,
 }
 
@@ -152,7 +153,8 @@ fn opened(id: u32, r: std::io::Result<Pidfd>) -> Result<Opened, PlaceError> {
         Err(e) => match e.raw_os_error() {
             Some(libc::ESRCH) => Err(PlaceError::Gone(id)),
             Some(libc::ENOSYS) => Ok(Opened::Unsupported),
-            Some(libc::EINVAL) => Ok(Opened::Invalid),
+            // Newer kernels say ENOENT where older ones said EINVAL.
+            Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(Opened::Invalid),
             _ => Err(PlaceError::Proc(ProcError::Io {
                 path: format!("pidfd_open({id})").into(),
                 source: e,
@@ -425,8 +427,9 @@ impl<'a> Placer<'a> {
             return Err(PlaceError::Gone(pid.0));
         }
         test_pause(pid.0);
-        self.attach(&self.cg.path(&format!("{group}/{}", files::PROCS)), pid.0)
-            .map_err(gone_or_kernel(pid.0))?;
+        if let Err(e) = self.attach(&self.cg.path(&format!("{group}/{}", files::PROCS)), pid.0) {
+            return Err(self.refused(held, e));
+        }
         if !held.still_there(self.proc) {
             // It exited around the write: what moved may be a stranger with its id.
             self.put_back_stranger(held, &group, true);
@@ -499,6 +502,16 @@ impl<'a> Placer<'a> {
             after.push(place);
         }
         Ok(after)
+    }
+
+    /// What a refused write means: if the held task is gone, the kernel refused someone
+    /// else (a stranger with its id), so the answer is that it exited.
+    fn refused(&self, held: &Held, e: FsError) -> PlaceError {
+        if held.still_there(self.proc) {
+            gone_or_kernel(held.id)(e)
+        } else {
+            PlaceError::Gone(held.id)
+        }
     }
 
     /// After a write of `held`'s id to `dest` whose task turned out to have exited: if the
@@ -621,8 +634,9 @@ impl<'a> Placer<'a> {
             return Err(PlaceError::Gone(tid.0));
         }
         test_pause(tid.0);
-        self.attach(&self.cg.path(&format!("{dest}/{}", files::THREADS)), tid.0)
-            .map_err(gone_or_kernel(tid.0))?;
+        if let Err(e) = self.attach(&self.cg.path(&format!("{dest}/{}", files::THREADS)), tid.0) {
+            return Err(self.refused(held, e));
+        }
         if !held.still_there(self.proc) {
             self.put_back_stranger(held, &dest, false);
             return Err(PlaceError::Gone(tid.0));

@@ -214,8 +214,8 @@ impl Pidfd {
         })
     }
 
-    /// The process `pid` (a thread-group leader). ESRCH: no such process; EINVAL: `pid` is
-    /// a thread, not a process; ENOSYS: a kernel before 5.3.
+    /// The process `pid` (a thread-group leader). ESRCH: no such process; EINVAL (ENOENT
+    /// on newer kernels): `pid` is a thread, not a process; ENOSYS: a kernel before 5.3.
     pub fn process(pid: u32) -> io::Result<Pidfd> {
         Pidfd::open(pid, 0)
     }
