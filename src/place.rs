@@ -496,6 +496,13 @@ impl<'a> Placer<'a> {
                 match self.attach(&file, tid.0) {
                     Ok(()) => place.cgroup = format!("{group_cgroup}/{class}"),
                     Err(e) if e.refusal() == Refusal::Gone => continue,
+                    // Refused, but no longer a thread of this process: it exited, and the
+                    // kernel refused whoever has its id now.
+                    Err(_)
+                        if matches!(self.proc.task_stat(pid.0, tid.0), Err(ProcError::Gone(_))) =>
+                    {
+                        continue;
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }

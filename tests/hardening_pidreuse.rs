@@ -39,7 +39,7 @@ fn is_root() -> bool {
 
 /// Runs the ignored test `helper` as pid 1 of a new pid and mount namespace; `None` (with
 /// the reason printed) when that is impossible here.
-fn in_pid_namespace(helper: &str) -> Option<Run> {
+fn in_pid_namespace(helper: &str, tag: &str) -> Option<Run> {
     if !is_root() {
         eprintln!("skipped: not root (forcing a pid reuse needs root)");
         return None;
@@ -67,7 +67,8 @@ fn in_pid_namespace(helper: &str) -> Option<Run> {
             "--test-threads=1",
         ])
         .env(HELPER_ENV, "1")
-        .env(TAG_ENV, std::process::id().to_string()));
+        // Unique per test: each helper is pid 1 of its namespace.
+        .env(TAG_ENV, format!("{tag}{}", std::process::id())));
     eprintln!("{}", r.stdout);
     eprintln!("{}", r.stderr);
     assert_eq!(r.code, 0, "the helper failed");
@@ -81,12 +82,12 @@ fn in_pid_namespace(helper: &str) -> Option<Run> {
 
 #[test]
 fn a_process_id_reused_between_check_and_write_is_put_back() {
-    in_pid_namespace("helper_process_reuse");
+    in_pid_namespace("helper_process_reuse", "p");
 }
 
 #[test]
 fn a_thread_id_reused_between_check_and_write_is_put_back() {
-    in_pid_namespace("helper_thread_reuse");
+    in_pid_namespace("helper_thread_reuse", "t");
 }
 
 /// The daemon's reply to `line`, on a thread: the daemon pauses in the middle.
