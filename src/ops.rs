@@ -12,9 +12,9 @@ use crate::cgroupfs::{CgroupFs, files};
 use crate::daemon::protocol::{Code, RestrictState, TaskRef};
 use crate::error::{CliError, CliResult, Exit};
 use crate::layout::{self, Target, validate_vm_name};
-use crate::place::{CgroupMap, PlaceError, Placer, TeardownReport, ThreadPlace};
+use crate::place::{CgroupMap, Held, PlaceError, Placer, TeardownReport, ThreadPlace};
 use crate::plan::{Op, Plan, Tree, join, vm_steps};
-use crate::procfs::{ProcessId, Procfs, ThreadId};
+use crate::procfs::Procfs;
 use crate::rules::{ClassDef, Classes};
 use crate::state::{Restriction, State, StateDir};
 
@@ -121,31 +121,66 @@ pub fn exit_of(code: Code) -> Exit {
     }
 }
 
+/// A target as asked for, or already held (the daemon checks the owner under the pidfd).
+pub enum Task {
+    Ref(TaskRef),
+    Held(Held),
+}
+
+impl Task {
+    pub fn id(&self) -> u32 {
+        match self {
+            Task::Ref(t) => t.id,
+            Task::Held(h) => h.id,
+        }
+    }
+}
+
+/// Holds a target for a move to `dest`: a process for a group, a thread for a class.
+pub fn hold(proc: &Procfs, dest: &Dest, t: &TaskRef) -> Result<Held, PlaceError> {
+    match dest {
+        Dest::Group(_) => Held::process(proc, t.id, t.starttime),
+        Dest::Class(_) | Dest::ThreadClass { .. } => Held::thread(proc, t.id, t.starttime),
+    }
+}
+
 /// Moves each target; a failure for one id does not stop the others.
 pub fn move_tasks(s: &mut Session, dest: &Dest, targets: &[TaskRef]) -> Vec<Moved> {
+    let tasks: Vec<Task> = targets.iter().map(|t| Task::Ref(*t)).collect();
+    move_held(s, dest, tasks)
+}
+
+/// Moves each target, holding by a pidfd those not held yet, each from its identity check
+/// through its write.
+pub fn move_held(s: &mut Session, dest: &Dest, targets: Vec<Task>) -> Vec<Moved> {
+    let mut out = Vec::with_capacity(targets.len());
     if let Dest::ThreadClass { class, uclamp, by } = dest {
-        return targets
-            .iter()
-            .map(|t| {
-                outcome(
-                    t.id,
-                    move_to_class(s, t, class, *uclamp, by).map(|p| vec![p]),
-                )
-            })
-            .collect();
+        for t in targets {
+            let id = t.id();
+            let held = match t {
+                Task::Held(h) => Ok(h),
+                Task::Ref(r) => hold(&s.proc, dest, &r),
+            };
+            let r = held.and_then(|h| move_to_class(s, &h, class, *uclamp, by).map(|p| vec![p]));
+            out.push(outcome(id, r));
+        }
+        return out;
     }
     let mut state = std::mem::take(&mut s.state);
+    // One placer for all targets: each cgroup file is opened once per request.
     let mut placer = s.placer();
-    let mut out = Vec::with_capacity(targets.len());
     for t in targets {
-        let r = match dest {
-            Dest::Group(g) => placer.move_process(ProcessId(t.id), g, t.starttime, &mut state),
-            Dest::Class(c) => placer
-                .move_thread(ThreadId(t.id), *c, t.starttime, &mut state)
-                .map(|p| vec![p]),
-            Dest::ThreadClass { .. } => unreachable!("handled above"),
+        let id = t.id();
+        let held = match t {
+            Task::Held(h) => Ok(h),
+            Task::Ref(r) => hold(&s.proc, dest, &r),
         };
-        out.push(outcome(t.id, r));
+        let r = held.and_then(|h| match dest {
+            Dest::Group(g) => placer.move_held_process(&h, g, &mut state),
+            Dest::Class(c) => placer.move_held_thread(&h, *c, &mut state).map(|p| vec![p]),
+            Dest::ThreadClass { .. } => unreachable!("handled above"),
+        });
+        out.push(outcome(id, r));
     }
     s.state = state;
     out
@@ -177,22 +212,22 @@ fn outcome(id: u32, r: Result<Vec<ThreadPlace>, PlaceError>) -> Moved {
 /// then the class's task attributes.
 fn move_to_class(
     s: &mut Session,
-    t: &TaskRef,
+    h: &Held,
     class: &ClassDef,
     uclamp: bool,
     by: &str,
 ) -> Result<ThreadPlace, PlaceError> {
     let mut state = std::mem::take(&mut s.state);
-    let placed = s.placer().move_thread(
-        ThreadId(t.id),
-        class.cgroup_class.layout_class(),
-        t.starttime,
-        &mut state,
-    );
+    let placed = s
+        .placer()
+        .move_held_thread(h, class.cgroup_class.layout_class(), &mut state);
     s.state = state;
     let mut place = placed?;
-    let pid = s.proc.tgid(t.id)?;
-    crate::classify::apply_class(s, pid, t.id, class, by, uclamp)?;
+    // The attributes go to the held thread only (cheap: a poll of its pidfd).
+    if !h.still_there(&s.proc) {
+        return Err(PlaceError::Gone(h.id));
+    }
+    crate::classify::apply_class(s, h.tgid, h.id, class, by, uclamp)?;
     place.class = Some(class.name.clone());
     Ok(place)
 }

@@ -3,6 +3,11 @@
 //! A process move is one `cgroup.procs` write (the kernel moves every thread at once, new
 //! ones included) followed by one `cgroup.threads` write per thread that had a class, so
 //! each thread keeps its class: O(threads) syscalls, each target file opened once.
+//!
+//! Every target is held by a pidfd from its identity check through the write (`Held`): the
+//! write hit the checked task if the pidfd shows it alive afterwards. If it exited, the id
+//! may have named a stranger by the time of the write: the stranger goes back where it was
+//! born and the move reports `Gone`, leaving nothing moved and unrecorded.
 
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
@@ -12,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroupfs::{Attacher, CgroupFs, FsError, Mount, Refusal, files};
 use crate::layout::{self, Placement, Target};
-use crate::procfs::{ProcError, ProcessId, Procfs, Stat, ThreadId};
+use crate::procfs::{Pidfd, ProcError, ProcessId, Procfs, Stat, ThreadId};
 use crate::state::{Record, State};
 
 /// Maps the cgroup paths `/proc` reports (`0::/chrome/ui`) to directories and back.
@@ -113,6 +118,195 @@ impl From<ProcError> for PlaceError {
     }
 }
 
+/// A target held from its identity check to the write that moves it.
+///
+/// The pidfd is opened first, `/proc/<id>` read after: while the task the pidfd names is
+/// alive its id names nothing else, so a read followed by a check that it is still alive
+/// read that task, however fast ids are reused (start times tick only every 10 ms).
+#[derive(Debug)]
+pub struct Held {
+    pub id: u32,
+    /// Its process (`id` itself for a process).
+    pub tgid: u32,
+    /// Read while held.
+    pub stat: Stat,
+    /// `None` on kernels without pidfd_open (before 5.3): start times only.
+    fd: Option<Pidfd>,
+    /// A thread target held through its process's pidfd (kernels before 6.9 have no
+    /// `PIDFD_THREAD`): its start time is re-read from `/proc/<tgid>/task/<tid>/stat`.
+    via_process: bool,
+}
+
+/// What a failed pidfd_open means for a target.
+enum Opened {
+    Fd(Pidfd),
+    /// ENOSYS: the kernel has no pidfd_open; check start times only.
+    Unsupported,
+    /// EINVAL or ENOENT: not a process (for a process pidfd), or no `PIDFD_THREAD` (for a
+    /// thread's).
+    Invalid,
+}
+
+fn opened(id: u32, r: std::io::Result<Pidfd>) -> Result<Opened, PlaceError> {
+    match r {
+        Ok(fd) => Ok(Opened::Fd(fd)),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::ESRCH) => Err(PlaceError::Gone(id)),
+            Some(libc::ENOSYS) => Ok(Opened::Unsupported),
+            // Newer kernels say ENOENT where older ones said EINVAL.
+            Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(Opened::Invalid),
+            _ => Err(PlaceError::Proc(ProcError::Io {
+                path: format!("pidfd_open({id})").into(),
+                source: e,
+            })),
+        },
+    }
+}
+
+impl Held {
+    /// Holds the process `pid`, then checks it: not a kernel thread, a process (not one of
+    /// its threads), and started at `expected` when given.
+    pub fn process(proc: &Procfs, pid: u32, expected: Option<u64>) -> Result<Held, PlaceError> {
+        let fd = match opened(pid, Pidfd::process(pid))? {
+            Opened::Fd(fd) => Some(fd),
+            Opened::Unsupported => None,
+            Opened::Invalid => {
+                let tgid = proc.tgid(pid)?;
+                return Err(if tgid != pid {
+                    PlaceError::NotAProcess { tid: pid, tgid }
+                } else {
+                    // A process an instant ago, not any more: it exited.
+                    PlaceError::Gone(pid)
+                });
+            }
+        };
+        let stat = proc.stat(pid)?;
+        let held = Held {
+            id: pid,
+            tgid: pid,
+            stat,
+            fd,
+            via_process: false,
+        };
+        // Without a pidfd a thread id passes for a process: tell the user which process.
+        if held.fd.is_none() {
+            let tgid = proc.tgid(pid)?;
+            if tgid != pid {
+                return Err(PlaceError::NotAProcess { tid: pid, tgid });
+            }
+        }
+        held.checked(proc, expected)
+    }
+
+    /// Holds the thread `tid`: by its own pidfd (Linux 6.9+), else by its process's pidfd
+    /// and its start time in `/proc/<tgid>/task/<tid>/stat`.
+    pub fn thread(proc: &Procfs, tid: u32, expected: Option<u64>) -> Result<Held, PlaceError> {
+        Held::thread_with(proc, tid, expected, true)
+    }
+
+    /// `thread`, choosing whether to try `PIDFD_THREAD` (tests exercise the older kernels'
+    /// path with `false`).
+    pub fn thread_with(
+        proc: &Procfs,
+        tid: u32,
+        expected: Option<u64>,
+        thread_pidfd: bool,
+    ) -> Result<Held, PlaceError> {
+        let own = if thread_pidfd {
+            opened(tid, Pidfd::thread(tid))?
+        } else {
+            Opened::Invalid
+        };
+        let held = match own {
+            Opened::Fd(fd) => Held {
+                id: tid,
+                stat: proc.stat(tid)?,
+                tgid: proc.tgid(tid)?,
+                fd: Some(fd),
+                via_process: false,
+            },
+            Opened::Unsupported => Held {
+                id: tid,
+                stat: proc.stat(tid)?,
+                tgid: proc.tgid(tid)?,
+                fd: None,
+                via_process: false,
+            },
+            Opened::Invalid => {
+                // The process is held, and the thread found in its task list after that.
+                let tgid = proc.tgid(tid)?;
+                let fd = match opened(tgid, Pidfd::process(tgid))? {
+                    Opened::Fd(fd) => fd,
+                    // Its process exited (or the thread moved groups by exec): gone.
+                    Opened::Invalid | Opened::Unsupported => return Err(PlaceError::Gone(tid)),
+                };
+                Held {
+                    id: tid,
+                    tgid,
+                    stat: proc.task_stat(tgid, tid)?,
+                    fd: Some(fd),
+                    via_process: true,
+                }
+            }
+        };
+        held.checked(proc, expected)
+    }
+
+    fn checked(self, proc: &Procfs, expected: Option<u64>) -> Result<Held, PlaceError> {
+        if self.stat.is_kernel_thread() {
+            return Err(PlaceError::KernelThread {
+                id: self.id,
+                comm: self.stat.comm.clone(),
+            });
+        }
+        if let Some(expected) = expected {
+            if self.stat.starttime != expected {
+                return Err(PlaceError::Reused {
+                    id: self.id,
+                    expected,
+                    found: self.stat.starttime,
+                });
+            }
+        }
+        if !self.still_there(proc) {
+            return Err(PlaceError::Gone(self.id));
+        }
+        Ok(self)
+    }
+
+    /// Whether the id still names the held task: everything read since it was held was
+    /// about that task. A poll of the pidfd, plus one `/proc` read for a thread held
+    /// through its process.
+    pub fn still_there(&self, proc: &Procfs) -> bool {
+        match &self.fd {
+            Some(fd) if fd.exited() => false,
+            Some(_) if self.via_process => proc
+                .task_stat(self.tgid, self.id)
+                .is_ok_and(|s| s.starttime == self.stat.starttime),
+            Some(_) => true,
+            None => proc
+                .stat(self.id)
+                .is_ok_and(|s| s.starttime == self.stat.starttime),
+        }
+    }
+}
+
+/// Test hook, debug builds only: `CGQOS_TEST_PAUSE_BEFORE_WRITE_MS` pauses between a
+/// target's last identity check and the write that moves it, so a test can force the id's
+/// reuse exactly there.
+fn test_pause(id: u32) {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("CGQOS_TEST_PAUSE_BEFORE_WRITE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tracing::warn!("test hook: pausing {ms} ms before writing {id}");
+        sleep(Duration::from_millis(ms));
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = id;
+}
+
 /// One thread after a move.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ThreadPlace {
@@ -164,31 +358,6 @@ impl<'a> Placer<'a> {
         result
     }
 
-    fn identify(&self, id: u32, expected: Option<u64>) -> Result<Stat, PlaceError> {
-        let stat = self.proc.stat(id)?;
-        if stat.is_kernel_thread() {
-            return Err(PlaceError::KernelThread {
-                id,
-                comm: stat.comm,
-            });
-        }
-        if let Some(expected) = expected {
-            if stat.starttime != expected {
-                return Err(PlaceError::Reused {
-                    id,
-                    expected,
-                    found: stat.starttime,
-                });
-            }
-        }
-        Ok(stat)
-    }
-
-    /// After a write: the id must still name the task we checked before it.
-    fn recheck(&self, id: u32, starttime: u64) -> Result<(), PlaceError> {
-        self.identify(id, Some(starttime)).map(|_| ())
-    }
-
     /// Where every thread of a process is.
     pub fn locate(&self, pid: ProcessId) -> Result<Vec<ThreadPlace>, PlaceError> {
         let mut out = Vec::new();
@@ -222,11 +391,18 @@ impl<'a> Placer<'a> {
         expected_starttime: Option<u64>,
         state: &mut State,
     ) -> Result<Vec<ThreadPlace>, PlaceError> {
-        let stat = self.identify(pid.0, expected_starttime)?;
-        let tgid = self.proc.tgid(pid.0)?;
-        if tgid != pid.0 {
-            return Err(PlaceError::NotAProcess { tid: pid.0, tgid });
-        }
+        let held = Held::process(self.proc, pid.0, expected_starttime)?;
+        self.move_held_process(&held, target, state)
+    }
+
+    /// Moves a held process into `target`, each thread keeping its class.
+    pub fn move_held_process(
+        &mut self,
+        held: &Held,
+        target: &Target,
+        state: &mut State,
+    ) -> Result<Vec<ThreadPlace>, PlaceError> {
+        let pid = ProcessId(held.id);
         let group = target.path();
         if !self.cg.exists(&group) {
             return Err(PlaceError::NotSetUp(group));
@@ -246,11 +422,26 @@ impl<'a> Placer<'a> {
             .find(|(t, _)| t.0 == pid.0)
             .map(|(_, c)| c.clone())
             .ok_or(PlaceError::Gone(pid.0))?;
+        // The last check before the write: the reads above were of the held process.
+        if !held.still_there(self.proc) {
+            return Err(PlaceError::Gone(pid.0));
+        }
+        test_pause(pid.0);
+        if let Err(e) = self.attach(&self.cg.path(&format!("{group}/{}", files::PROCS)), pid.0) {
+            return Err(self.refused(held, e));
+        }
+        if !held.still_there(self.proc) {
+            // It exited around the write: what moved may be a stranger with its id.
+            self.put_back_stranger(held, &group, true);
+            return Err(PlaceError::Gone(pid.0));
+        }
+        // Recorded once the write is known to have hit the held process (in memory; the
+        // caller saves before it reports success).
         state.remember(
             pid.0,
             Record {
                 pid: pid.0,
-                starttime: stat.starttime,
+                starttime: held.stat.starttime,
                 original: self.map.dir_of(&main_cgroup),
                 process: true,
             },
@@ -273,9 +464,6 @@ impl<'a> Placer<'a> {
                 );
             }
         }
-
-        self.attach(&self.cg.path(&format!("{group}/{}", files::PROCS)), pid.0)
-            .map_err(gone_or_kernel(pid.0))?;
         let classes = target.classes();
         let group_cgroup = self.cgroup_path(&group);
         // As `where` reports it: a VM part (`vms/x/vcpu`) is the VM's group and that class.
@@ -308,13 +496,85 @@ impl<'a> Placer<'a> {
                 match self.attach(&file, tid.0) {
                     Ok(()) => place.cgroup = format!("{group_cgroup}/{class}"),
                     Err(e) if e.refusal() == Refusal::Gone => continue,
+                    // Refused, but no longer a thread of this process: it exited, and the
+                    // kernel refused whoever has its id now.
+                    Err(_)
+                        if matches!(self.proc.task_stat(pid.0, tid.0), Err(ProcError::Gone(_))) =>
+                    {
+                        continue;
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
             after.push(place);
         }
-        self.recheck(pid.0, stat.starttime)?;
         Ok(after)
+    }
+
+    /// What a refused write means: if the held task is gone, the kernel refused someone
+    /// else (a stranger with its id), so the answer is that it exited.
+    fn refused(&self, held: &Held, e: FsError) -> PlaceError {
+        if held.still_there(self.proc) {
+            gone_or_kernel(held.id)(e)
+        } else {
+            PlaceError::Gone(held.id)
+        }
+    }
+
+    /// After a write of `held`'s id to `dest` whose task turned out to have exited: if the
+    /// id now names another live task sitting in `dest`, the write may have moved it. It
+    /// appeared after our last check, an instant before the write, so it was where it was
+    /// born (fork and clone place a task in its creator's group): a new process in its
+    /// parent's group, a new thread in its process leader's. Put it back there; nothing is
+    /// recorded for it. Best effort: every outcome is logged, the move reports `Gone`.
+    fn put_back_stranger(&mut self, held: &Held, dest: &str, process: bool) {
+        let id = held.id;
+        let Ok(st) = self.proc.stat(id) else {
+            return; // Nobody has the id: nothing alive was moved.
+        };
+        if matches!(st.state, 'Z' | 'X') {
+            return; // The held task's remains (or a stranger's): nothing to run elsewhere.
+        }
+        let Ok(tgid) = self.proc.tgid(id) else { return };
+        let dest_cgroup = self.cgroup_path(dest);
+        match self.proc.cgroup(ProcessId(tgid), ThreadId(id)) {
+            Ok(now) if now == dest_cgroup => {}
+            // Not where we wrote: our write did not put it there.
+            _ => return,
+        }
+        // A process write of a thread's id moves that thread's whole process.
+        let (moved, file) = if process {
+            (tgid, files::PROCS)
+        } else {
+            (id, files::THREADS)
+        };
+        let born_in = if moved == tgid {
+            self.proc
+                .stat(tgid)
+                .ok()
+                .and_then(|s| self.proc.cgroup(ProcessId(s.ppid), ThreadId(s.ppid)).ok())
+        } else {
+            self.proc.cgroup(ProcessId(tgid), ThreadId(tgid)).ok()
+        };
+        let dir = match born_in {
+            Some(c) if c == dest_cgroup => return, // Born there: it never moved.
+            Some(c) => self.map.dir_of(&c),
+            // Its parent is gone too: where teardown sends tasks of unknown origin.
+            None => self.map.fallback(),
+        };
+        match self.attach(&dir.join(file), moved) {
+            Ok(()) => tracing::warn!(
+                id,
+                "id {id} was reused during a move: put task {moved} (started at {}) back in {}",
+                st.starttime,
+                dir.display()
+            ),
+            Err(e) if e.refusal() == Refusal::Gone => {}
+            Err(e) => tracing::warn!(
+                id,
+                "id {id} was reused during a move; task {moved} could not be put back: {e}"
+            ),
+        }
     }
 
     /// The path `/proc/<pid>/cgroup` shows for a group relative to the cgqos root.
@@ -333,8 +593,19 @@ impl<'a> Placer<'a> {
         expected_starttime: Option<u64>,
         state: &mut State,
     ) -> Result<ThreadPlace, PlaceError> {
-        let stat = self.identify(tid.0, expected_starttime)?;
-        let tgid = self.proc.tgid(tid.0)?;
+        let held = Held::thread(self.proc, tid.0, expected_starttime)?;
+        self.move_held_thread(&held, class, state)
+    }
+
+    /// Moves a held thread to a class of its current process group (`None`: the default).
+    pub fn move_held_thread(
+        &mut self,
+        held: &Held,
+        class: Option<&str>,
+        state: &mut State,
+    ) -> Result<ThreadPlace, PlaceError> {
+        let tid = ThreadId(held.id);
+        let tgid = held.tgid;
         let cgroup = self.proc.cgroup(ProcessId(tgid), tid)?;
         let Some(Placement { group, .. }) = self
             .map
@@ -365,23 +636,32 @@ impl<'a> Placer<'a> {
             Some(c) => format!("{group}/{c}"),
             None => group.clone(),
         };
+        // The last check before the write: the cgroup read above was the held thread's.
+        if !held.still_there(self.proc) {
+            return Err(PlaceError::Gone(tid.0));
+        }
+        test_pause(tid.0);
+        if let Err(e) = self.attach(&self.cg.path(&format!("{dest}/{}", files::THREADS)), tid.0) {
+            return Err(self.refused(held, e));
+        }
+        if !held.still_there(self.proc) {
+            self.put_back_stranger(held, &dest, false);
+            return Err(PlaceError::Gone(tid.0));
+        }
         state.remember(
             tid.0,
             Record {
                 pid: tgid,
-                starttime: stat.starttime,
+                starttime: held.stat.starttime,
                 original: self.map.dir_of(&cgroup),
                 process: false,
             },
         );
-        self.attach(&self.cg.path(&format!("{dest}/{}", files::THREADS)), tid.0)
-            .map_err(gone_or_kernel(tid.0))?;
-        self.recheck(tid.0, stat.starttime)?;
-        let now = self.proc.cgroup(ProcessId(tgid), tid)?;
         Ok(ThreadPlace {
             tid,
-            comm: stat.comm,
-            cgroup: now,
+            comm: held.stat.comm.clone(),
+            // Where the write put it: no need to read it back.
+            cgroup: self.cgroup_path(&dest),
             group: Some(group),
             class: Some(class.unwrap_or("default").into()),
         })

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -105,6 +106,14 @@ impl Procfs {
         Stat::parse(&text).ok_or_else(|| ProcError::Format(self.root.join(rel)))
     }
 
+    /// `/proc/<pid>/task/<tid>/stat`: the thread's stat, found only while `tid` is a thread
+    /// of `pid`.
+    pub fn task_stat(&self, pid: u32, tid: u32) -> Result<Stat, ProcError> {
+        let rel = format!("{pid}/task/{tid}/stat");
+        let text = self.read(&rel, tid)?;
+        Stat::parse(&text).ok_or_else(|| ProcError::Format(self.root.join(rel)))
+    }
+
     /// The thread group (process) a thread id belongs to.
     pub fn tgid(&self, tid: u32) -> Result<u32, ProcError> {
         let rel = format!("{tid}/status");
@@ -181,6 +190,56 @@ impl Procfs {
     }
 }
 
+/// `PIDFD_THREAD` (Linux 6.9): a pidfd for one thread rather than a whole process.
+const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
+
+/// A pidfd: names one task for its whole life, whatever later happens to its id. An id is
+/// free for reuse once its task is reaped; the pidfd then still names the dead task, and
+/// shows that it exited.
+#[derive(Debug)]
+pub struct Pidfd {
+    fd: OwnedFd,
+}
+
+impl Pidfd {
+    fn open(id: u32, flags: u32) -> io::Result<Pidfd> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, id as libc::pid_t, flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
+        Ok(Pidfd {
+            fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
+        })
+    }
+
+    /// The process `pid` (a thread-group leader). ESRCH: no such process; EINVAL (ENOENT
+    /// on newer kernels): `pid` is a thread, not a process; ENOSYS: a kernel before 5.3.
+    pub fn process(pid: u32) -> io::Result<Pidfd> {
+        Pidfd::open(pid, 0)
+    }
+
+    /// The thread `tid` alone (`PIDFD_THREAD`). EINVAL on kernels before 6.9.
+    pub fn thread(tid: u32) -> io::Result<Pidfd> {
+        Pidfd::open(tid, PIDFD_THREAD)
+    }
+
+    /// Whether the task has exited (for a process pidfd: its whole thread group), i.e. its
+    /// id may already name another task. One `poll(2)`, no `/proc` read.
+    pub fn exited(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on a descriptor we own, for the length we pass; timeout 0.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        // A failed poll cannot prove the task alive: treat it as gone, the safe side.
+        n != 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +259,29 @@ mod tests {
     fn kernel_threads_are_recognised_by_flags() {
         let s = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 3 0 0";
         assert!(Stat::parse(s).unwrap().is_kernel_thread());
+    }
+
+    #[test]
+    fn a_pidfd_shows_when_its_task_exited() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let fd = Pidfd::process(child.id()).unwrap();
+        assert!(!fd.exited());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(fd.exited());
+        // Our own main thread is a process; another thread of ours is not.
+        let me = std::process::id();
+        assert!(!Pidfd::process(me).unwrap().exited());
+        let tid = std::thread::spawn(|| {
+            // SAFETY: gettid has no preconditions.
+            unsafe { libc::gettid() as u32 }
+        });
+        let tid = tid.join().unwrap();
+        // The thread exited: its id is no process, and (6.9+) its own pidfd is gone too.
+        assert!(Pidfd::process(tid).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::cgroupfs::CgroupFs;
 use crate::error::{CliError, Exit};
 use crate::layout::{self, Target};
 use crate::ops::{self, Dest, Moved, Session, code_of};
-use crate::place::{CgroupMap, Placer};
+use crate::place::{CgroupMap, Held, Placer};
 use crate::plan::Plan;
 use crate::procfs::{ProcError, ProcessId, Procfs};
 use crate::state::StateDir;
@@ -675,8 +675,8 @@ impl Engine {
         }
     }
 
-    /// Checks each target's owner (and `extra`), pins its start time, then moves the ones
-    /// allowed; refusals are per target.
+    /// Holds each target by a pidfd, checks its owner (and `extra`) while held, then moves
+    /// the ones allowed, still held; refusals are per target.
     fn move_checked(
         &mut self,
         caller: &Caller,
@@ -688,10 +688,17 @@ impl Engine {
         let mut refused = Vec::new();
         for t in targets {
             match self
-                .check_target(caller, t)
-                .and_then(|pinned| extra(t).map(|()| pinned))
-            {
-                Ok(pinned) => allowed.push(pinned),
+                .check_target(caller, dest, t)
+                .and_then(|held| extra(t).map(|()| held))
+                .and_then(|held| {
+                    // `extra` read /proc too: still the held task?
+                    if held.still_there(&self.session.proc) {
+                        Ok(held)
+                    } else {
+                        Err(gone(t.id))
+                    }
+                }) {
+                Ok(held) => allowed.push(ops::Task::Held(held)),
                 Err((code, message)) => refused.push(Moved {
                     id: t.id,
                     ok: false,
@@ -701,7 +708,7 @@ impl Engine {
                 }),
             }
         }
-        let mut moved = ops::move_tasks(&mut self.session, dest, &allowed);
+        let mut moved = ops::move_held(&mut self.session, dest, allowed);
         moved.extend(refused);
         // Replies come in the order of the request's targets.
         let order = |id: u32| {
@@ -714,28 +721,27 @@ impl Engine {
         moved
     }
 
-    /// The target's owner may be touched by the caller; returns the target with its start
-    /// time pinned, so the move hits the process that was checked, not a successor.
-    fn check_target(&self, caller: &Caller, t: &TaskRef) -> Result<TaskRef, (Code, String)> {
+    /// Holds the target by a pidfd, then checks that its owner may be touched by the
+    /// caller: every read is of the held task, and the move that follows writes its id
+    /// while still holding it, so it hits the process that was checked, not a successor
+    /// (even one started within the same 10 ms tick).
+    fn check_target(
+        &self,
+        caller: &Caller,
+        dest: &Dest,
+        t: &TaskRef,
+    ) -> Result<Held, (Code, String)> {
         let proc = &self.session.proc;
-        let stat = proc.stat(t.id).map_err(proc_fail)?;
-        if let Some(expected) = t.starttime {
-            if expected != stat.starttime {
-                return Err((
-                    Code::NoSuchProcess,
-                    format!("{} is a different process now (the id was reused)", t.id),
-                ));
-            }
-        }
+        let held = ops::hold(proc, dest, t).map_err(|e| fail(e.into()))?;
         let owner = proc.ruid(t.id).map_err(proc_fail)?;
+        if !held.still_there(proc) {
+            return Err(gone(t.id));
+        }
         self.loaded
             .config
             .may_touch(caller, owner)
             .map_err(|m| (Code::Denied, m))?;
-        Ok(TaskRef {
-            id: t.id,
-            starttime: Some(stat.starttime),
-        })
+        Ok(held)
     }
 
     fn finish_moves(
@@ -760,6 +766,13 @@ impl Engine {
         }
         Ok(value(&moved))
     }
+}
+
+fn gone(id: u32) -> (Code, String) {
+    (
+        Code::NoSuchProcess,
+        format!("no such process or thread {id} (it exited)"),
+    )
 }
 
 fn proc_fail(e: ProcError) -> (Code, String) {
