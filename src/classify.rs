@@ -322,13 +322,21 @@ pub fn record_moves(
     process: bool,
 ) {
     for m in moved.iter().filter(|m| m.ok) {
-        let Ok(st) = proc.stat(m.id) else { continue };
-        let pid = if process {
-            m.id
-        } else {
-            match proc.tgid(m.id) {
-                Ok(p) => p,
-                Err(_) => continue,
+        // The move recorded the task's identity (it held the task through the write); /proc
+        // is read again only for a task with no origin record.
+        let (pid, starttime) = match state.tasks.get(&m.id) {
+            Some(r) => (r.pid, r.starttime),
+            None => {
+                let Ok(st) = proc.stat(m.id) else { continue };
+                let pid = if process {
+                    m.id
+                } else {
+                    match proc.tgid(m.id) {
+                        Ok(p) => p,
+                        Err(_) => continue,
+                    }
+                };
+                (pid, st.starttime)
             }
         };
         let place = m
@@ -340,7 +348,7 @@ pub fn record_moves(
             m.id,
             Why {
                 pid,
-                starttime: st.starttime,
+                starttime,
                 by: by.to_string(),
                 group: place.and_then(|t| t.group.clone()),
                 class: if process {
