@@ -66,10 +66,22 @@ impl Target {
             [class] if THREAD_CLASS_WORDS.contains(class) => Err(format!(
                 "{class:?} is a thread class, not a group: `cgqos move --thread TID... {class}` moves threads to a class (whole processes go to ui, foreground, background, arcvm or vm:<name>)"
             )),
-            _ => Err(format!(
-                "unknown group {s:?}{}: expected ui, foreground, background, chrome/<group>, arcvm, arcvm-vcpu, arcvm-io, vm:<name>[/vcpu|/io] or vms/<name>[/vcpu|/io]",
-                suggest(s, GROUP_WORDS)
-            )),
+            _ => {
+                // A near miss of a thread class is a class meant for `move --thread`.
+                let mut hint = suggest(s, GROUP_WORDS);
+                if hint.is_empty() {
+                    hint = suggest(s, THREAD_CLASS_WORDS.iter().copied());
+                    if !hint.is_empty() {
+                        hint = format!(
+                            "{}, a thread class: use `move --thread`)",
+                            &hint[..hint.len() - 1]
+                        );
+                    }
+                }
+                Err(format!(
+                    "unknown group {s:?}{hint}: expected ui, foreground, background, chrome/<group>, arcvm, arcvm-vcpu, arcvm-io, vm:<name>[/vcpu|/io] or vms/<name>[/vcpu|/io]"
+                ))
+            }
         }
     }
 
@@ -301,6 +313,11 @@ mod tests {
         assert!(e.contains("--thread"), "{e}");
         let e = parse_class("nonurgnet").unwrap_err();
         assert!(e.contains("did you mean \"non-urgent\""), "{e}");
+        let e = Target::parse("urgnt").unwrap_err();
+        assert!(
+            e.contains("did you mean \"urgent\"?, a thread class: use `move --thread`)"),
+            "{e}"
+        );
         // Nothing close: no guess.
         assert!(
             !Target::parse("zzzzzz")
