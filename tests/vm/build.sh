@@ -111,6 +111,11 @@ if [[ $arch == aarch64 ]]; then
 		"CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc" "AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar")
 fi
 cargo_env+=("CARGO_TARGET_${TRIPLE_ENV}_RUSTFLAGS=$flags")
+# The shipped release profile links with fat LTO and one codegen unit (a small binary). That
+# changes nothing the guests check and costs minutes per architecture, so test builds keep
+# the release optimisation level without it.
+cargo_env+=("CARGO_PROFILE_RELEASE_LTO=${CARGO_PROFILE_RELEASE_LTO:-false}"
+	"CARGO_PROFILE_RELEASE_CODEGEN_UNITS=${CARGO_PROFILE_RELEASE_CODEGEN_UNITS:-16}")
 
 if [[ $out == --cargo ]]; then
 	[[ $# -ge 1 ]] || usage
