@@ -167,12 +167,11 @@ fn parse_file(file: &str, text: &str) -> Result<(String, Vec<DeviceConfig>), Boa
     Ok((file.to_string(), model::device_configs(&doc)?))
 }
 
-/// Picks one device (and SKU) and overlays its config from every file in order.
-fn select(
+/// The device to use: `board`, else the only one, else `default`.
+fn device_name(
     docs: &[(String, Vec<DeviceConfig>)],
     board: Option<&str>,
-    sku: Option<i64>,
-) -> Result<(String, Option<i64>, Node), BoardError> {
+) -> Result<String, BoardError> {
     let mut distinct: Vec<&str> = docs
         .iter()
         .flat_map(|(_, cfgs)| cfgs.iter().map(|c| c.name.as_str()))
@@ -201,6 +200,16 @@ fn select(
             )));
         }
     };
+    Ok(name)
+}
+
+/// Picks one device (and SKU) and overlays its config from every file in order.
+fn select(
+    docs: &[(String, Vec<DeviceConfig>)],
+    board: Option<&str>,
+    sku: Option<i64>,
+) -> Result<(String, Option<i64>, Node), BoardError> {
+    let name = device_name(docs, board)?;
     let mut merged: Option<Node> = None;
     let mut chosen_sku = sku;
     for (file, cfgs) in docs {
