@@ -25,3 +25,4 @@ pub mod sched;
 pub mod state;
 pub mod top;
 pub mod topology;
+pub mod yaml;

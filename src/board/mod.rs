@@ -2,7 +2,9 @@
 //! settings cgqos reads from them (`scheduler-tune` and cgqos's own `cgqos` section).
 
 pub mod model;
-pub mod yaml;
+/// The YAML tree moved to `crate::yaml` (it reads rules and daemon.yaml too); this name is
+/// kept so `board::yaml::...` paths elsewhere still resolve.
+pub use crate::yaml;
 
 use std::path::PathBuf;
 
@@ -10,8 +12,9 @@ use serde::Serialize;
 
 use crate::config_read::{self, ReadError, Trust};
 use crate::cpulist::CpuList;
-use model::{DeviceConfig, describe};
-use yaml::{Location, Node, Value, YamlError};
+use crate::yaml::schema::{self, Map};
+use crate::yaml::{Location, Node, YamlError};
+use model::DeviceConfig;
 
 /// Boards shipped with cgqos, built into the binary so `cgqos plan` works from a checkout
 /// or a bare binary. A data directory (`--boards-dir`) overrides them by name.
@@ -164,12 +167,11 @@ fn parse_file(file: &str, text: &str) -> Result<(String, Vec<DeviceConfig>), Boa
     Ok((file.to_string(), model::device_configs(&doc)?))
 }
 
-/// Picks one device (and SKU) and overlays its config from every file in order.
-fn select(
+/// The device to use: `board`, else the only one, else `default`.
+fn device_name(
     docs: &[(String, Vec<DeviceConfig>)],
     board: Option<&str>,
-    sku: Option<i64>,
-) -> Result<(String, Option<i64>, Node), BoardError> {
+) -> Result<String, BoardError> {
     let mut distinct: Vec<&str> = docs
         .iter()
         .flat_map(|(_, cfgs)| cfgs.iter().map(|c| c.name.as_str()))
@@ -198,6 +200,16 @@ fn select(
             )));
         }
     };
+    Ok(name)
+}
+
+/// Picks one device (and SKU) and overlays its config from every file in order.
+fn select(
+    docs: &[(String, Vec<DeviceConfig>)],
+    board: Option<&str>,
+    sku: Option<i64>,
+) -> Result<(String, Option<i64>, Node), BoardError> {
+    let name = device_name(docs, board)?;
     let mut merged: Option<Node> = None;
     let mut chosen_sku = sku;
     for (file, cfgs) in docs {
@@ -239,70 +251,20 @@ fn select(
     Ok((name, chosen_sku, merged.expect("at least one file")))
 }
 
-fn section<'a>(config: &'a Node, name: &str) -> Result<Option<&'a [(Node, Node)]>, YamlError> {
-    match config.get(name) {
-        None => Ok(None),
-        Some(n) if n.is_null() => Ok(Some(&[])),
-        Some(n) => n
-            .as_map()
-            .map(Some)
-            .ok_or_else(|| n.error(format!("`{name}` must be a mapping, found {}", n.kind()))),
-    }
-}
-
-fn check_keys(entries: &[(Node, Node)], section: &str, known: &[&str]) -> Result<(), YamlError> {
-    for (k, _) in entries {
-        let key = k.as_str().unwrap_or_default();
-        if !known.contains(&key) {
-            return Err(k.error(format!(
-                "{section}: unknown key `{key}` (expected one of: {})",
-                known.join(", ")
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn find<'a>(entries: &'a [(Node, Node)], key: &str) -> Option<&'a Node> {
-    entries
-        .iter()
-        .find(|(k, _)| k.as_str() == Some(key))
-        .map(|(_, v)| v)
-}
-
-fn int_in(node: &Node, key: &str, lo: u32, hi: u32) -> Result<Setting<u32>, YamlError> {
-    let parsed = match &node.value {
-        Value::Scalar {
-            text,
-            quoted: false,
-        } => text.parse::<u32>().ok(),
-        _ => None,
+/// A section of a device config (`scheduler-tune`, `cgqos`): absent or empty is empty.
+fn section<'a>(config: &'a Node, name: &str, known: &[&str]) -> Result<Map<'a>, YamlError> {
+    let m = match config.get(name) {
+        None => Map::EMPTY,
+        Some(n) if n.is_null() => Map::EMPTY,
+        Some(n) => Map::of(n).ok_or_else(|| schema::must_be(n, name, "a mapping", n.kind()))?,
     };
-    match parsed {
-        Some(v) if (lo..=hi).contains(&v) => Ok(Setting {
-            value: v,
-            at: Some(node.at.clone()),
-        }),
-        _ => Err(node.error(format!(
-            "{key}: expected an integer {lo}-{hi}, found {}",
-            describe(node)
-        ))),
-    }
+    m.only(name, known)
 }
 
-fn bool_of(node: &Node, key: &str) -> Result<Setting<bool>, YamlError> {
-    match &node.value {
-        Value::Scalar {
-            text,
-            quoted: false,
-        } if text == "true" || text == "false" => Ok(Setting {
-            value: text == "true",
-            at: Some(node.at.clone()),
-        }),
-        _ => Err(node.error(format!(
-            "{key}: expected true or false, found {}",
-            describe(node)
-        ))),
+fn setting<T>(node: &Node, value: T) -> Setting<T> {
+    Setting {
+        value,
+        at: Some(node.at.clone()),
     }
 }
 
@@ -317,79 +279,52 @@ const TUNE_KEYS: [&str; 5] = [
 pub const DEFAULT_BOOST_URGENT: u32 = 20;
 
 fn scheduler_tune(config: &Node) -> Result<SchedulerTune, YamlError> {
-    let entries = section(config, "scheduler-tune")?.unwrap_or_default();
-    check_keys(entries, "scheduler-tune", &TUNE_KEYS)?;
-    let key = |k: &str| format!("scheduler-tune.{k}");
-    let opt_int = |k: &str| -> Result<Option<Setting<u32>>, YamlError> {
-        find(entries, k)
-            .map(|n| int_in(n, &key(k), 0, 100))
+    let entries = section(config, "scheduler-tune", &TUNE_KEYS)?;
+    let percent = |k: &str| -> Result<Option<Setting<u32>>, YamlError> {
+        entries
+            .get(k)
+            .map(|n| {
+                schema::plain_int_in(n, &format!("scheduler-tune.{k}"), 0, 100)
+                    .map(|v| setting(n, v))
+            })
             .transpose()
     };
-    let cpuset_nonurgent = match find(entries, "cpuset-nonurgent") {
+    // Read in this order so that of several errors the same one is reported as always.
+    let cpuset_nonurgent = entries
+        .get("cpuset-nonurgent")
+        .map(cpuset_nonurgent)
+        .transpose()?;
+    let boost_arcvm = match entries.get("boost-arcvm") {
         None => None,
         Some(n) => {
-            let text = match &n.value {
-                Value::Scalar { text, .. } => text,
-                _ => {
-                    return Err(n.error(format!(
-                        "{}: expected a CPU list such as \"0-5\", found {}",
-                        key("cpuset-nonurgent"),
-                        n.kind()
-                    )));
-                }
-            };
-            let list: CpuList = text.parse().map_err(|e: crate::cpulist::CpuListError| {
-                n.error(format!(
-                    "{}: expected a CPU list such as \"0-5\": {}",
-                    key("cpuset-nonurgent"),
-                    e.reason
-                ))
-            })?;
-            if list.is_empty() {
-                return Err(n.error(format!(
-                    "{}: expected a CPU list such as \"0-5\", found an empty list",
-                    key("cpuset-nonurgent")
-                )));
-            }
-            Some(Setting {
-                value: list,
-                at: Some(n.at.clone()),
-            })
-        }
-    };
-    let boost_arcvm = match find(entries, "boost-arcvm") {
-        None => None,
-        Some(n) => {
-            let v = match &n.value {
-                Value::Scalar {
-                    text,
-                    quoted: false,
-                } => text.parse::<f64>().ok(),
-                _ => None,
-            };
-            match v {
-                Some(v) if (0.0..=1.0).contains(&v) => Some(Setting {
-                    value: v,
-                    at: Some(n.at.clone()),
-                }),
-                _ => {
-                    return Err(n.error(format!(
-                        "{}: expected a number 0.0-1.0, found {}",
-                        key("boost-arcvm"),
-                        describe(n)
-                    )));
-                }
-            }
+            let v = schema::plain_number_in(n, "scheduler-tune.boost-arcvm", 0.0, 1.0)?;
+            Some(setting(n, v))
         }
     };
     Ok(SchedulerTune {
-        boost_urgent: opt_int("boost-urgent")?
+        boost_urgent: percent("boost-urgent")?
             .unwrap_or_else(|| Setting::default(DEFAULT_BOOST_URGENT)),
-        input_boost: opt_int("input-boost")?,
+        input_boost: percent("input-boost")?,
         cpuset_nonurgent,
-        boost_top_app: opt_int("boost-top-app")?,
+        boost_top_app: percent("boost-top-app")?,
         boost_arcvm,
     })
+}
+
+/// `scheduler-tune.cpuset-nonurgent`: a non-empty CPU list.
+fn cpuset_nonurgent(n: &Node) -> Result<Setting<CpuList>, YamlError> {
+    const KEY: &str = "scheduler-tune.cpuset-nonurgent";
+    const SHAPE: &str = "a CPU list such as \"0-5\"";
+    let text = n
+        .as_str()
+        .ok_or_else(|| schema::expected(n, KEY, SHAPE, n.kind()))?;
+    let list: CpuList = text.parse().map_err(|e: crate::cpulist::CpuListError| {
+        n.error(format!("{KEY}: expected {SHAPE}: {}", e.reason))
+    })?;
+    if list.is_empty() {
+        return Err(schema::expected(n, KEY, SHAPE, "an empty list"));
+    }
+    Ok(setting(n, list))
 }
 
 const CGQOS_KEYS: [&str; 6] = [
@@ -402,11 +337,12 @@ const CGQOS_KEYS: [&str; 6] = [
 ];
 
 fn settings(config: &Node) -> Result<Settings, YamlError> {
-    let entries = section(config, "cgqos")?.unwrap_or_default();
-    check_keys(entries, "cgqos", &CGQOS_KEYS)?;
+    let entries = section(config, "cgqos", &CGQOS_KEYS)?;
     let weight = |k: &str, default: u32| -> Result<Setting<u32>, YamlError> {
-        match find(entries, k) {
-            Some(n) => int_in(n, &format!("cgqos.{k}"), 1, 10000),
+        match entries.get(k) {
+            Some(n) => {
+                schema::plain_int_in(n, &format!("cgqos.{k}"), 1, 10000).map(|v| setting(n, v))
+            }
             None => Ok(Setting::default(default)),
         }
     };
@@ -414,8 +350,8 @@ fn settings(config: &Node) -> Result<Settings, YamlError> {
         ui_cpu_weight: weight("ui-cpu-weight", 100)?,
         foreground_cpu_weight: weight("foreground-cpu-weight", 100)?,
         background_cpu_weight: weight("background-cpu-weight", 1)?,
-        arcvm: match find(entries, "arcvm") {
-            Some(n) => bool_of(n, "cgqos.arcvm")?,
+        arcvm: match entries.get("arcvm") {
+            Some(n) => setting(n, schema::plain_bool(n, "cgqos.arcvm")?),
             None => Setting::default(true),
         },
         arcvm_cpu_weight: weight("arcvm-cpu-weight", 100)?,

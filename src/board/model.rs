@@ -9,7 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use super::yaml::{Location, Node, Value, YamlError};
+use crate::yaml::schema::{self, describe};
+use crate::yaml::{Location, Node, Value, YamlError};
 
 /// Sections of a device config that cgqos reads; everything else is ignored.
 pub const SECTIONS: [&str; 2] = ["scheduler-tune", "cgqos"];
@@ -44,10 +45,7 @@ pub fn device_configs(doc: &Node) -> Result<Vec<DeviceConfig>, YamlError> {
     }
     if let Some(devices) = devices {
         let list = devices.as_seq().ok_or_else(|| {
-            devices.error(format!(
-                "`chromeos.devices` must be a list, found {}",
-                devices.kind()
-            ))
+            schema::must_be(devices, "chromeos.devices", "a list", devices.kind())
         })?;
         for device in list {
             source_form_device(device, &mut out)?;
@@ -55,10 +53,7 @@ pub fn device_configs(doc: &Node) -> Result<Vec<DeviceConfig>, YamlError> {
     }
     if let Some(configs) = configs {
         let list = configs.as_seq().ok_or_else(|| {
-            configs.error(format!(
-                "`chromeos.configs` must be a list, found {}",
-                configs.kind()
-            ))
+            schema::must_be(configs, "chromeos.configs", "a list", configs.kind())
         })?;
         for config in list {
             let sku = match config.get("identity").and_then(|i| i.get("sku-id")) {
@@ -96,7 +91,7 @@ fn source_form_device(device: &Node, out: &mut Vec<DeviceConfig>) -> Result<(), 
         .ok_or_else(|| device.error("device has no `skus` list"))?;
     let skus = skus
         .as_seq()
-        .ok_or_else(|| skus.error(format!("`skus` must be a list, found {}", skus.kind())))?;
+        .ok_or_else(|| schema::must_be(skus, "skus", "a list", skus.kind()))?;
     if skus.is_empty() {
         return Err(device.error("device has an empty `skus` list"));
     }
@@ -106,10 +101,12 @@ fn source_form_device(device: &Node, out: &mut Vec<DeviceConfig>) -> Result<(), 
             .get("config")
             .ok_or_else(|| sku.error("SKU has no `config`"))?;
         if config.as_map().is_none() {
-            return Err(config.error(format!(
-                "`config` must be a mapping, found {}",
-                config.kind()
-            )));
+            return Err(schema::must_be(
+                config,
+                "config",
+                "a mapping",
+                config.kind(),
+            ));
         }
         let sku_id = match sku.get("$sku-id").or_else(|| sku.get("sku-id")) {
             Some(n) => Some(int_of(n, "$sku-id")?),
@@ -147,19 +144,9 @@ fn variables<'a>(node: &'a Node, outer: &BTreeMap<String, &'a Node>) -> BTreeMap
 }
 
 fn int_of(node: &Node, what: &str) -> Result<i64, YamlError> {
-    node.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
-        node.error(format!(
-            "`{what}` must be an integer, found {}",
-            describe(node)
-        ))
-    })
-}
-
-pub fn describe(node: &Node) -> String {
-    match &node.value {
-        Value::Scalar { text, .. } => format!("{text:?}"),
-        _ => node.kind().to_string(),
-    }
+    node.as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| schema::must_be(node, what, "an integer", &describe(node)))
 }
 
 fn pick_sections(config: &Node, vars: &BTreeMap<String, &Node>) -> Result<Node, YamlError> {

@@ -5,10 +5,11 @@ use std::fs;
 use std::path::Path;
 
 use super::{CgroupClass, ClassDef, Glob, Matcher, Rule, RuleSet};
-use crate::board::yaml::{self, Node, Value, YamlError};
 use crate::config_read::{self, ReadError, Trust};
 use crate::layout::Target;
 use crate::sched::{self, TaskAttrs};
+use crate::yaml::schema::{self, Map, map, string};
+use crate::yaml::{self, Node, YamlError};
 
 pub const RULES_DIR: &str = "rules.d";
 
@@ -47,33 +48,13 @@ pub fn load_dir(config_dir: &Path) -> Result<RuleSet, YamlError> {
 
 /// A file that could not be read, as an error at its first line.
 pub fn read_error(e: &ReadError) -> YamlError {
-    YamlError {
-        at: yaml::Location {
-            file: e.path().display().to_string().into(),
-            line: 1,
-            col: 1,
-        },
-        message: e.detail(),
-    }
+    schema::unreadable(e)
 }
 
 /// Rules change how root treats every process: a file or directory that another user owns
 /// or may write is refused. (Files are checked again on the opened file when read.)
 pub fn trusted(path: &Path) -> Result<(), YamlError> {
-    let Ok(m) = fs::metadata(path) else {
-        return Ok(());
-    };
-    match config_read::untrusted(&m) {
-        None => Ok(()),
-        Some(w) => Err(YamlError {
-            at: yaml::Location {
-                file: path.display().to_string().into(),
-                line: 1,
-                col: 1,
-            },
-            message: format!("refused: {w}; configuration must be writable only by root"),
-        }),
-    }
+    schema::trusted(path)
 }
 
 /// Loads rule files given as (name, text); `.json` names are schedqos app configs.
@@ -101,34 +82,9 @@ pub fn load_texts(files: &[(&str, &str)]) -> Result<RuleSet, YamlError> {
     Ok(set)
 }
 
-fn map_of<'a>(n: &'a Node, what: &str) -> Result<&'a [(Node, Node)], YamlError> {
-    n.as_map()
-        .ok_or_else(|| n.error(format!("{what}: expected a mapping, found {}", n.kind())))
-}
-
-fn str_of<'a>(n: &'a Node, what: &str) -> Result<&'a str, YamlError> {
-    match &n.value {
-        Value::Scalar { text, .. } if !n.is_null() => Ok(text),
-        _ => Err(n.error(format!("{what}: expected a string, found {}", n.kind()))),
-    }
-}
-
 /// A name glob from a string node; an over-long pattern is an error at the node.
 fn glob(n: &Node, what: &str) -> Result<Glob, YamlError> {
-    Glob::new(str_of(n, what)?).map_err(|e| n.error(format!("{what}: {e}")))
-}
-
-fn check_keys(m: &[(Node, Node)], what: &str, known: &[&str]) -> Result<(), YamlError> {
-    for (k, _) in m {
-        let key = k.as_str().unwrap_or_default();
-        if !known.contains(&key) {
-            return Err(k.error(format!(
-                "{what}: unknown key `{key}` (expected one of: {})",
-                known.join(", ")
-            )));
-        }
-    }
-    Ok(())
+    Glob::new(string(n, what)?).map_err(|e| n.error(format!("{what}: {e}")))
 }
 
 fn loc(n: &Node) -> String {
@@ -140,13 +96,12 @@ fn cgqos_yaml(
     set: &mut RuleSet,
     refs: &mut Vec<(Node, String)>,
 ) -> Result<(), YamlError> {
-    let top = map_of(doc, "rules file")?;
-    check_keys(top, "rules file", &["classes", "rules"])?;
-    for (k, v) in top {
+    let top = map(doc, "rules file")?.only("rules file", &["classes", "rules"])?;
+    for (k, v) in top.iter() {
         match k.as_str() {
             Some("classes") => {
-                for (name, def) in map_of(v, "classes")? {
-                    let class = class_def(str_of(name, "class name")?, def)?;
+                for (name, def) in map(v, "classes")?.iter() {
+                    let class = class_def(string(name, "class name")?, def)?;
                     match set.classes.0.iter_mut().find(|c| c.name == class.name) {
                         Some(existing) => *existing = class,
                         None => set.classes.0.push(class),
@@ -154,10 +109,7 @@ fn cgqos_yaml(
                 }
             }
             Some("rules") => {
-                let list = v.as_seq().ok_or_else(|| {
-                    v.error(format!("rules: expected a list, found {}", v.kind()))
-                })?;
-                for r in list {
+                for r in schema::list(v, "rules")? {
                     set.rules.push(rule(r, refs)?);
                 }
             }
@@ -177,79 +129,57 @@ const CLASS_KEYS: [&str; 7] = [
     "slice-us",
 ];
 
+const CGROUP_CLASSES: [(&str, CgroupClass); 3] = [
+    ("urgent", CgroupClass::Urgent),
+    ("default", CgroupClass::Default),
+    ("non-urgent", CgroupClass::NonUrgent),
+];
+
+const POLICIES: [(&str, u32); 6] = [
+    ("other", sched::SCHED_OTHER),
+    ("normal", sched::SCHED_OTHER),
+    ("batch", sched::SCHED_BATCH),
+    ("idle", sched::SCHED_IDLE),
+    ("fifo", sched::SCHED_FIFO),
+    ("rr", sched::SCHED_RR),
+];
+
 fn class_def(name: &str, def: &Node) -> Result<ClassDef, YamlError> {
-    let m = map_of(def, &format!("classes.{name}"))?;
-    check_keys(m, &format!("classes.{name}"), &CLASS_KEYS)?;
-    let key = |k: &str| format!("classes.{name}.{k}");
-    let find = |k: &str| {
-        m.iter()
-            .find(|(kk, _)| kk.as_str() == Some(k))
-            .map(|(_, v)| v)
-    };
-    let int = |n: &Node, k: &str, lo: i64, hi: i64| -> Result<i64, YamlError> {
-        n.as_str()
-            .and_then(|s| s.parse::<i64>().ok())
-            .filter(|v| (lo..=hi).contains(v))
-            .ok_or_else(|| {
-                n.error(format!(
-                    "{}: expected an integer {lo}-{hi}, found {:?}",
-                    key(k),
-                    n.as_str().unwrap_or(n.kind())
-                ))
-            })
-    };
-    let uclamp = |n: &Node, k: &str| -> Result<u32, YamlError> {
-        let s = n.as_str().unwrap_or_default();
-        match s.strip_suffix('%') {
-            Some(p) => p
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|p| (0.0..=100.0).contains(p))
-                .map(|p| ((p * 1024.0 + 50.0) / 100.0) as u32)
-                .ok_or_else(|| {
-                    n.error(format!(
-                        "{}: expected 0-1024 or a percent 0%-100%, found {s:?}",
-                        key(k)
-                    ))
-                }),
-            None => int(n, k, 0, 1024).map(|v| v as u32),
-        }
-    };
-    let cgroup_class = match find("cgroup-class") {
+    let what = format!("classes.{name}");
+    let m = map(def, &what)?.only(&what, &CLASS_KEYS)?;
+    let key = |k: &str| format!("{what}.{k}");
+    let cgroup_class = match m.get("cgroup-class") {
         None => CgroupClass::Default,
-        Some(n) => match n.as_str() {
-            Some("urgent") => CgroupClass::Urgent,
-            Some("default") => CgroupClass::Default,
-            Some("non-urgent") => CgroupClass::NonUrgent,
-            other => {
-                return Err(n.error(format!(
-                    "{}: expected urgent, default or non-urgent, found {:?}",
-                    key("cgroup-class"),
-                    other.unwrap_or(n.kind())
-                )));
-            }
-        },
+        Some(n) => schema::keyword(
+            n,
+            &key("cgroup-class"),
+            "urgent, default or non-urgent",
+            &CGROUP_CLASSES,
+        )?,
     };
+    let attrs = class_attrs(m, def, &what)?;
+    Ok(ClassDef {
+        name: name.to_string(),
+        cgroup_class,
+        attrs,
+        at: loc(def),
+    })
+}
+
+/// The task attributes of class `what` (`classes.<name>`), checked against each other.
+fn class_attrs(m: Map, def: &Node, what: &str) -> Result<TaskAttrs, YamlError> {
+    let key = |k: &str| format!("{what}.{k}");
     let mut attrs = TaskAttrs::default();
-    if let Some(n) = find("policy") {
-        attrs.policy = Some(match n.as_str() {
-            Some("other") | Some("normal") => sched::SCHED_OTHER,
-            Some("batch") => sched::SCHED_BATCH,
-            Some("idle") => sched::SCHED_IDLE,
-            Some("fifo") => sched::SCHED_FIFO,
-            Some("rr") => sched::SCHED_RR,
-            other => {
-                return Err(n.error(format!(
-                    "{}: expected other, batch, idle, fifo or rr, found {:?}",
-                    key("policy"),
-                    other.unwrap_or(n.kind())
-                )));
-            }
-        });
+    if let Some(n) = m.get("policy") {
+        attrs.policy = Some(schema::keyword(
+            n,
+            &key("policy"),
+            "other, batch, idle, fifo or rr",
+            &POLICIES,
+        )?);
     }
-    if let Some(n) = find("priority") {
-        attrs.priority = Some(int(n, "priority", 1, 99)? as u32);
+    if let Some(n) = m.get("priority") {
+        attrs.priority = Some(schema::int_in(n, &key("priority"), 1, 99)?);
     }
     match (attrs.policy.is_some_and(sched::is_realtime), attrs.priority) {
         (true, None) => {
@@ -266,58 +196,103 @@ fn class_def(name: &str, def: &Node) -> Result<ClassDef, YamlError> {
         }
         _ => {}
     }
-    if let Some(n) = find("nice") {
-        attrs.nice = Some(int(n, "nice", -20, 19)? as i32);
+    if let Some(n) = m.get("nice") {
+        attrs.nice = Some(schema::int_in(n, &key("nice"), -20, 19)?);
     }
-    if let Some(n) = find("uclamp-min") {
-        attrs.uclamp_min = Some(uclamp(n, "uclamp-min")?);
+    if let Some(n) = m.get("uclamp-min") {
+        attrs.uclamp_min = Some(uclamp(n, &key("uclamp-min"))?);
     }
-    if let Some(n) = find("uclamp-max") {
-        attrs.uclamp_max = Some(uclamp(n, "uclamp-max")?);
+    if let Some(n) = m.get("uclamp-max") {
+        attrs.uclamp_max = Some(uclamp(n, &key("uclamp-max"))?);
     }
     if let (Some(lo), Some(hi)) = (attrs.uclamp_min, attrs.uclamp_max) {
         if lo > hi {
-            return Err(def.error(format!(
-                "classes.{name}: uclamp-min {lo} is above uclamp-max {hi}"
-            )));
+            return Err(def.error(format!("{what}: uclamp-min {lo} is above uclamp-max {hi}")));
         }
     }
-    if let Some(n) = find("slice-us") {
+    if let Some(n) = m.get("slice-us") {
         // EEVDF accepts slices of 0.1 ms to 100 ms.
-        attrs.runtime_ns = Some(int(n, "slice-us", 100, 100_000)? as u64 * 1000);
+        attrs.runtime_ns = Some(schema::int_in::<u64>(n, &key("slice-us"), 100, 100_000)? * 1000);
     }
-    Ok(ClassDef {
-        name: name.to_string(),
-        cgroup_class,
-        attrs,
-        at: loc(def),
+    Ok(attrs)
+}
+
+/// A utilization clamp: 0-1024, or a percent of 1024 (`50%`).
+fn uclamp(n: &Node, what: &str) -> Result<u32, YamlError> {
+    let s = n.as_str().unwrap_or_default();
+    match s.strip_suffix('%') {
+        Some(p) => p
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|p| (0.0..=100.0).contains(p))
+            .map(|p| ((p * 1024.0 + 50.0) / 100.0) as u32)
+            .ok_or_else(|| {
+                n.error(format!(
+                    "{what}: expected 0-1024 or a percent 0%-100%, found {s:?}"
+                ))
+            }),
+        None => schema::int_in(n, what, 0, 1024),
+    }
+}
+
+const RULE_KEYS: [&str; 5] = ["name", "match", "group", "class", "threads"];
+const MATCH_KEYS: [&str; 5] = ["argv0", "exe", "comm", "cmdline", "uid"];
+
+fn rule(r: &Node, refs: &mut Vec<(Node, String)>) -> Result<Rule, YamlError> {
+    let m = map(r, "rule")?.only("rule", &RULE_KEYS)?;
+    let mm = m
+        .get("match")
+        .ok_or_else(|| r.error("rule: no `match` (argv0, exe, comm, cmdline, uid)"))?;
+    let matcher = matcher(mm)?;
+    let group = match m.get("group") {
+        Some(g) => Some(
+            Target::parse(string(g, "rule.group")?)
+                .map_err(|e| g.error(format!("rule.group: {e}")))?,
+        ),
+        None => None,
+    };
+    let class = match m.get("class") {
+        Some(c) => {
+            let name = string(c, "rule.class")?.to_string();
+            refs.push((c.clone(), name.clone()));
+            Some(name)
+        }
+        None => None,
+    };
+    let mut threads = Vec::new();
+    if let Some(t) = m.get("threads") {
+        for (k, v) in map(t, "rule.threads")?.iter() {
+            let name = string(v, "rule.threads")?.to_string();
+            refs.push((v.clone(), name.clone()));
+            threads.push((glob(k, "rule.threads")?, name));
+        }
+    }
+    let name = match m.get("name") {
+        Some(n) => string(n, "rule.name")?.to_string(),
+        None => format!("rule at line {}", r.at.line),
+    };
+    Ok(Rule {
+        name,
+        at: loc(r),
+        matcher,
+        group,
+        class,
+        threads,
     })
 }
 
-fn rule(r: &Node, refs: &mut Vec<(Node, String)>) -> Result<Rule, YamlError> {
-    let m = map_of(r, "rule")?;
-    check_keys(m, "rule", &["name", "match", "group", "class", "threads"])?;
-    let find = |k: &str| {
-        m.iter()
-            .find(|(kk, _)| kk.as_str() == Some(k))
-            .map(|(_, v)| v)
-    };
-    let mm = find("match")
-        .ok_or_else(|| r.error("rule: no `match` (argv0, exe, comm, cmdline, uid)"))?;
-    let mmap = map_of(mm, "rule.match")?;
-    check_keys(
-        mmap,
-        "rule.match",
-        &["argv0", "exe", "comm", "cmdline", "uid"],
-    )?;
+/// A rule's `match`: at least one of argv0, exe, comm (globs), cmdline (a regex), uid.
+fn matcher(mm: &Node) -> Result<Matcher, YamlError> {
+    let mmap = map(mm, "rule.match")?.only("rule.match", &MATCH_KEYS)?;
     let mut matcher = Matcher::default();
-    for (k, v) in mmap {
+    for (k, v) in mmap.iter() {
         match k.as_str().unwrap_or_default() {
             "argv0" => matcher.argv0 = Some(glob(v, "match.argv0")?),
             "exe" => matcher.exe = Some(glob(v, "match.exe")?),
             "comm" => matcher.comm = Some(glob(v, "match.comm")?),
             "cmdline" => {
-                let s = str_of(v, "match.cmdline")?;
+                let s = string(v, "match.cmdline")?;
                 matcher.cmdline = Some(
                     regex::RegexBuilder::new(s)
                         .size_limit(1 << 20)
@@ -339,51 +314,7 @@ fn rule(r: &Node, refs: &mut Vec<(Node, String)>) -> Result<Rule, YamlError> {
     if mmap.is_empty() {
         return Err(mm.error("rule.match: empty: a rule must match something"));
     }
-    let group = match find("group") {
-        Some(g) => Some(
-            Target::parse(str_of(g, "rule.group")?)
-                .map_err(|e| g.error(format!("rule.group: {e}")))?,
-        ),
-        None => None,
-    };
-    let class = match find("class") {
-        Some(c) => {
-            let name = str_of(c, "rule.class")?.to_string();
-            refs.push((c.clone(), name.clone()));
-            Some(name)
-        }
-        None => None,
-    };
-    let mut threads = Vec::new();
-    if let Some(t) = find("threads") {
-        for (k, v) in map_of(t, "rule.threads")? {
-            let name = str_of(v, "rule.threads")?.to_string();
-            refs.push((v.clone(), name.clone()));
-            threads.push((glob(k, "rule.threads")?, name));
-        }
-    }
-    let name = match find("name") {
-        Some(n) => str_of(n, "rule.name")?.to_string(),
-        None => format!("rule at line {}", r.at.line),
-    };
-    Ok(Rule {
-        name,
-        at: loc(r),
-        matcher,
-        group,
-        class,
-        threads,
-    })
-}
-
-fn json_str<'a>(n: &'a Node, what: &str) -> Result<&'a str, YamlError> {
-    match &n.value {
-        Value::Scalar { text, quoted: true } => Ok(text),
-        _ => Err(n.error(format!(
-            "{what}: expected a JSON string, found {}",
-            n.as_str().unwrap_or(n.kind())
-        ))),
-    }
+    Ok(matcher)
 }
 
 /// schedqos app configs: `{"app": {"qos": "QOS_X", "thread_qos": {"name": "QOS_Y"}}}`. The
@@ -393,10 +324,9 @@ fn schedqos_json(
     set: &mut RuleSet,
     refs: &mut Vec<(Node, String)>,
 ) -> Result<(), YamlError> {
-    for (app, cfg) in map_of(doc, "schedqos app config")? {
-        let app_name = str_of(app, "app name")?;
-        let m = map_of(cfg, app_name)?;
-        check_keys(m, app_name, &["qos", "thread_qos", "period"])?;
+    for (app, cfg) in map(doc, "schedqos app config")?.iter() {
+        let app_name = string(app, "app name")?;
+        let m = map(cfg, app_name)?.only(app_name, &["qos", "thread_qos", "period"])?;
         let mut rule = Rule {
             name: app_name.to_string(),
             at: loc(app),
@@ -408,16 +338,16 @@ fn schedqos_json(
             class: None,
             threads: Vec::new(),
         };
-        for (k, v) in m {
+        for (k, v) in m.iter() {
             match k.as_str().unwrap_or_default() {
                 "qos" => {
-                    let q = json_str(v, "qos")?.to_string();
+                    let q = schema::json_string(v, "qos")?.to_string();
                     refs.push((v.clone(), q.clone()));
                     rule.class = Some(q);
                 }
                 "thread_qos" => {
-                    for (t, q) in map_of(v, "thread_qos")? {
-                        let q_name = json_str(q, "thread_qos")?.to_string();
+                    for (t, q) in map(v, "thread_qos")?.iter() {
+                        let q_name = schema::json_string(q, "thread_qos")?.to_string();
                         refs.push((q.clone(), q_name.clone()));
                         rule.threads.push((glob(t, "thread_qos")?, q_name));
                     }

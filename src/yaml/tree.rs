@@ -1,6 +1,6 @@
 //! A small YAML document tree that remembers where every node came from.
 //!
-//! Board files need things serde-based loaders do not give together: line numbers on every
+//! cgqos's files need things serde-based loaders do not give together: line numbers on every
 //! key (errors must name file, line and key after anchors, merges and overlays), merge keys
 //! whose value is a list of aliases (`<<: [ *a, *b ]`), duplicate keys as errors, and a hard
 //! bound on alias expansion (a root tool must not be taken down by "billion laughs").
@@ -136,8 +136,9 @@ impl Node {
     }
 }
 
-/// Parses one YAML document. An empty file or a file of only comments is an error: a board
-/// file that says nothing is a mistake, not a default.
+/// Parses one YAML document. An empty file or a file of only comments is an error: a
+/// configuration file that says nothing is a mistake, not a default. (The message names
+/// board files' `chromeos` key whatever the file: kept as it always read.)
 pub fn parse(file: &str, text: &str) -> Result<Node, YamlError> {
     let file: Arc<str> = Arc::from(file);
     let mut b = Builder {
