@@ -257,7 +257,7 @@ fn without_a_grant_a_caller_gets_only_what_it_could_do_itself() {
 fn lowering_nice_within_the_callers_rlimit_nice_is_allowed() {
     if !can_raise_rlimit_nice() {
         eprintln!(
-            "skipped: this root cannot raise RLIMIT_NICE (no CAP_SYS_RESOURCE); the rule is unit-tested in src/daemon/policy.rs"
+            "skipped: this root cannot raise RLIMIT_NICE (no CAP_SYS_RESOURCE); the rule is unit-tested in src/daemon/policy/attrs.rs"
         );
         return;
     }
