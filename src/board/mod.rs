@@ -151,7 +151,7 @@ impl BoardSource {
                     .unwrap_or_default();
                 BoardError::Select(format!(
                     "no board {name:?}{}: {} does not exist and no built-in board has that name (built-in: {})",
-                    crate::layout::suggest(name, known.iter().copied().chain(installed.iter().map(String::as_str))),
+                    crate::suggest::suggest(name, known.iter().copied().chain(installed.iter().map(String::as_str))),
                     path.display(),
                     known.join(", ")
                 ))
@@ -181,7 +181,7 @@ fn select(
         Some(b) => {
             return Err(BoardError::Select(format!(
                 "no device named {b:?}{} in {} (devices: {})",
-                crate::layout::suggest(b, distinct.iter().copied()),
+                crate::suggest::suggest(b, distinct.iter().copied()),
                 docs.iter()
                     .map(|(f, _)| f.as_str())
                     .collect::<Vec<_>>()
