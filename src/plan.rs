@@ -110,7 +110,8 @@ pub struct Plan {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{at}: scheduler-tune.cpuset-nonurgent: CPUs {outside} are not possible on this machine (possible: {possible})"
+    "{at}: {}: CPUs {outside} are not possible on this machine (possible: {possible})",
+    crate::board::model::CPUSET_NONURGENT
 )]
 pub struct PlanError {
     pub at: String,

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config_read::{self, ReadError, Trust};
 use crate::cpulist::CpuList;
-use model::{DeviceConfig, describe};
+use model::{DeviceConfig, Key, describe};
 use yaml::{Location, Node, Value, YamlError};
 
 /// Boards shipped with cgqos, built into the binary so `cgqos plan` works from a checkout
@@ -74,6 +74,45 @@ pub struct Board {
     pub files: Vec<String>,
     pub scheduler_tune: SchedulerTune,
     pub cgqos: Settings,
+}
+
+/// A setting as `validate` shows it: its value and where it was set; `None`: not set.
+pub type Shown = Option<(String, Option<Location>)>;
+
+fn shown<T: ToString>(s: &Setting<T>) -> Shown {
+    Some((s.value.to_string(), s.at.clone()))
+}
+
+impl Board {
+    /// Every key with its setting, in `model::KEYS` order.
+    pub fn rows(&self) -> [(Key, Shown); 11] {
+        let (t, c) = (&self.scheduler_tune, &self.cgqos);
+        [
+            (model::BOOST_URGENT, shown(&t.boost_urgent)),
+            (model::INPUT_BOOST, t.input_boost.as_ref().and_then(shown)),
+            (
+                model::CPUSET_NONURGENT,
+                t.cpuset_nonurgent.as_ref().and_then(shown),
+            ),
+            (
+                model::BOOST_TOP_APP,
+                t.boost_top_app.as_ref().and_then(shown),
+            ),
+            (model::BOOST_ARCVM, t.boost_arcvm.as_ref().and_then(shown)),
+            (model::UI_CPU_WEIGHT, shown(&c.ui_cpu_weight)),
+            (
+                model::FOREGROUND_CPU_WEIGHT,
+                shown(&c.foreground_cpu_weight),
+            ),
+            (
+                model::BACKGROUND_CPU_WEIGHT,
+                shown(&c.background_cpu_weight),
+            ),
+            (model::ARCVM, shown(&c.arcvm)),
+            (model::ARCVM_CPU_WEIGHT, shown(&c.arcvm_cpu_weight)),
+            (model::VM_CPU_WEIGHT, shown(&c.vm_cpu_weight)),
+        ]
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -306,26 +345,18 @@ fn bool_of(node: &Node, key: &str) -> Result<Setting<bool>, YamlError> {
     }
 }
 
-const TUNE_KEYS: [&str; 5] = [
-    "boost-urgent",
-    "input-boost",
-    "cpuset-nonurgent",
-    "boost-top-app",
-    "boost-arcvm",
-];
-
 pub const DEFAULT_BOOST_URGENT: u32 = 20;
 
 fn scheduler_tune(config: &Node) -> Result<SchedulerTune, YamlError> {
-    let entries = section(config, "scheduler-tune")?.unwrap_or_default();
-    check_keys(entries, "scheduler-tune", &TUNE_KEYS)?;
-    let key = |k: &str| format!("scheduler-tune.{k}");
-    let opt_int = |k: &str| -> Result<Option<Setting<u32>>, YamlError> {
-        find(entries, k)
+    let entries = section(config, model::TUNE)?.unwrap_or_default();
+    check_keys(entries, model::TUNE, &model::section_keys(model::TUNE))?;
+    let key = |k: &Key| k.path();
+    let opt_int = |k: &Key| -> Result<Option<Setting<u32>>, YamlError> {
+        find(entries, k.name)
             .map(|n| int_in(n, &key(k), 0, 100))
             .transpose()
     };
-    let cpuset_nonurgent = match find(entries, "cpuset-nonurgent") {
+    let cpuset_nonurgent = match find(entries, model::CPUSET_NONURGENT.name) {
         None => None,
         Some(n) => {
             let text = match &n.value {
@@ -333,7 +364,7 @@ fn scheduler_tune(config: &Node) -> Result<SchedulerTune, YamlError> {
                 _ => {
                     return Err(n.error(format!(
                         "{}: expected a CPU list such as \"0-5\", found {}",
-                        key("cpuset-nonurgent"),
+                        key(&model::CPUSET_NONURGENT),
                         n.kind()
                     )));
                 }
@@ -341,14 +372,14 @@ fn scheduler_tune(config: &Node) -> Result<SchedulerTune, YamlError> {
             let list: CpuList = text.parse().map_err(|e: crate::cpulist::CpuListError| {
                 n.error(format!(
                     "{}: expected a CPU list such as \"0-5\": {}",
-                    key("cpuset-nonurgent"),
+                    key(&model::CPUSET_NONURGENT),
                     e.reason
                 ))
             })?;
             if list.is_empty() {
                 return Err(n.error(format!(
                     "{}: expected a CPU list such as \"0-5\", found an empty list",
-                    key("cpuset-nonurgent")
+                    key(&model::CPUSET_NONURGENT)
                 )));
             }
             Some(Setting {
@@ -357,7 +388,7 @@ fn scheduler_tune(config: &Node) -> Result<SchedulerTune, YamlError> {
             })
         }
     };
-    let boost_arcvm = match find(entries, "boost-arcvm") {
+    let boost_arcvm = match find(entries, model::BOOST_ARCVM.name) {
         None => None,
         Some(n) => {
             let v = match &n.value {
@@ -375,7 +406,7 @@ fn scheduler_tune(config: &Node) -> Result<SchedulerTune, YamlError> {
                 _ => {
                     return Err(n.error(format!(
                         "{}: expected a number 0.0-1.0, found {}",
-                        key("boost-arcvm"),
+                        key(&model::BOOST_ARCVM),
                         describe(n)
                     )));
                 }
@@ -383,43 +414,34 @@ fn scheduler_tune(config: &Node) -> Result<SchedulerTune, YamlError> {
         }
     };
     Ok(SchedulerTune {
-        boost_urgent: opt_int("boost-urgent")?
+        boost_urgent: opt_int(&model::BOOST_URGENT)?
             .unwrap_or_else(|| Setting::default(DEFAULT_BOOST_URGENT)),
-        input_boost: opt_int("input-boost")?,
+        input_boost: opt_int(&model::INPUT_BOOST)?,
         cpuset_nonurgent,
-        boost_top_app: opt_int("boost-top-app")?,
+        boost_top_app: opt_int(&model::BOOST_TOP_APP)?,
         boost_arcvm,
     })
 }
 
-const CGQOS_KEYS: [&str; 6] = [
-    "ui-cpu-weight",
-    "foreground-cpu-weight",
-    "background-cpu-weight",
-    "arcvm",
-    "arcvm-cpu-weight",
-    "vm-cpu-weight",
-];
-
 fn settings(config: &Node) -> Result<Settings, YamlError> {
-    let entries = section(config, "cgqos")?.unwrap_or_default();
-    check_keys(entries, "cgqos", &CGQOS_KEYS)?;
-    let weight = |k: &str, default: u32| -> Result<Setting<u32>, YamlError> {
-        match find(entries, k) {
-            Some(n) => int_in(n, &format!("cgqos.{k}"), 1, 10000),
+    let entries = section(config, model::CGQOS)?.unwrap_or_default();
+    check_keys(entries, model::CGQOS, &model::section_keys(model::CGQOS))?;
+    let weight = |k: &Key, default: u32| -> Result<Setting<u32>, YamlError> {
+        match find(entries, k.name) {
+            Some(n) => int_in(n, &k.path(), 1, 10000),
             None => Ok(Setting::default(default)),
         }
     };
     Ok(Settings {
-        ui_cpu_weight: weight("ui-cpu-weight", 100)?,
-        foreground_cpu_weight: weight("foreground-cpu-weight", 100)?,
-        background_cpu_weight: weight("background-cpu-weight", 1)?,
-        arcvm: match find(entries, "arcvm") {
-            Some(n) => bool_of(n, "cgqos.arcvm")?,
+        ui_cpu_weight: weight(&model::UI_CPU_WEIGHT, 100)?,
+        foreground_cpu_weight: weight(&model::FOREGROUND_CPU_WEIGHT, 100)?,
+        background_cpu_weight: weight(&model::BACKGROUND_CPU_WEIGHT, 1)?,
+        arcvm: match find(entries, model::ARCVM.name) {
+            Some(n) => bool_of(n, &model::ARCVM.path())?,
             None => Setting::default(true),
         },
-        arcvm_cpu_weight: weight("arcvm-cpu-weight", 100)?,
-        vm_cpu_weight: weight("vm-cpu-weight", 100)?,
+        arcvm_cpu_weight: weight(&model::ARCVM_CPU_WEIGHT, 100)?,
+        vm_cpu_weight: weight(&model::VM_CPU_WEIGHT, 100)?,
     })
 }
 
