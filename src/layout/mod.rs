@@ -101,7 +101,10 @@ impl Target {
                 )),
             }
         };
-        let alias = vm_aliases().into_iter().find(|(a, _, _)| a == s);
+        // Built only for a one-word name that is no process group (every move parses one).
+        let alias = (parts.len() == 1 && process_group(s).is_none())
+            .then(|| vm_aliases().into_iter().find(|(a, _, _)| a == s))
+            .flatten();
         match parts.as_slice() {
             [g] if process_group(g).is_some() => Ok(Target::Browser(g.to_string())),
             [CHROME, g] if process_group(g).is_some() => Ok(Target::Browser(g.to_string())),
