@@ -23,6 +23,7 @@ pub mod procfs;
 pub mod rules;
 pub mod sched;
 pub mod state;
+pub mod suggest;
 pub mod top;
 pub mod topology;
 pub mod yaml;

@@ -276,17 +276,17 @@ pub fn vm_add(
     let (weight, uclamp) = vm_settings(board, plan, name);
     let report = apply(&vm_steps(name, weight, uclamp), &s.cg, sysfs, false)?;
     s.state.vms.insert(name.to_string());
-    let group = format!("{}/{name}", layout::VMS);
+    let group = layout::vm_path(name);
     Ok(Added {
         name: name.into(),
         vcpu: s
             .cg
-            .path(&format!("{group}/{}", layout::VCPU))
+            .path(&layout::child_path(&group, layout::VCPU))
             .display()
             .to_string(),
         io: s
             .cg
-            .path(&format!("{group}/{}", layout::IO))
+            .path(&layout::child_path(&group, layout::IO))
             .display()
             .to_string(),
         group: s.cg.path(&group).display().to_string(),
@@ -304,21 +304,14 @@ pub fn vm_add(
     })
 }
 
-/// cpu.weight and uclamp of a VM's group (ArcVM's from the board, others' the VM default).
+/// cpu.weight and uclamp of a VM's group, from the layout's VM table.
 fn vm_settings(board: &Board, plan: &Plan, name: &str) -> (u32, Option<f64>) {
-    if name == layout::ARCVM {
-        (
-            board.cgqos.arcvm_cpu_weight.value,
-            plan.derived.arcvm_uclamp_min,
-        )
-    } else {
-        (board.cgqos.vm_cpu_weight.value, None)
-    }
+    crate::plan::vm_settings(board, &plan.derived, name)
 }
 
 pub fn vm_remove(s: &mut Session, name: &str) -> CliResult<TeardownReport> {
     validate_vm_name(name).map_err(CliError::bad_input)?;
-    let group = format!("{}/{name}", layout::VMS);
+    let group = layout::vm_path(name);
     if !s.cg.exists(&group) {
         return Err(CliError::bad_input(format!(
             "no VM group {}",
@@ -341,15 +334,7 @@ pub fn vm_remove(s: &mut Session, name: &str) -> CliResult<TeardownReport> {
 
 /// The full-speed `cpu.weight` of a group, as the board configures it.
 fn full_weight(board: &Board, group: &str) -> u32 {
-    match group {
-        "chrome/ui" => board.cgqos.ui_cpu_weight.value,
-        "chrome/foreground" => board.cgqos.foreground_cpu_weight.value,
-        "chrome/background" => board.cgqos.background_cpu_weight.value,
-        g if g == format!("{}/{}", layout::VMS, layout::ARCVM) => {
-            board.cgqos.arcvm_cpu_weight.value
-        }
-        _ => board.cgqos.vm_cpu_weight.value,
-    }
+    layout::full_weight(board, group)
 }
 
 /// Period of `cpu.max` quotas, in microseconds (the kernel's default).
@@ -462,7 +447,7 @@ pub fn status(cg: &CgroupFs, board: &Board, plan: &Plan) -> Status {
         .collect();
     // VM groups added at run time are part of the tree too.
     for vm in cg.children(layout::VMS) {
-        if vm != layout::ARCVM || !board.cgqos.arcvm.value {
+        if !crate::plan::plans_vm(plan, &vm) {
             let (weight, uclamp) = vm_settings(board, plan, &vm);
             steps.extend(vm_steps(&vm, weight, uclamp));
         }

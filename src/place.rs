@@ -618,11 +618,7 @@ impl<'a> Placer<'a> {
                 cgroup,
             });
         };
-        let allowed: &[&str] = if group.starts_with(layout::VMS) {
-            &[layout::VCPU, layout::IO]
-        } else {
-            &[layout::URGENT, layout::NON_URGENT]
-        };
+        let allowed = layout::classes_of(&group);
         if let Some(c) = class {
             if !allowed.contains(&c) {
                 return Err(PlaceError::WrongClass {

@@ -10,7 +10,8 @@ use serde::Serialize;
 use crate::board::Board;
 use crate::cgroupfs::files;
 use crate::cpulist::CpuList;
-use crate::layout::{ARCVM, CHROME, IO, NON_URGENT, PROCESS_GROUPS, URGENT, VCPU, VMS};
+use crate::layout::table::{self, Cpus, Group, Kind, ROOT, Uclamp, VM_PARTS, VMS_TABLE, Vm};
+use crate::layout::{child_path, vm_path};
 use crate::topology::Topology;
 
 /// Which filesystem a step writes to.
@@ -109,7 +110,8 @@ pub struct Plan {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{at}: scheduler-tune.cpuset-nonurgent: CPUs {outside} are not possible on this machine (possible: {possible})"
+    "{at}: {}: CPUs {outside} are not possible on this machine (possible: {possible})",
+    crate::board::model::CPUSET_NONURGENT
 )]
 pub struct PlanError {
     pub at: String,
@@ -126,77 +128,13 @@ pub fn percent(v: f64) -> String {
 }
 
 impl Plan {
+    /// The steps of the layout table, group by group from the root down (a group's own
+    /// steps before its children's), then the input boost.
     pub fn build(topology: &Topology, board: &Board) -> Result<Plan, PlanError> {
         let derived = derive(topology, board)?;
+        let tree = resolve(&ROOT, String::new(), board, &derived, None);
         let mut steps = Vec::new();
-        let boost = percent(derived.boost_urgent as f64);
-        let arcvm = board.cgqos.arcvm.value;
-        let vms_boost = if arcvm {
-            derived.arcvm_uclamp_min
-        } else {
-            None
-        };
-        let root_boost = (derived.boost_urgent as f64).max(vms_boost.unwrap_or(0.0));
-
-        // The cgqos root: its own uclamp.min caps everything below when it is not the
-        // cgroup2 root (which has no uclamp files; apply skips it there).
-        steps.push(Step::write("", files::SUBTREE_CONTROL, CONTROLLERS));
-        steps.push(Step::write("", files::CPU_UCLAMP_MIN, percent(root_boost)));
-
-        steps.push(Step::mkdir(CHROME));
-        steps.push(Step::write(CHROME, files::SUBTREE_CONTROL, CONTROLLERS));
-        steps.push(Step::write(
-            CHROME,
-            files::CPUSET_CPUS,
-            derived.all_cpus.to_string(),
-        ));
-        steps.push(Step::write(CHROME, files::CPU_UCLAMP_MIN, boost.clone()));
-        for group in PROCESS_GROUPS {
-            let g = format!("{CHROME}/{group}");
-            let (weight, boosted) = match group {
-                "ui" => (board.cgqos.ui_cpu_weight.value, true),
-                "foreground" => (board.cgqos.foreground_cpu_weight.value, true),
-                _ => (board.cgqos.background_cpu_weight.value, false),
-            };
-            steps.push(Step::mkdir(&g));
-            steps.push(Step::write(&g, files::TYPE, files::THREADED));
-            steps.push(Step::write(&g, files::SUBTREE_CONTROL, CONTROLLERS));
-            steps.push(Step::write(&g, files::CPU_WEIGHT, weight.to_string()));
-            if boosted {
-                steps.push(Step::write(&g, files::CPU_UCLAMP_MIN, boost.clone()));
-            }
-            for (class, cpus) in [
-                (URGENT, &derived.all_cpus),
-                (NON_URGENT, &derived.nonurgent_cpus),
-            ] {
-                let c = format!("{g}/{class}");
-                steps.push(Step::mkdir(&c));
-                steps.push(Step::write(&c, files::TYPE, files::THREADED));
-                steps.push(Step::write(&c, files::CPUSET_CPUS, cpus.to_string()));
-                if boosted && class == URGENT {
-                    steps.push(Step::write(&c, files::CPU_UCLAMP_MIN, boost.clone()));
-                }
-            }
-        }
-
-        steps.push(Step::mkdir(VMS));
-        steps.push(Step::write(VMS, files::SUBTREE_CONTROL, CONTROLLERS));
-        steps.push(Step::write(
-            VMS,
-            files::CPUSET_CPUS,
-            derived.all_cpus.to_string(),
-        ));
-        if let Some(b) = vms_boost {
-            steps.push(Step::write(VMS, files::CPU_UCLAMP_MIN, percent(b)));
-        }
-        if arcvm {
-            steps.extend(vm_steps(
-                ARCVM,
-                board.cgqos.arcvm_cpu_weight.value,
-                vms_boost,
-            ));
-        }
-
+        emit(&tree, &mut steps);
         if let Some(ib) = &derived.input_boost {
             steps.push(Step {
                 op: Op::Write,
@@ -209,27 +147,146 @@ impl Plan {
     }
 }
 
+/// A group of the table with its values for one (topology, board).
+struct Resolved {
+    path: String,
+    kind: Kind,
+    cpus: Option<CpuList>,
+    weight: Option<u32>,
+    uclamp: Option<f64>,
+    children: Vec<Resolved>,
+}
+
+fn resolve(
+    group: &Group,
+    path: String,
+    board: &Board,
+    derived: &Derived,
+    parent_uclamp: Option<f64>,
+) -> Resolved {
+    // The VMs setup makes sit below `vms`; others come and go with `vm add`.
+    let vms: Vec<&Vm> = if group.kind == Kind::VmRoot {
+        VMS_TABLE
+            .iter()
+            .filter(|v| v.in_plan.is_some_and(|f| f(board)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let own = match group.uclamp {
+        Uclamp::None => None,
+        Uclamp::Board(get) => Some(get(board) as f64),
+        Uclamp::ArcvmBoost => derived.arcvm_uclamp_min,
+        Uclamp::Parent => parent_uclamp,
+        // Filled in from the children below.
+        Uclamp::MaxBelow => None,
+    };
+    let mut children: Vec<Resolved> = group
+        .children
+        .iter()
+        .map(|c| resolve(c, child_path(&path, c.name), board, derived, own))
+        .collect();
+    for v in vms {
+        let name = v.name.unwrap_or_default();
+        let (weight, uclamp) = vm_settings(board, derived, name);
+        children.push(vm_tree(name, weight, uclamp));
+    }
+    let uclamp = match group.uclamp {
+        Uclamp::MaxBelow => children.iter().filter_map(|c| c.uclamp).reduce(f64::max),
+        _ => own,
+    };
+    Resolved {
+        path,
+        kind: group.kind,
+        cpus: match group.cpus {
+            Cpus::None => None,
+            Cpus::All => Some(derived.all_cpus.clone()),
+            Cpus::NonUrgent => Some(derived.nonurgent_cpus.clone()),
+        },
+        weight: group.weight.value(board),
+        uclamp,
+        children,
+    }
+}
+
+/// One VM's groups with its settings (its parts take nothing but the VM's boost: a unit
+/// test of the table pins that).
+fn vm_tree(name: &str, weight: u32, uclamp: Option<f64>) -> Resolved {
+    let path = vm_path(name);
+    Resolved {
+        children: VM_PARTS
+            .iter()
+            .map(|p| Resolved {
+                path: child_path(&path, p.name),
+                kind: p.kind,
+                cpus: None,
+                weight: None,
+                uclamp: uclamp.filter(|_| matches!(p.uclamp, Uclamp::Parent)),
+                children: Vec::new(),
+            })
+            .collect(),
+        path,
+        kind: Kind::Vm,
+        cpus: None,
+        weight: Some(weight),
+        uclamp,
+    }
+}
+
+/// A group's steps in the order the kernel needs them, then its children's.
+fn emit(g: &Resolved, steps: &mut Vec<Step>) {
+    let p = g.path.as_str();
+    if g.kind != Kind::Root {
+        steps.push(Step::mkdir(p));
+    }
+    if g.kind.threaded() {
+        steps.push(Step::write(p, files::TYPE, files::THREADED));
+    }
+    if g.kind.enables_controllers() {
+        steps.push(Step::write(p, files::SUBTREE_CONTROL, CONTROLLERS));
+    }
+    if let Some(cpus) = &g.cpus {
+        steps.push(Step::write(p, files::CPUSET_CPUS, cpus.to_string()));
+    }
+    if let Some(w) = g.weight {
+        steps.push(Step::write(p, files::CPU_WEIGHT, w.to_string()));
+    }
+    // The cgqos root's own uclamp.min caps everything below when it is not the cgroup2
+    // root (which has no uclamp files; apply skips it there).
+    if let Some(u) = g.uclamp {
+        steps.push(Step::write(p, files::CPU_UCLAMP_MIN, percent(u)));
+    }
+    for c in &g.children {
+        emit(c, steps);
+    }
+}
+
 /// The groups of one VM: `vms/<name>` (a thread root for its processes) with threaded
 /// `vcpu` and `io` below it. `uclamp` boosts the VM and its vCPUs (as concierge does).
 pub fn vm_steps(name: &str, weight: u32, uclamp: Option<f64>) -> Vec<Step> {
-    let g = format!("{VMS}/{name}");
-    let mut steps = vec![
-        Step::mkdir(&g),
-        Step::write(&g, files::SUBTREE_CONTROL, CONTROLLERS),
-        Step::write(&g, files::CPU_WEIGHT, weight.to_string()),
-    ];
-    if let Some(b) = uclamp {
-        steps.push(Step::write(&g, files::CPU_UCLAMP_MIN, percent(b)));
-    }
-    for part in [VCPU, IO] {
-        let p = format!("{g}/{part}");
-        steps.push(Step::mkdir(&p));
-        steps.push(Step::write(&p, files::TYPE, files::THREADED));
-        if let (Some(b), VCPU) = (uclamp, part) {
-            steps.push(Step::write(&p, files::CPU_UCLAMP_MIN, percent(b)));
-        }
-    }
+    let mut steps = Vec::new();
+    emit(&vm_tree(name, weight, uclamp), &mut steps);
     steps
+}
+
+/// cpu.weight and uclamp of a VM's group, from its row of the layout's VM table.
+pub fn vm_settings(board: &Board, derived: &Derived, name: &str) -> (u32, Option<f64>) {
+    let v = table::vm(name);
+    let weight = v.weight.value(board).unwrap_or(1);
+    let uclamp = match v.uclamp {
+        Uclamp::Board(get) => Some(get(board) as f64),
+        Uclamp::ArcvmBoost => derived.arcvm_uclamp_min,
+        Uclamp::None | Uclamp::Parent | Uclamp::MaxBelow => None,
+    };
+    (weight, uclamp)
+}
+
+/// Whether the plan makes the group of VM `name` (the others are `vm add`'s).
+pub fn plans_vm(plan: &Plan, name: &str) -> bool {
+    let path = vm_path(name);
+    plan.steps
+        .iter()
+        .any(|s| s.op == Op::Mkdir && s.tree == Tree::Cgroup && s.path == path)
 }
 
 fn derive(topology: &Topology, board: &Board) -> Result<Derived, PlanError> {

@@ -14,7 +14,7 @@ use crate::config_read::{self, ReadError, Trust};
 use crate::cpulist::CpuList;
 use crate::yaml::schema::{self, Map};
 use crate::yaml::{Location, Node, YamlError};
-use model::DeviceConfig;
+use model::{DeviceConfig, Key};
 
 /// Boards shipped with cgqos, built into the binary so `cgqos plan` works from a checkout
 /// or a bare binary. A data directory (`--boards-dir`) overrides them by name.
@@ -77,6 +77,45 @@ pub struct Board {
     pub files: Vec<String>,
     pub scheduler_tune: SchedulerTune,
     pub cgqos: Settings,
+}
+
+/// A setting as `validate` shows it: its value and where it was set; `None`: not set.
+pub type Shown = Option<(String, Option<Location>)>;
+
+fn shown<T: ToString>(s: &Setting<T>) -> Shown {
+    Some((s.value.to_string(), s.at.clone()))
+}
+
+impl Board {
+    /// Every key with its setting, in `model::KEYS` order.
+    pub fn rows(&self) -> [(Key, Shown); 11] {
+        let (t, c) = (&self.scheduler_tune, &self.cgqos);
+        [
+            (model::BOOST_URGENT, shown(&t.boost_urgent)),
+            (model::INPUT_BOOST, t.input_boost.as_ref().and_then(shown)),
+            (
+                model::CPUSET_NONURGENT,
+                t.cpuset_nonurgent.as_ref().and_then(shown),
+            ),
+            (
+                model::BOOST_TOP_APP,
+                t.boost_top_app.as_ref().and_then(shown),
+            ),
+            (model::BOOST_ARCVM, t.boost_arcvm.as_ref().and_then(shown)),
+            (model::UI_CPU_WEIGHT, shown(&c.ui_cpu_weight)),
+            (
+                model::FOREGROUND_CPU_WEIGHT,
+                shown(&c.foreground_cpu_weight),
+            ),
+            (
+                model::BACKGROUND_CPU_WEIGHT,
+                shown(&c.background_cpu_weight),
+            ),
+            (model::ARCVM, shown(&c.arcvm)),
+            (model::ARCVM_CPU_WEIGHT, shown(&c.arcvm_cpu_weight)),
+            (model::VM_CPU_WEIGHT, shown(&c.vm_cpu_weight)),
+        ]
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +193,7 @@ impl BoardSource {
                     .unwrap_or_default();
                 BoardError::Select(format!(
                     "no board {name:?}{}: {} does not exist and no built-in board has that name (built-in: {})",
-                    crate::layout::suggest(name, known.iter().copied().chain(installed.iter().map(String::as_str))),
+                    crate::suggest::suggest(name, known.iter().copied().chain(installed.iter().map(String::as_str))),
                     path.display(),
                     known.join(", ")
                 ))
@@ -183,7 +222,7 @@ fn device_name(
         Some(b) => {
             return Err(BoardError::Select(format!(
                 "no device named {b:?}{} in {} (devices: {})",
-                crate::layout::suggest(b, distinct.iter().copied()),
+                crate::suggest::suggest(b, distinct.iter().copied()),
                 docs.iter()
                     .map(|(f, _)| f.as_str())
                     .collect::<Vec<_>>()
@@ -268,94 +307,72 @@ fn setting<T>(node: &Node, value: T) -> Setting<T> {
     }
 }
 
-const TUNE_KEYS: [&str; 5] = [
-    "boost-urgent",
-    "input-boost",
-    "cpuset-nonurgent",
-    "boost-top-app",
-    "boost-arcvm",
-];
-
 pub const DEFAULT_BOOST_URGENT: u32 = 20;
 
 fn scheduler_tune(config: &Node) -> Result<SchedulerTune, YamlError> {
-    let entries = section(config, "scheduler-tune", &TUNE_KEYS)?;
-    let percent = |k: &str| -> Result<Option<Setting<u32>>, YamlError> {
+    let entries = section(config, model::TUNE, &model::section_keys(model::TUNE))?;
+    let percent = |k: &Key| -> Result<Option<Setting<u32>>, YamlError> {
         entries
-            .get(k)
-            .map(|n| {
-                schema::plain_int_in(n, &format!("scheduler-tune.{k}"), 0, 100)
-                    .map(|v| setting(n, v))
-            })
+            .get(k.name)
+            .map(|n| schema::plain_int_in(n, &k.path(), 0, 100).map(|v| setting(n, v)))
             .transpose()
     };
     // Read in this order so that of several errors the same one is reported as always.
     let cpuset_nonurgent = entries
-        .get("cpuset-nonurgent")
+        .get(model::CPUSET_NONURGENT.name)
         .map(cpuset_nonurgent)
         .transpose()?;
-    let boost_arcvm = match entries.get("boost-arcvm") {
+    let boost_arcvm = match entries.get(model::BOOST_ARCVM.name) {
         None => None,
         Some(n) => {
-            let v = schema::plain_number_in(n, "scheduler-tune.boost-arcvm", 0.0, 1.0)?;
+            let v = schema::plain_number_in(n, &model::BOOST_ARCVM.path(), 0.0, 1.0)?;
             Some(setting(n, v))
         }
     };
     Ok(SchedulerTune {
-        boost_urgent: percent("boost-urgent")?
+        boost_urgent: percent(&model::BOOST_URGENT)?
             .unwrap_or_else(|| Setting::default(DEFAULT_BOOST_URGENT)),
-        input_boost: percent("input-boost")?,
+        input_boost: percent(&model::INPUT_BOOST)?,
         cpuset_nonurgent,
-        boost_top_app: percent("boost-top-app")?,
+        boost_top_app: percent(&model::BOOST_TOP_APP)?,
         boost_arcvm,
     })
 }
 
 /// `scheduler-tune.cpuset-nonurgent`: a non-empty CPU list.
 fn cpuset_nonurgent(n: &Node) -> Result<Setting<CpuList>, YamlError> {
-    const KEY: &str = "scheduler-tune.cpuset-nonurgent";
+    let key = model::CPUSET_NONURGENT.path();
     const SHAPE: &str = "a CPU list such as \"0-5\"";
     let text = n
         .as_str()
-        .ok_or_else(|| schema::expected(n, KEY, SHAPE, n.kind()))?;
+        .ok_or_else(|| schema::expected(n, &key, SHAPE, n.kind()))?;
     let list: CpuList = text.parse().map_err(|e: crate::cpulist::CpuListError| {
-        n.error(format!("{KEY}: expected {SHAPE}: {}", e.reason))
+        n.error(format!("{key}: expected {SHAPE}: {}", e.reason))
     })?;
     if list.is_empty() {
-        return Err(schema::expected(n, KEY, SHAPE, "an empty list"));
+        return Err(schema::expected(n, &key, SHAPE, "an empty list"));
     }
     Ok(setting(n, list))
 }
 
-const CGQOS_KEYS: [&str; 6] = [
-    "ui-cpu-weight",
-    "foreground-cpu-weight",
-    "background-cpu-weight",
-    "arcvm",
-    "arcvm-cpu-weight",
-    "vm-cpu-weight",
-];
-
 fn settings(config: &Node) -> Result<Settings, YamlError> {
-    let entries = section(config, "cgqos", &CGQOS_KEYS)?;
-    let weight = |k: &str, default: u32| -> Result<Setting<u32>, YamlError> {
-        match entries.get(k) {
-            Some(n) => {
-                schema::plain_int_in(n, &format!("cgqos.{k}"), 1, 10000).map(|v| setting(n, v))
-            }
+    let entries = section(config, model::CGQOS, &model::section_keys(model::CGQOS))?;
+    let weight = |k: &Key, default: u32| -> Result<Setting<u32>, YamlError> {
+        match entries.get(k.name) {
+            Some(n) => schema::plain_int_in(n, &k.path(), 1, 10000).map(|v| setting(n, v)),
             None => Ok(Setting::default(default)),
         }
     };
     Ok(Settings {
-        ui_cpu_weight: weight("ui-cpu-weight", 100)?,
-        foreground_cpu_weight: weight("foreground-cpu-weight", 100)?,
-        background_cpu_weight: weight("background-cpu-weight", 1)?,
-        arcvm: match entries.get("arcvm") {
-            Some(n) => setting(n, schema::plain_bool(n, "cgqos.arcvm")?),
+        ui_cpu_weight: weight(&model::UI_CPU_WEIGHT, 100)?,
+        foreground_cpu_weight: weight(&model::FOREGROUND_CPU_WEIGHT, 100)?,
+        background_cpu_weight: weight(&model::BACKGROUND_CPU_WEIGHT, 1)?,
+        arcvm: match entries.get(model::ARCVM.name) {
+            Some(n) => setting(n, schema::plain_bool(n, &model::ARCVM.path())?),
             None => Setting::default(true),
         },
-        arcvm_cpu_weight: weight("arcvm-cpu-weight", 100)?,
-        vm_cpu_weight: weight("vm-cpu-weight", 100)?,
+        arcvm_cpu_weight: weight(&model::ARCVM_CPU_WEIGHT, 100)?,
+        vm_cpu_weight: weight(&model::VM_CPU_WEIGHT, 100)?,
     })
 }
 

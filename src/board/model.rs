@@ -12,8 +12,78 @@ use std::collections::BTreeMap;
 use crate::yaml::schema::{self, describe};
 use crate::yaml::{Location, Node, Value, YamlError};
 
+/// ChromeOS's scheduler settings.
+pub const TUNE: &str = "scheduler-tune";
+/// cgqos's own settings.
+pub const CGQOS: &str = "cgqos";
+
 /// Sections of a device config that cgqos reads; everything else is ignored.
-pub const SECTIONS: [&str; 2] = ["scheduler-tune", "cgqos"];
+pub const SECTIONS: [&str; 2] = [TUNE, CGQOS];
+
+/// A board setting: the one place its key is spelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    pub section: &'static str,
+    pub name: &'static str,
+    /// What `validate` says of it when the board does not set it (empty: it has a default).
+    pub unset: &'static str,
+}
+
+impl Key {
+    const fn new(section: &'static str, name: &'static str, unset: &'static str) -> Key {
+        Key {
+            section,
+            name,
+            unset,
+        }
+    }
+
+    /// `section.name`, as errors and `validate` show it.
+    pub fn path(&self) -> String {
+        format!("{}.{}", self.section, self.name)
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.section, self.name)
+    }
+}
+
+pub const BOOST_URGENT: Key = Key::new(TUNE, "boost-urgent", "");
+pub const INPUT_BOOST: Key = Key::new(TUNE, "input-boost", "not set");
+pub const CPUSET_NONURGENT: Key = Key::new(TUNE, "cpuset-nonurgent", "detected");
+pub const BOOST_TOP_APP: Key = Key::new(TUNE, "boost-top-app", "computed");
+pub const BOOST_ARCVM: Key = Key::new(TUNE, "boost-arcvm", "not set");
+pub const UI_CPU_WEIGHT: Key = Key::new(CGQOS, "ui-cpu-weight", "");
+pub const FOREGROUND_CPU_WEIGHT: Key = Key::new(CGQOS, "foreground-cpu-weight", "");
+pub const BACKGROUND_CPU_WEIGHT: Key = Key::new(CGQOS, "background-cpu-weight", "");
+pub const ARCVM: Key = Key::new(CGQOS, "arcvm", "");
+pub const ARCVM_CPU_WEIGHT: Key = Key::new(CGQOS, "arcvm-cpu-weight", "");
+pub const VM_CPU_WEIGHT: Key = Key::new(CGQOS, "vm-cpu-weight", "");
+
+/// Every key, in the order `validate` lists them and unknown-key errors name them.
+pub const KEYS: [Key; 11] = [
+    BOOST_URGENT,
+    INPUT_BOOST,
+    CPUSET_NONURGENT,
+    BOOST_TOP_APP,
+    BOOST_ARCVM,
+    UI_CPU_WEIGHT,
+    FOREGROUND_CPU_WEIGHT,
+    BACKGROUND_CPU_WEIGHT,
+    ARCVM,
+    ARCVM_CPU_WEIGHT,
+    VM_CPU_WEIGHT,
+];
+
+/// The key names of one section, in table order.
+pub fn section_keys(section: &str) -> Vec<&'static str> {
+    KEYS.iter()
+        .filter(|k| k.section == section)
+        .map(|k| k.name)
+        .collect()
+}
 
 /// One device/SKU of one file, with its resolved name and the sections cgqos reads.
 #[derive(Debug, Clone)]
@@ -295,5 +365,22 @@ chromeos:
         let e = device_configs(&doc).unwrap_err();
         assert_eq!(e.at.line, 6);
         assert!(e.message.contains("undefined variable `$nope`"), "{e}");
+    }
+
+    #[test]
+    fn every_key_is_spelled_once_in_a_known_section_and_has_a_row() {
+        let mut paths: Vec<String> = KEYS.iter().map(Key::path).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        assert_eq!(paths.len(), KEYS.len(), "a key is listed twice");
+        assert!(KEYS.iter().all(|k| SECTIONS.contains(&k.section)));
+        let board = crate::board::load_texts(
+            &[("b.yaml", "chromeos:\n  configs:\n    - name: b\n")],
+            None,
+            None,
+        )
+        .unwrap();
+        let rows: Vec<Key> = board.rows().iter().map(|(k, _)| *k).collect();
+        assert_eq!(rows, KEYS, "Board::rows follows KEYS");
     }
 }

@@ -102,11 +102,11 @@ fn list(ctx: &Ctx) -> CliResult<()> {
         .children(layout::VMS)
         .into_iter()
         .map(|name| {
-            let g = format!("{}/{name}", layout::VMS);
+            let g = layout::vm_path(&name);
             Listed {
                 processes: count(g.clone(), files::PROCS),
-                vcpu_threads: count(format!("{g}/{}", layout::VCPU), files::THREADS),
-                io_threads: count(format!("{g}/{}", layout::IO), files::THREADS),
+                vcpu_threads: count(layout::child_path(&g, layout::VCPU), files::THREADS),
+                io_threads: count(layout::child_path(&g, layout::IO), files::THREADS),
                 name,
             }
         })

@@ -491,7 +491,7 @@ impl Engine {
             Request::Move { group, targets } => {
                 let target = Target::parse(group).map_err(|e| (Code::InvalidTarget, e))?;
                 let (pgroup, class) = match &target {
-                    Target::Vm { name, part } => (format!("{}/{name}", layout::VMS), part.clone()),
+                    Target::Vm { name, part } => (layout::vm_path(name), part.clone()),
                     t => (t.path(), None),
                 };
                 self.authorize(
@@ -611,7 +611,7 @@ impl Engine {
                 self.authorize(
                     caller,
                     &Action::ChangeGroup {
-                        group: &format!("{}/{name}", layout::VMS),
+                        group: &layout::vm_path(name),
                     },
                 )?;
                 let added = ops::vm_add(
@@ -629,7 +629,7 @@ impl Engine {
                 self.authorize(
                     caller,
                     &Action::ChangeGroup {
-                        group: &format!("{}/{name}", layout::VMS),
+                        group: &layout::vm_path(name),
                     },
                 )?;
                 let r = ops::vm_remove(&mut self.session, name);

@@ -145,8 +145,8 @@ fn reservation(entry: &Node, ids: &Ids, classes: &Classes) -> Result<Reservation
     let ts = scalar(t, "policy.reserved.target")?;
     let pattern = match ts.strip_prefix("class:") {
         // urgent, non-urgent, default, vcpu, io name where threads go.
-        Some(c) if crate::layout::parse_class(c).is_ok() => {
-            Pattern::Class(if c == "nonurgent" { "non-urgent" } else { c }.to_string())
+        Some(c) if crate::layout::canonical_class(c).is_some() => {
+            Pattern::Class(crate::layout::canonical_class(c).expect("checked").into())
         }
         // A thread class, by its own name whatever alias the file uses.
         Some(c) if classes.get(c).is_some() => {

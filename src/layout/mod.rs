@@ -1,4 +1,5 @@
-//! The names of cgqos's groups and thread classes, and the aliases users type.
+//! The names of cgqos's groups and thread classes, and the aliases users type, all read
+//! from one table ([`table`]).
 //!
 //! ```text
 //! chrome/                    thread root of all browser processes
@@ -9,16 +10,16 @@
 //!     vcpu/ io/                        thread classes (threaded)
 //! ```
 
+pub mod table;
+
 use std::fmt;
 
-pub const CHROME: &str = "chrome";
-pub const VMS: &str = "vms";
-pub const ARCVM: &str = "arcvm";
-pub const PROCESS_GROUPS: [&str; 3] = ["ui", "foreground", "background"];
-pub const URGENT: &str = "urgent";
-pub const NON_URGENT: &str = "non-urgent";
-pub const VCPU: &str = "vcpu";
-pub const IO: &str = "io";
+pub use crate::suggest::{closest, suggest};
+pub use table::{
+    ARCVM, BROWSER_CLASSES, CHROME, CHROME_GROUPS, DEFAULT_CLASS, IO, Kind, NON_URGENT, URGENT,
+    VCPU, VM_PARTS, VMS, canonical_class, child_path, class_words, classes_of, full_weight, lookup,
+    named_vms, vm_path,
+};
 
 /// Where a whole process can be placed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,53 @@ pub enum Target {
     Vm { name: String, part: Option<String> },
 }
 
+fn process_group(word: &str) -> Option<&'static str> {
+    CHROME_GROUPS
+        .iter()
+        .find(|g| g.name == word)
+        .map(|g| g.name)
+}
+
+fn vm_part(word: &str) -> Option<&'static str> {
+    VM_PARTS.iter().find(|p| p.name == word).map(|p| p.name)
+}
+
+/// `` `vcpu` and `io` ``
+fn vm_parts_listed() -> String {
+    let parts: Vec<String> = VM_PARTS.iter().map(|p| format!("`{}`", p.name)).collect();
+    parts.join(" and ")
+}
+
+/// A named VM's aliases: `<vm>` and `<vm>-<part>`, with what each stands for.
+fn vm_aliases() -> Vec<(String, &'static str, Option<&'static str>)> {
+    let mut out = Vec::new();
+    for vm in named_vms() {
+        out.push((vm.to_string(), vm, None));
+        for p in VM_PARTS {
+            out.push((format!("{vm}-{}", p.name), vm, Some(p.name)));
+        }
+    }
+    out
+}
+
+/// What `Target::parse` accepts, for its error message.
+fn expected_groups() -> String {
+    let parts: Vec<String> = VM_PARTS.iter().map(|p| format!("/{}", p.name)).collect();
+    let parts = parts.join("|");
+    let mut words: Vec<String> = CHROME_GROUPS.iter().map(|g| g.name.to_string()).collect();
+    words.push(format!("{CHROME}/<group>"));
+    words.extend(vm_aliases().into_iter().map(|(a, _, _)| a));
+    words.push(format!("vm:<name>[{parts}]"));
+    format!("{} or {VMS}/<name>[{parts}]", words.join(", "))
+}
+
+/// Where whole processes go, for the hint when a class was given as a group.
+fn process_destinations() -> String {
+    let mut words: Vec<&str> = CHROME_GROUPS.iter().map(|g| g.name).collect();
+    words.extend(named_vms());
+    format!("{} or vm:<name>", words.join(", "))
+}
+
 impl Target {
     /// Parses a path (`chrome/background`, `vms/arcvm/io`) or alias (`ui`, `foreground`,
     /// `background`, `arcvm`, `arcvm-vcpu`, `arcvm-io`, `vm:<name>`, `vm:<name>/io`).
@@ -37,40 +85,48 @@ impl Target {
         let parts: Vec<&str> = s.split('/').collect();
         let vm = |name: &str, part: Option<&str>| -> Result<Target, String> {
             validate_vm_name(name)?;
-            match part {
+            match part.map(|p| (p, vm_part(p))) {
                 None => Ok(Target::Vm {
                     name: name.into(),
                     part: None,
                 }),
-                Some(p @ (VCPU | IO)) => Ok(Target::Vm {
+                Some((_, Some(p))) => Ok(Target::Vm {
                     name: name.into(),
                     part: Some(p.into()),
                 }),
-                Some(p) => Err(format!(
-                    "VM groups have parts `vcpu` and `io`, not {p:?}{}",
-                    suggest(p, [VCPU, IO])
+                Some((p, None)) => Err(format!(
+                    "VM groups have parts {}, not {p:?}{}",
+                    vm_parts_listed(),
+                    suggest(p, VM_PARTS.iter().map(|p| p.name))
                 )),
             }
         };
+        // Built only for a one-word name that is no process group (every move parses one).
+        let alias = (parts.len() == 1 && process_group(s).is_none())
+            .then(|| vm_aliases().into_iter().find(|(a, _, _)| a == s))
+            .flatten();
         match parts.as_slice() {
-            [g] if PROCESS_GROUPS.contains(g) => Ok(Target::Browser(g.to_string())),
-            [CHROME, g] if PROCESS_GROUPS.contains(g) => Ok(Target::Browser(g.to_string())),
-            ["arcvm"] => vm(ARCVM, None),
-            ["arcvm-vcpu"] => vm(ARCVM, Some(VCPU)),
-            ["arcvm-io"] => vm(ARCVM, Some(IO)),
+            [g] if process_group(g).is_some() => Ok(Target::Browser(g.to_string())),
+            [CHROME, g] if process_group(g).is_some() => Ok(Target::Browser(g.to_string())),
+            [_] if alias.is_some() => {
+                let (_, name, part) = alias.expect("checked");
+                vm(name, part)
+            }
             [VMS, name] => vm(name, None),
             [VMS, name, part] => vm(name, Some(part)),
             [alias, rest @ ..] if alias.starts_with("vm:") && rest.len() <= 1 => {
                 vm(&alias[3..], rest.first().copied())
             }
-            [class] if THREAD_CLASS_WORDS.contains(class) => Err(format!(
-                "{class:?} is a thread class, not a group: `cgqos move --thread TID... {class}` moves threads to a class (whole processes go to ui, foreground, background, arcvm or vm:<name>)"
+            [class] if thread_class_words().contains(class) => Err(format!(
+                "{class:?} is a thread class, not a group: `cgqos move --thread TID... {class}` moves threads to a class (whole processes go to {})",
+                process_destinations()
             )),
             _ => {
                 // A near miss of a thread class is a class meant for `move --thread`.
-                let mut hint = suggest(s, GROUP_WORDS);
+                let words = group_words();
+                let mut hint = suggest(s, words.iter().map(String::as_str));
                 if hint.is_empty() {
-                    hint = suggest(s, THREAD_CLASS_WORDS.iter().copied());
+                    hint = suggest(s, thread_class_words());
                     if !hint.is_empty() {
                         hint = format!(
                             "{}, a thread class: use `move --thread`)",
@@ -79,7 +135,8 @@ impl Target {
                     }
                 }
                 Err(format!(
-                    "unknown group {s:?}{hint}: expected ui, foreground, background, chrome/<group>, arcvm, arcvm-vcpu, arcvm-io, vm:<name>[/vcpu|/io] or vms/<name>[/vcpu|/io]"
+                    "unknown group {s:?}{hint}: expected {}",
+                    expected_groups()
                 ))
             }
         }
@@ -89,21 +146,17 @@ impl Target {
     pub fn path(&self) -> String {
         match self {
             Target::Browser(g) => format!("{CHROME}/{g}"),
-            Target::Vm { name, part: None } => format!("{VMS}/{name}"),
+            Target::Vm { name, part: None } => vm_path(name),
             Target::Vm {
                 name,
                 part: Some(p),
-            } => format!("{VMS}/{name}/{p}"),
+            } => format!("{}/{p}", vm_path(name)),
         }
     }
 
     /// The thread classes inside this target, if threads keep their class there.
-    pub fn classes(&self) -> &'static [&'static str] {
-        match self {
-            Target::Browser(_) => &[URGENT, NON_URGENT],
-            Target::Vm { part: None, .. } => &[VCPU, IO],
-            Target::Vm { part: Some(_), .. } => &[],
-        }
+    pub fn classes(&self) -> Vec<&'static str> {
+        classes_of(&self.path())
     }
 }
 
@@ -120,111 +173,53 @@ pub fn validate_vm_name(name: &str) -> Result<(), String> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && !name.starts_with('-')
-        && name != VCPU
-        && name != IO;
+        && vm_part(name).is_none();
     if ok {
         Ok(())
     } else {
+        let parts: Vec<String> = VM_PARTS.iter().map(|p| format!("`{}`", p.name)).collect();
         Err(format!(
-            "invalid VM name {name:?}: 1-64 characters of a-z, 0-9, '-' and '_', not starting with '-', not `vcpu` or `io`"
+            "invalid VM name {name:?}: 1-64 characters of a-z, 0-9, '-' and '_', not starting with '-', not {}",
+            parts.join(" or ")
         ))
     }
 }
 
 /// A thread class as typed after `move --thread`.
 pub fn parse_class(s: &str) -> Result<Option<&'static str>, String> {
-    match s {
-        "urgent" => Ok(Some(URGENT)),
-        "non-urgent" | "nonurgent" => Ok(Some(NON_URGENT)),
-        "default" => Ok(None),
-        "vcpu" => Ok(Some(VCPU)),
-        "io" => Ok(Some(IO)),
-        other => Err(format!(
-            "unknown thread class {other:?}{}: expected urgent, non-urgent, default (browser groups) or vcpu, io, default (VM groups)",
-            suggest(other, [URGENT, NON_URGENT, "default", VCPU, IO])
-        )),
+    if let Some((_, c)) = class_words().into_iter().find(|(w, _)| *w == s) {
+        return Ok(c);
     }
+    let browser: Vec<&str> = BROWSER_CLASSES.iter().map(|c| c.name).collect();
+    let vm: Vec<&str> = VM_PARTS.iter().map(|c| c.name).collect();
+    let mut canonical = browser.clone();
+    canonical.push(DEFAULT_CLASS);
+    canonical.extend(&vm);
+    Err(format!(
+        "unknown thread class {s:?}{}: expected {}, {DEFAULT_CLASS} (browser groups) or {}, {DEFAULT_CLASS} (VM groups)",
+        suggest(s, canonical),
+        browser.join(", "),
+        vm.join(", ")
+    ))
 }
 
-/// The fixed group names and aliases `Target::parse` accepts, for "did you mean".
-const GROUP_WORDS: [&str; 9] = [
-    "ui",
-    "foreground",
-    "background",
-    "chrome/ui",
-    "chrome/foreground",
-    "chrome/background",
-    "arcvm",
-    "arcvm-vcpu",
-    "arcvm-io",
-];
+/// The fixed group names and aliases `Target::parse` accepts, for "did you mean": the
+/// process groups by name, then by path, then the named VMs' aliases.
+fn group_words() -> Vec<String> {
+    let mut words: Vec<String> = CHROME_GROUPS.iter().map(|g| g.name.to_string()).collect();
+    words.extend(CHROME_GROUPS.iter().map(|g| format!("{CHROME}/{}", g.name)));
+    words.extend(vm_aliases().into_iter().map(|(a, _, _)| a));
+    words
+}
+
+/// A rule class named like no cgroup class, which is still a class and not a group.
+const RULE_CLASS_WORDS: [&str; 1] = ["urgent-bursty"];
 
 /// Words that name a thread class (of `move --thread`) rather than a group.
-const THREAD_CLASS_WORDS: [&str; 7] = [
-    URGENT,
-    NON_URGENT,
-    "nonurgent",
-    "default",
-    VCPU,
-    IO,
-    "urgent-bursty",
-];
-
-/// The candidate closest to `input`, if it is close enough to be what was meant: at most
-/// one edit per three characters (one for two-letter words, none for one letter), or `input`
-/// a prefix of it.
-pub fn closest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let input_l = input.to_ascii_lowercase();
-    let len = input.chars().count();
-    let budget = if len < 2 { 0 } else { (len / 3).max(1) };
-    candidates
-        .into_iter()
-        .filter(|c| *c != input)
-        .filter_map(|c| {
-            let d = edit_distance(&input_l, &c.to_ascii_lowercase());
-            let prefix = input.len() >= 3 && c.starts_with(input);
-            (d <= budget || prefix).then_some((if prefix { 0 } else { d }, c))
-        })
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-/// ` (did you mean "x"?)` for the closest candidate, or nothing.
-pub fn suggest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
-    closest(input, candidates)
-        .map(|c| format!(" (did you mean {c:?}?)"))
-        .unwrap_or_default()
-}
-
-/// Edit distance over characters (insertions, deletions, substitutions and swaps of two
-/// neighbours, the usual typing slips). Inputs are names typed on a command line: short, so
-/// the quadratic table is fine; longer inputs are not compared at all.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    if a.len() > 256 || b.len() > 256 {
-        return usize::MAX;
-    }
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                v = v.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = v;
-        }
-    }
-    d[a.len()][b.len()]
+fn thread_class_words() -> Vec<&'static str> {
+    let mut words: Vec<&str> = class_words().into_iter().map(|(w, _)| w).collect();
+    words.extend(RULE_CLASS_WORDS);
+    words
 }
 
 /// Where a cgroup path (relative to the cgqos root) sits in the layout.
@@ -239,24 +234,15 @@ pub struct Placement {
 /// Classifies a path relative to the cgqos root; `None` when it is not a cgqos group.
 pub fn classify(rel: &str) -> Option<Placement> {
     let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
-    match parts.as_slice() {
-        [CHROME, g] if PROCESS_GROUPS.contains(g) => Some(Placement {
-            group: format!("{CHROME}/{g}"),
+    let group = lookup(rel)?;
+    match parts.split_last() {
+        Some(_) if group.kind.holds_processes() => Some(Placement {
+            group: parts.join("/"),
             class: None,
         }),
-        [CHROME, g, c] if PROCESS_GROUPS.contains(g) && (*c == URGENT || *c == NON_URGENT) => {
-            Some(Placement {
-                group: format!("{CHROME}/{g}"),
-                class: Some(c.to_string()),
-            })
-        }
-        [VMS, name] => Some(Placement {
-            group: format!("{VMS}/{name}"),
-            class: None,
-        }),
-        [VMS, name, c] if *c == VCPU || *c == IO => Some(Placement {
-            group: format!("{VMS}/{name}"),
-            class: Some(c.to_string()),
+        Some((class, up)) if group.kind.is_class() => Some(Placement {
+            group: up.join("/"),
+            class: Some(class.to_string()),
         }),
         _ => None,
     }
