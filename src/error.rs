@@ -299,3 +299,44 @@ impl From<PlaceError> for CliError {
         CliError::wrap(kind, e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error made from an exit code exits with it, and a reply code read by the client
+    /// maps back to itself: the kind loses nothing either way.
+    #[test]
+    fn kinds_round_trip_exit_codes_and_reply_codes() {
+        for e in [
+            Exit::Failure,
+            Exit::BadInput,
+            Exit::NoSuchProcess,
+            Exit::KernelRefused,
+            Exit::Unsupported,
+            Exit::Denied,
+            Exit::Unavailable,
+            Exit::NotInSync,
+        ] {
+            assert_eq!(Kind::of_exit(e).exit(), e);
+        }
+        for c in [
+            Code::BadRequest,
+            Code::UnsupportedVersion,
+            Code::TooLarge,
+            Code::Denied,
+            Code::InvalidTarget,
+            Code::NoSuchProcess,
+            Code::KernelRefused,
+            Code::Unsupported,
+            Code::Busy,
+            Code::InvalidConfig,
+            Code::Internal,
+        ] {
+            assert_eq!(Kind::of_code(c).code(), c);
+        }
+        // Bad input on the command line is an invalid target on the wire, and back.
+        assert_eq!(Kind::of_exit(Exit::BadInput).code(), Code::InvalidTarget);
+        assert_eq!(Kind::of_code(Code::Busy).exit(), Exit::Unavailable);
+    }
+}

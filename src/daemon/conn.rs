@@ -286,6 +286,15 @@ async fn handle(
                 (r, Vec::new())
             })
     };
+    log_reply(caller, op, &summary, &reply);
+    for (pid, starttime) in watch {
+        watch::exit_watch(shared.clone(), pid, starttime);
+    }
+    reply
+}
+
+/// Logs what came of a request: refusals by the policy as warnings, reads at debug level.
+fn log_reply(caller: &Caller, op: &str, summary: &str, reply: &Reply) {
     match (&reply.error, &reply.result) {
         (Some(err), _) if err.code == Code::Denied => tracing::warn!(
             uid = caller.uid,
@@ -337,10 +346,6 @@ async fn handle(
             "applied: {summary}"
         ),
     }
-    for (pid, starttime) in watch {
-        watch::exit_watch(shared.clone(), pid, starttime);
-    }
-    reply
 }
 
 fn summarize(req: &Request) -> String {

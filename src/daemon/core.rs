@@ -48,23 +48,7 @@ impl Shared {
         f: impl FnOnce(&mut Engine) -> T + Send + 'static,
     ) -> Result<T, Panicked> {
         let me = self.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut e = me.engine.lock().unwrap_or_else(|p| {
-                // Only a panic outside `catch_unwind` below could poison it.
-                tracing::error!("the engine's lock was poisoned by a panic; carrying on");
-                me.engine.clear_poison();
-                p.into_inner()
-            });
-            catch_unwind(AssertUnwindSafe(|| f(&mut e))).map_err(|p| {
-                let message = panic_message(p.as_ref());
-                tracing::error!(
-                    "an engine call panicked: {message}; the changes it made so far stay (the \
-                     state file holds what was saved before it)"
-                );
-                Panicked(message)
-            })
-        })
-        .await;
+        let joined = tokio::task::spawn_blocking(move || run_caught(&me.engine, f)).await;
         // The closure catches `f`'s panics; only cancellation at shutdown is left.
         joined.unwrap_or_else(|e| Err(Panicked(format!("engine task: {e}"))))
     }
@@ -79,6 +63,25 @@ pub struct UserConnections {
     pub(super) warned: bool,
 }
 
+/// Runs `f` on what `m` holds, catching a panic inside while the lock is held: the mutex is
+/// not poisoned by it, and the panic is logged and returned.
+fn run_caught<E, T>(m: &Mutex<E>, f: impl FnOnce(&mut E) -> T) -> Result<T, Panicked> {
+    let mut e = m.lock().unwrap_or_else(|p| {
+        // Only a panic outside `catch_unwind` below could poison it.
+        tracing::error!("the engine's lock was poisoned by a panic; carrying on");
+        m.clear_poison();
+        p.into_inner()
+    });
+    catch_unwind(AssertUnwindSafe(|| f(&mut e))).map_err(|p| {
+        let message = panic_message(p.as_ref());
+        tracing::error!(
+            "an engine call panicked: {message}; the changes it made so far stay (the state \
+             file holds what was saved before it)"
+        );
+        Panicked(message)
+    })
+}
+
 /// An engine call panicked; the message of the panic.
 #[derive(Debug)]
 pub struct Panicked(pub String);
@@ -88,4 +91,23 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic inside an engine call is reported, and the next call finds the engine usable
+    /// and its lock not poisoned (it used to be taken over silently).
+    #[test]
+    fn a_panic_in_an_engine_call_is_caught_and_does_not_poison() {
+        let m = Mutex::new(1);
+        let r: Result<(), Panicked> = run_caught(&m, |n| {
+            *n = 2;
+            panic!("boom {}", *n);
+        });
+        assert_eq!(r.unwrap_err().0, "boom 2");
+        assert!(!m.is_poisoned());
+        assert_eq!(run_caught(&m, |n| *n).unwrap(), 2);
+    }
 }
