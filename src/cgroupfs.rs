@@ -90,6 +90,28 @@ impl FsError {
     }
 }
 
+/// `group/file` (or a subgroup), relative to a root; `""` is the root itself.
+pub fn join(group: &str, file: &str) -> String {
+    if group.is_empty() {
+        file.to_string()
+    } else {
+        format!("{group}/{file}")
+    }
+}
+
+/// `root/rel`, keeping only the plain names of `rel`: a relative group path never leaves the
+/// root, whatever it holds (`Path::join` would let an absolute `rel` replace the root and a
+/// `..` climb out of it).
+pub fn join_safely(root: &Path, rel: &str) -> PathBuf {
+    let mut p = root.to_path_buf();
+    for c in Path::new(rel).components() {
+        if let std::path::Component::Normal(name) = c {
+            p.push(name);
+        }
+    }
+    p
+}
+
 /// A cgroup v2 tree rooted at `root` (the cgqos root).
 #[derive(Debug, Clone)]
 pub struct CgroupFs {
@@ -107,11 +129,7 @@ impl CgroupFs {
 
     /// Absolute path of a group or file relative to the root (`""` is the root).
     pub fn path(&self, rel: &str) -> PathBuf {
-        if rel.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(rel)
-        }
+        join_safely(&self.root, rel)
     }
 
     pub fn exists(&self, rel: &str) -> bool {
@@ -166,7 +184,7 @@ impl CgroupFs {
     /// Ids listed in `cgroup.procs` or `cgroup.threads` of a group.
     pub fn members(&self, group: &str, file: &str) -> Result<Vec<u32>, FsError> {
         Ok(self
-            .read(&crate::plan::join(group, file))?
+            .read(&join(group, file))?
             .lines()
             .filter_map(|l| l.trim().parse().ok())
             .collect())
@@ -312,6 +330,19 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relative_group_path_never_leaves_the_root() {
+        let root = Path::new("/sys/fs/cgroup/cgqos");
+        assert_eq!(join_safely(root, ""), root);
+        assert_eq!(join_safely(root, "vms/arcvm"), root.join("vms/arcvm"));
+        assert_eq!(join_safely(root, "/etc/passwd"), root.join("etc/passwd"));
+        assert_eq!(join_safely(root, "../../x/./y"), root.join("x/y"));
+        assert_eq!(
+            join(join("", "chrome").as_str(), "cpu.weight"),
+            "chrome/cpu.weight"
+        );
+    }
 
     #[test]
     fn finds_the_hybrid_hosts_cgroup2_mount() {

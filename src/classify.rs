@@ -7,11 +7,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::layout;
-use crate::ops::Session;
 use crate::place::{PlaceError, Placer};
 use crate::procfs::{ProcError, ProcessId, Procfs, ThreadId};
 use crate::rules::{ClassDef, ProcessInfo, Rule, RuleSet};
 use crate::sched::{self, TaskAttrs};
+use crate::session::Session;
 use crate::state::{AttrRecord, State, Why};
 
 /// How much of a process's command line rules see (argv[0] and `cmdline` matches), in bytes.
@@ -317,7 +317,7 @@ fn classify_thread_with(
 pub fn record_moves(
     state: &mut State,
     proc: &Procfs,
-    moved: &[crate::ops::Moved],
+    moved: &[crate::session::Moved],
     by: &str,
     process: bool,
 ) {

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
             if !e.message.is_empty() {
                 cgqos::cli::eprint_line(&e.message);
             }
-            ExitCode::from(e.exit as u8)
+            ExitCode::from(e.exit() as u8)
         }
     }
 }

@@ -6,45 +6,34 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::session::{Moved, Session};
+
 use crate::apply::{Outcome, apply, same_value};
 use crate::board::Board;
 use crate::cgroupfs::{CgroupFs, files};
-use crate::daemon::protocol::{Code, RestrictState, TaskRef};
-use crate::error::{CliError, CliResult, Exit};
+use crate::error::{CliError, CliResult, Exit, Kind};
 use crate::layout::{self, Target, validate_vm_name};
-use crate::place::{CgroupMap, Held, PlaceError, Placer, TeardownReport, ThreadPlace};
+use crate::model::{Code, RestrictState, TaskRef};
+use crate::place::{Held, PlaceError, Placer, TeardownReport, ThreadPlace};
 use crate::plan::{Op, Plan, Tree, join, vm_steps};
 use crate::procfs::Procfs;
 use crate::rules::{ClassDef, Classes};
-use crate::state::{Restriction, State, StateDir};
+use crate::state::{Restriction, State};
 
-/// A cgroup tree, the view of it from /proc, and the locked record of what cgqos changed.
-pub struct Session {
-    pub cg: CgroupFs,
-    pub map: CgroupMap,
-    pub proc: Procfs,
-    pub sd: StateDir,
-    pub state: State,
-}
-
-impl Session {
-    pub fn placer(&self) -> Placer<'_> {
-        Placer::new(&self.cg, &self.map, &self.proc)
-    }
-
-    pub fn save(&self) -> CliResult<()> {
-        Ok(self.sd.save(&self.state)?)
-    }
-}
-
-/// Where a move sends its targets.
+/// Where a move sends its targets: whole processes to a group, or threads to a class.
 #[derive(Debug, Clone)]
 pub enum Dest {
     Group(Target),
+    Thread(ThreadDest),
+}
+
+/// Where a thread move sends its targets.
+#[derive(Debug, Clone)]
+pub enum ThreadDest {
     /// A VM thread class (`vcpu`, `io`; `None`: the group's default).
-    Class(Option<&'static str>),
+    Vm(Option<&'static str>),
     /// A thread class of the class table: its cgroup class and its task attributes.
-    ThreadClass {
+    Class {
         class: ClassDef,
         uclamp: bool,
         /// Who asked, for `why`.
@@ -60,13 +49,13 @@ pub fn thread_dest(
     by: String,
 ) -> Result<Dest, String> {
     match name {
-        layout::VCPU | layout::IO => Ok(Dest::Class(layout::parse_class(name)?)),
+        layout::VCPU | layout::IO => Ok(Dest::Thread(ThreadDest::Vm(layout::parse_class(name)?))),
         _ => match classes.get(name) {
-            Some(c) => Ok(Dest::ThreadClass {
+            Some(c) => Ok(Dest::Thread(ThreadDest::Class {
                 class: c.clone(),
                 uclamp,
                 by,
-            }),
+            })),
             None => Err(format!(
                 "unknown thread class {name:?}{}: expected one of {} (or urgent, non-urgent, default; vcpu, io in VM groups; schedqos QOS_* names){}",
                 layout::suggest(name, classes.names()),
@@ -80,44 +69,6 @@ pub fn thread_dest(
                 }
             )),
         },
-    }
-}
-
-/// The outcome for one id of a move.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Moved {
-    pub id: u32,
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<Code>,
-    #[serde(default)]
-    pub threads: Vec<ThreadPlace>,
-}
-
-pub fn code_of(exit: Exit) -> Code {
-    match exit {
-        Exit::NoSuchProcess => Code::NoSuchProcess,
-        Exit::BadInput => Code::InvalidTarget,
-        Exit::KernelRefused => Code::KernelRefused,
-        Exit::Denied => Code::Denied,
-        Exit::Unsupported => Code::Unsupported,
-        Exit::Failure | Exit::Unavailable | Exit::NotInSync | Exit::Ok => Code::Internal,
-    }
-}
-
-pub fn exit_of(code: Code) -> Exit {
-    match code {
-        Code::NoSuchProcess => Exit::NoSuchProcess,
-        Code::BadRequest | Code::InvalidTarget | Code::TooLarge | Code::InvalidConfig => {
-            Exit::BadInput
-        }
-        Code::UnsupportedVersion | Code::Internal => Exit::Failure,
-        Code::KernelRefused => Exit::KernelRefused,
-        Code::Denied => Exit::Denied,
-        Code::Busy => Exit::Unavailable,
-        Code::Unsupported => Exit::Unsupported,
     }
 }
 
@@ -140,7 +91,7 @@ impl Task {
 pub fn hold(proc: &Procfs, dest: &Dest, t: &TaskRef) -> Result<Held, PlaceError> {
     match dest {
         Dest::Group(_) => Held::process(proc, t.id, t.starttime),
-        Dest::Class(_) | Dest::ThreadClass { .. } => Held::thread(proc, t.id, t.starttime),
+        Dest::Thread(_) => Held::thread(proc, t.id, t.starttime),
     }
 }
 
@@ -153,35 +104,53 @@ pub fn move_tasks(s: &mut Session, dest: &Dest, targets: &[TaskRef]) -> Vec<Move
 /// Moves each target, holding by a pidfd those not held yet, each from its identity check
 /// through its write.
 pub fn move_held(s: &mut Session, dest: &Dest, targets: Vec<Task>) -> Vec<Moved> {
-    let mut out = Vec::with_capacity(targets.len());
-    if let Dest::ThreadClass { class, uclamp, by } = dest {
-        for t in targets {
-            let id = t.id();
-            let held = match t {
-                Task::Held(h) => Ok(h),
-                Task::Ref(r) => hold(&s.proc, dest, &r),
-            };
-            let r = held.and_then(|h| move_to_class(s, &h, class, *uclamp, by).map(|p| vec![p]));
-            out.push(outcome(id, r));
-        }
-        return out;
+    match dest {
+        Dest::Group(g) => place_each(s, dest, targets, |placer, h, state| {
+            placer.move_held_process(h, g, state)
+        }),
+        Dest::Thread(ThreadDest::Vm(c)) => place_each(s, dest, targets, |placer, h, state| {
+            placer.move_held_thread(h, *c, state).map(|p| vec![p])
+        }),
+        Dest::Thread(ThreadDest::Class { class, uclamp, by }) => targets
+            .into_iter()
+            .map(|t| {
+                let id = t.id();
+                let r = held(s, dest, t).and_then(|h| move_to_class(s, &h, class, *uclamp, by));
+                outcome(id, r.map(|p| vec![p]))
+            })
+            .collect(),
     }
+}
+
+fn held(s: &Session, dest: &Dest, t: Task) -> Result<Held, PlaceError> {
+    match t {
+        Task::Held(h) => Ok(h),
+        Task::Ref(r) => hold(&s.proc, dest, &r),
+    }
+}
+
+/// Moves each target with `place`, through one placer for all of them: each cgroup file is
+/// opened once per request.
+fn place_each(
+    s: &mut Session,
+    dest: &Dest,
+    targets: Vec<Task>,
+    place: impl Fn(
+        &mut Placer<'_>,
+        &Held,
+        &mut crate::state::State,
+    ) -> Result<Vec<ThreadPlace>, PlaceError>,
+) -> Vec<Moved> {
     let mut state = std::mem::take(&mut s.state);
-    // One placer for all targets: each cgroup file is opened once per request.
     let mut placer = s.placer();
-    for t in targets {
-        let id = t.id();
-        let held = match t {
-            Task::Held(h) => Ok(h),
-            Task::Ref(r) => hold(&s.proc, dest, &r),
-        };
-        let r = held.and_then(|h| match dest {
-            Dest::Group(g) => placer.move_held_process(&h, g, &mut state),
-            Dest::Class(c) => placer.move_held_thread(&h, *c, &mut state).map(|p| vec![p]),
-            Dest::ThreadClass { .. } => unreachable!("handled above"),
-        });
-        out.push(outcome(id, r));
-    }
+    let out = targets
+        .into_iter()
+        .map(|t| {
+            let id = t.id();
+            let r = held(s, dest, t).and_then(|h| place(&mut placer, &h, &mut state));
+            outcome(id, r)
+        })
+        .collect();
     s.state = state;
     out
 }
@@ -195,16 +164,7 @@ fn outcome(id: u32, r: Result<Vec<ThreadPlace>, PlaceError>) -> Moved {
             code: None,
             threads,
         },
-        Err(e) => {
-            let e = CliError::from(e);
-            Moved {
-                id,
-                ok: false,
-                error: Some(e.message),
-                code: Some(code_of(e.exit)),
-                threads: vec![],
-            }
-        }
+        Err(e) => Moved::failed(id, CliError::from(e)),
     }
 }
 
@@ -237,12 +197,28 @@ fn move_to_class(
 pub fn moves_exit(moved: &[Moved]) -> Exit {
     let mut worst = Exit::Ok;
     for m in moved.iter().filter(|m| !m.ok) {
-        let e = exit_of(m.code.unwrap_or(Code::Internal));
+        let e = Kind::of_code(m.code.unwrap_or(Code::Internal)).exit();
         if worst == Exit::Ok || worst == Exit::NoSuchProcess {
             worst = e;
         }
     }
     worst
+}
+
+/// Creates the cgqos root if it is missing, and records that cgqos created it (so teardown
+/// removes it). Whether it was created.
+pub fn create_root(root: &Path, state: &mut State) -> CliResult<bool> {
+    if root.exists() {
+        return Ok(false);
+    }
+    std::fs::create_dir(root).map_err(|e| {
+        CliError::new(
+            Exit::KernelRefused,
+            format!("mkdir {}: {e}", root.display()),
+        )
+    })?;
+    state.created_root = true;
+    Ok(true)
 }
 
 /// What `vm add` reports.

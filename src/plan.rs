@@ -81,13 +81,8 @@ impl std::fmt::Display for Step {
     }
 }
 
-pub fn join(group: &str, file: &str) -> String {
-    if group.is_empty() {
-        file.to_string()
-    } else {
-        format!("{group}/{file}")
-    }
-}
+/// The join lives with the filesystem layer, which must not depend on the plan.
+pub use crate::cgroupfs::join;
 
 /// Values derived from topology and board, shown by `plan` and used by `vm add`.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -66,12 +66,13 @@ impl Env {
     }
 }
 
-/// A process of our own to name in commands, killed on drop.
+/// A process of our own to name in commands, killed on drop. It sleeps far longer than any
+/// test runs (a 60 s sleep ran out on a loaded machine, and the moves then met exit 3).
 struct Sleeper(std::process::Child);
 
 impl Sleeper {
     fn new() -> Sleeper {
-        Sleeper(Command::new("sleep").arg("60").spawn().unwrap())
+        Sleeper(Command::new("sleep").arg("86400").spawn().unwrap())
     }
     fn pid(&self) -> String {
         self.0.id().to_string()

@@ -248,7 +248,7 @@ pub fn run(cli: Cli) -> CliResult<()> {
     let result = match (result, out.error) {
         // The command's own failure says more than a failure to print its report; its
         // code stays, and a report that failed silently gets the write error as message.
-        (Err(e), Some(w)) if e.message.is_empty() => Err(CliError::new(e.exit, w.message)),
+        (Err(e), Some(w)) if e.message.is_empty() => Err(CliError::of(e.kind(), w.message)),
         (Err(e), _) => Err(e),
         (Ok(()), Some(e)) => Err(e),
         (Ok(()), None) => Ok(()),
@@ -264,7 +264,7 @@ pub fn run(cli: Cli) -> CliResult<()> {
 /// The `--json` form of an error that ends a command (documented in docs/cli.md).
 pub fn json_error(e: &CliError) -> String {
     let v = serde_json::json!({
-        "error": {"exit": e.exit as u8, "kind": e.exit.name(), "message": e.message}
+        "error": {"exit": e.exit() as u8, "kind": e.exit().name(), "message": e.message}
     });
     format!("{v}\n")
 }

@@ -6,7 +6,7 @@ use super::Ctx;
 use crate::daemon::protocol::{Request, TaskRef};
 use crate::error::{CliError, CliResult, Exit};
 use crate::layout::Target;
-use crate::ops::{self, Dest, Moved};
+use crate::ops::{self, Dest, Moved, ThreadDest};
 
 #[derive(Args, Debug)]
 #[command(
@@ -144,7 +144,7 @@ pub fn run(ctx: &Ctx, args: MoveArgs) -> CliResult<()> {
 fn run_direct(ctx: &Ctx, dest: &Dest, targets: &[TaskRef]) -> CliResult<Vec<Moved>> {
     let mut s = ctx.session()?;
     let results = ops::move_tasks(&mut s, dest, targets);
-    if let Dest::Group(_) | Dest::Class(_) = dest {
+    if let Dest::Group(_) | Dest::Thread(ThreadDest::Vm(_)) = dest {
         // SAFETY: getuid has no preconditions.
         let uid = unsafe { libc::getuid() };
         let process = matches!(dest, Dest::Group(_));

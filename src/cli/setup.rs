@@ -44,16 +44,8 @@ pub fn run(ctx: &Ctx, args: SetupArgs) -> CliResult<()> {
 
     let sd = ctx.state_dir()?;
     let mut state = sd.load(&root)?;
-    let mut created_root = false;
-    if !root.exists() {
-        std::fs::create_dir(&root).map_err(|e| {
-            CliError::new(
-                Exit::KernelRefused,
-                format!("mkdir {}: {e}", root.display()),
-            )
-        })?;
-        created_root = true;
-        state.created_root = true;
+    let created_root = crate::ops::create_root(&root, &mut state)?;
+    if created_root {
         sd.save(&state)?;
     }
     if args.strict {

@@ -8,8 +8,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::protocol::{Code, Reply, Request, request_line};
-use crate::error::{CliError, CliResult, Exit};
-use crate::ops::exit_of;
+use crate::error::{CliError, CliResult, Exit, Kind};
 
 pub struct Client {
     writer: UnixStream,
@@ -80,9 +79,9 @@ impl Client {
                     format!("unexpected reply from the daemon: {e}"),
                 )
             }),
-            (_, _, Some(err)) => Err(CliError::new(exit_of(err.code), err.message)),
-            _ => Err(CliError::new(
-                exit_of(Code::Internal),
+            (_, _, Some(err)) => Err(CliError::of(Kind::of_code(err.code), err.message)),
+            _ => Err(CliError::of(
+                Kind::of_code(Code::Internal),
                 "malformed reply from the daemon",
             )),
         }
@@ -119,7 +118,7 @@ mod tests {
             ],
         };
         let err = c.call::<serde_json::Value>(&big).unwrap_err();
-        assert_eq!(err.exit, Exit::Unavailable);
+        assert_eq!(err.exit(), Exit::Unavailable);
         assert!(
             err.message.contains("too many connections"),
             "{}",

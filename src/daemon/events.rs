@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
-use super::server::Shared;
+use super::core::Shared;
 
 const NETLINK_CONNECTOR: i32 = 11;
 const CN_IDX_PROC: u32 = 1;
@@ -25,30 +25,8 @@ const PROC_EVENT_EXEC: u32 = 0x0000_0002;
 const PROC_EVENT_COMM: u32 = 0x0000_0200;
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 
-/// One process event, decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// A new task: a process when `pid == tgid`, else a thread of `tgid`. `parent` is the
-    /// kernel's `real_parent`: for a process, the thread that forked it (whose attributes it
-    /// starts with); for a thread, the parent of its process (not its creator).
-    Fork {
-        pid: u32,
-        tgid: u32,
-        parent: u32,
-    },
-    Exec {
-        pid: u32,
-        tgid: u32,
-    },
-    Comm {
-        pid: u32,
-        tgid: u32,
-    },
-    Exit {
-        pid: u32,
-        tgid: u32,
-    },
-}
+// What the engine reacts to: defined with it, so the engine needs nothing of this module.
+pub use super::engine::Event;
 
 /// Decodes every event in one datagram (one or more netlink messages).
 pub fn parse(mut buf: &[u8]) -> Vec<Event> {

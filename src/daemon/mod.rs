@@ -5,6 +5,8 @@
 //! SO_PEERCRED and checked against the policy in `<config-dir>/daemon.yaml`.
 
 pub mod client;
+pub mod conn;
+pub mod core;
 pub mod engine;
 pub mod events;
 pub mod policy;
@@ -18,9 +20,9 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use self::core::Shared;
 use crate::error::{CliError, CliResult, Exit};
 use engine::{Engine, Paths};
-use server::Shared;
 
 pub const DEFAULT_SOCKET: &str = "/run/cgqos/cgqos.sock";
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/cgqos";
@@ -84,7 +86,7 @@ pub fn run(paths: Paths, socket: PathBuf, reset_on_exit: bool) -> CliResult<()> 
         watch::hotplug(shared.clone());
         tracing::info!("serving {}", socket.display());
         watch::notify_ready();
-        server::accept_loop(shared.clone(), listener, shutdown()).await;
+        conn::accept_loop(shared.clone(), listener, shutdown()).await;
         server::unbind(&socket_dir);
         if reset_on_exit {
             let r = shared

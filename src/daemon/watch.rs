@@ -13,10 +13,11 @@ use tokio::io::unix::AsyncFd;
 
 use serde_json::Value;
 
+use super::core::Shared;
 use super::engine::{Engine, LoadError, Paths};
 use super::policy::Caller;
-use super::protocol::{Code, Reply};
-use super::server::Shared;
+use super::protocol::Reply;
+use crate::error::Kind;
 
 /// pidfd_open(2): a file descriptor that becomes readable when the process exits.
 fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
@@ -85,7 +86,7 @@ pub async fn reload(
     shared: &Arc<Shared>,
     paths: Paths,
     why: &'static str,
-) -> Result<usize, (Code, LoadError)> {
+) -> Result<usize, (Kind, LoadError)> {
     let _one = RELOADING.lock().await;
     let loaded = tokio::task::spawn_blocking(move || Engine::load(&paths))
         .await
@@ -106,11 +107,11 @@ pub async fn reload_request(shared: &Arc<Shared>, caller: &Caller, id: Value) ->
     let c = caller.clone();
     let paths = match shared.with_engine(move |e| e.reload_paths(&c)).await {
         Ok(p) => p,
-        Err((code, msg)) => return Reply::err(id, code, msg),
+        Err(e) => return Reply::err(id, e.code(), e.message),
     };
     match reload(shared, paths, "request").await {
         Ok(steps) => Reply::ok(id, serde_json::json!({"reloaded": true, "steps": steps})),
-        Err((code, e)) => Reply::err(id, code, e.for_caller(caller)),
+        Err((kind, e)) => Reply::err(id, kind.code(), e.for_caller(caller)),
     }
 }
 

@@ -9,21 +9,17 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod strict;
+use strict::strict_value;
+
 pub const VERSION: u64 = 1;
 /// Longest request line accepted, in bytes (the newline excluded).
 pub const MAX_LINE: usize = 64 * 1024;
 /// Most ids in one move request.
 pub const MAX_TARGETS: usize = 1024;
 
-/// A process or thread named by a request, optionally with the start time the caller saw
-/// (field 22 of `/proc/<id>/stat`), so a reused id is refused instead of moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TaskRef {
-    pub id: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub starttime: Option<u64>,
-}
+// The operations speak these too; the wire names them.
+pub use crate::model::{Code, RestrictState, TaskRef};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -64,13 +60,6 @@ pub enum Request {
     Reset,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RestrictState {
-    Foreground,
-    Background,
-}
-
 impl Request {
     pub fn op(&self) -> &'static str {
         match self {
@@ -86,33 +75,6 @@ impl Request {
             Request::Reset => "reset",
         }
     }
-}
-
-/// Error codes of failed replies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Code {
-    /// Not JSON, not an object, unknown op or field, wrong type.
-    BadRequest,
-    /// `v` is not a version this daemon speaks.
-    UnsupportedVersion,
-    /// The line is longer than MAX_LINE, or a list longer than MAX_TARGETS.
-    TooLarge,
-    /// The caller may not do this (the message says which rule).
-    Denied,
-    /// Unknown group or class, kernel thread, group not set up.
-    InvalidTarget,
-    /// The process or thread does not exist, or its id was reused.
-    NoSuchProcess,
-    /// The kernel refused (EBUSY, EOPNOTSUPP, EINVAL, EACCES).
-    KernelRefused,
-    /// The kernel lacks what the request needs (e.g. no cpu controller for `restrict`).
-    Unsupported,
-    /// Too many connections; try again.
-    Busy,
-    /// The new configuration is invalid; the old one stays in force.
-    InvalidConfig,
-    Internal,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -263,117 +225,6 @@ fn id_round_trips(id: &Value) -> bool {
         Value::Number(n) => n.is_u64() || n.is_i64(),
         Value::Array(_) | Value::Object(_) => false,
     }
-}
-
-/// Parses JSON text into a `Value` like `serde_json::from_slice`, except that an object with
-/// the same key twice, at any depth, is an error (serde_json would keep the last one, so a
-/// request could say `"op":"ping"` to one reader and `"op":"reset"` to another). The nesting
-/// limit of serde_json's parser (128) still applies.
-fn strict_value(text: &[u8]) -> serde_json::Result<Value> {
-    use serde::de::DeserializeSeed;
-    let mut de = serde_json::Deserializer::from_slice(text);
-    let value = Strict {
-        path: String::new(),
-    }
-    .deserialize(&mut de)?;
-    de.end()?;
-    Ok(value)
-}
-
-/// Builds a `Value`, refusing duplicate keys; `path` locates the value for the message
-/// (`targets[1]`; empty for the request itself).
-struct Strict {
-    path: String,
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for Strict {
-    type Value = Value;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Strict {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        // JSON has no NaN or infinity, so serde_json never passes one.
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(Strict {
-            path: format!("{}[{}]", self.path, out.len()),
-        })? {
-            out.push(v);
-        }
-        Ok(Value::Array(out))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = serde_json::Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                let inside = if self.path.is_empty() {
-                    "the request".to_string()
-                } else {
-                    format!("`{}`", self.path)
-                };
-                return Err(serde::de::Error::custom(format!(
-                    "duplicate key `{}` in {inside}",
-                    shown(&key)
-                )));
-            }
-            let path = if self.path.is_empty() {
-                shown(&key)
-            } else {
-                format!("{}.{}", self.path, shown(&key))
-            };
-            let v = map.next_value_seed(Strict { path })?;
-            out.insert(key, v);
-        }
-        Ok(Value::Object(out))
-    }
-}
-
-/// A key as error messages show it: escaped and cut short, since it is the caller's text
-/// and goes to the log.
-fn shown(key: &str) -> String {
-    let mut s: String = key.chars().take(32).flat_map(char::escape_debug).collect();
-    if key.chars().nth(32).is_some() {
-        s.push('…');
-    }
-    s
 }
 
 /// Serialises a request as a line (the client side).

@@ -1,0 +1,158 @@
+//! What the engine does on its own: process events, rescans, and forgetting tasks that
+//! exited.
+
+use super::Engine;
+
+/// One process event, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A new task: a process when `pid == tgid`, else a thread of `tgid`. `parent` is the
+    /// kernel's `real_parent`: for a process, the thread that forked it (whose attributes it
+    /// starts with); for a thread, the parent of its process (not its creator).
+    Fork {
+        pid: u32,
+        tgid: u32,
+        parent: u32,
+    },
+    Exec {
+        pid: u32,
+        tgid: u32,
+    },
+    Comm {
+        pid: u32,
+        tgid: u32,
+    },
+    Exit {
+        pid: u32,
+        tgid: u32,
+    },
+}
+
+impl Engine {
+    /// Applies the rules to everything that runs (at start, after a reload, after lost events).
+    /// Records of tasks that exited meanwhile (their exit events may be among the lost ones)
+    /// are dropped first; threads born without a fork event get their original attributes
+    /// from their likely creator's record (`classify::inherit_unrecorded`).
+    pub fn rescan(&mut self) {
+        self.forget_exited();
+        let pids: Vec<u32> = std::fs::read_dir(self.session.proc.root())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        let mut inherited = 0;
+        let mut classified = 0;
+        for pid in pids {
+            inherited += crate::classify::inherit_unrecorded(
+                &mut self.session.state,
+                &self.session.proc,
+                pid,
+            );
+            if !self.loaded.rules.rules.is_empty() {
+                classified += self.classify(pid, None);
+            }
+        }
+        tracing::info!(
+            "rescan: {classified} thread(s) classified by rules, {inherited} inherited original attributes"
+        );
+        self.save_quietly();
+    }
+
+    /// Handles a batch of process events.
+    pub fn events(&mut self, events: &[Event]) {
+        let mut touched = 0;
+        for ev in events {
+            // Whatever the rules: a task born from one cgqos changed inherited the change.
+            // A process's fork event names its creating thread; a thread's names the
+            // process's parent, so its creator is inferred within its process.
+            if let Event::Fork { pid, tgid, parent } = *ev {
+                let s = &mut self.session;
+                let inherited = if pid == tgid {
+                    crate::classify::inherit_original(&mut s.state, &s.proc, parent, pid, tgid)
+                } else {
+                    crate::classify::inherit_thread(&mut s.state, &s.proc, pid, tgid)
+                };
+                touched += usize::from(inherited);
+            }
+            match *ev {
+                Event::Exit { pid, .. } => {
+                    // The task is gone: whatever was recorded for its id is stale.
+                    let state = &mut self.session.state;
+                    let t = state.tasks.remove(&pid).is_some();
+                    let a = state.attrs.remove(&pid).is_some();
+                    let w = state.why.remove(&pid).is_some();
+                    touched += usize::from(t || a || w);
+                }
+                _ if self.loaded.rules.rules.is_empty() => {}
+                // A new process, an exec, or a rename of a main thread: the whole process
+                // (its match may have changed).
+                Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } if pid == tgid => {
+                    touched += self.classify(tgid, None)
+                }
+                Event::Exec { tgid, .. } => touched += self.classify(tgid, None),
+                // A new or renamed thread.
+                Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } => {
+                    touched += self.classify(tgid, Some(pid))
+                }
+            }
+        }
+        if touched > 0 {
+            self.save_quietly();
+        }
+    }
+
+    /// Classifies a process (or one of its threads); a task that is gone is not an error.
+    fn classify(&mut self, pid: u32, tid: Option<u32>) -> usize {
+        let rules = std::mem::take(&mut self.loaded.rules);
+        let r = match tid {
+            None => crate::classify::classify_process(&mut self.session, &rules, pid, self.uclamp)
+                .map(|v| v.iter().filter(|a| a.changed()).count()),
+            Some(t) => {
+                crate::classify::classify_thread(&mut self.session, &rules, pid, t, self.uclamp)
+                    .map(|a| usize::from(a.is_some_and(|a| a.changed())))
+            }
+        };
+        self.loaded.rules = rules;
+        match r {
+            Ok(n) => n,
+            Err(crate::place::PlaceError::Gone(_)) => 0,
+            Err(e) => {
+                tracing::warn!(pid, tid = tid.unwrap_or(pid), "rule not applied: {e}");
+                0
+            }
+        }
+    }
+
+    fn save_quietly(&self) {
+        if let Err(e) = self.session.save() {
+            tracing::warn!("saving state: {e}");
+        }
+    }
+
+    /// Drops state records of tasks that exited (bounded memory, whatever the history).
+    pub fn forget_exited(&mut self) {
+        let proc = &self.session.proc;
+        let alive = |id: u32, st: u64| proc.stat(id).is_ok_and(|s| s.starttime == st);
+        let state = &mut self.session.state;
+        state.tasks.retain(|&id, r| alive(id, r.starttime));
+        state.attrs.retain(|&id, r| alive(id, r.starttime));
+        state.why.retain(|&id, r| alive(id, r.starttime));
+        self.watched
+            .retain(|pid| self.session.state.tasks.contains_key(pid));
+    }
+
+    /// Watched processes exited: forget them and their threads, with one save.
+    pub fn processes_exited(&mut self, pids: &[u32]) {
+        for pid in pids {
+            self.watched.remove(pid);
+        }
+        let state = &mut self.session.state;
+        let before = state.tasks.len() + state.attrs.len() + state.why.len();
+        state.tasks.retain(|_, r| !pids.contains(&r.pid));
+        state.attrs.retain(|_, r| !pids.contains(&r.pid));
+        state.why.retain(|_, r| !pids.contains(&r.pid));
+        if state.tasks.len() + state.attrs.len() + state.why.len() != before {
+            self.save_quietly();
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! A session: a cgroup tree, the view of it from /proc and the locked record of what cgqos
+//! changed; and what moving one task in it came to. Below both the operations and the
+//! classifier, which work on it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroupfs::CgroupFs;
+use crate::error::{CliError, CliResult};
+use crate::model::Code;
+use crate::place::{CgroupMap, Placer, ThreadPlace};
+use crate::procfs::Procfs;
+use crate::state::{State, StateDir};
+
+/// A cgroup tree, the view of it from /proc, and the locked record of what cgqos changed.
+pub struct Session {
+    pub cg: CgroupFs,
+    pub map: CgroupMap,
+    pub proc: Procfs,
+    pub sd: StateDir,
+    pub state: State,
+}
+
+impl Session {
+    pub fn placer(&self) -> Placer<'_> {
+        Placer::new(&self.cg, &self.map, &self.proc)
+    }
+
+    pub fn save(&self) -> CliResult<()> {
+        Ok(self.sd.save(&self.state)?)
+    }
+}
+
+/// The outcome for one id of a move.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Moved {
+    pub id: u32,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<Code>,
+    #[serde(default)]
+    pub threads: Vec<ThreadPlace>,
+}
+
+impl Moved {
+    /// A target that was not moved, and why.
+    pub fn failed(id: u32, e: CliError) -> Moved {
+        Moved {
+            id,
+            ok: false,
+            code: Some(e.code()),
+            error: Some(e.message),
+            threads: vec![],
+        }
+    }
+}
