@@ -23,5 +23,6 @@ pub mod procfs;
 pub mod rules;
 pub mod sched;
 pub mod state;
+pub mod sys;
 pub mod top;
 pub mod topology;
