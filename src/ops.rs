@@ -46,25 +46,18 @@ pub enum Dest {
     /// A thread class of the class table: its cgroup class and its task attributes.
     ThreadClass {
         class: ClassDef,
-        uclamp: bool,
         /// Who asked, for `why`.
         by: String,
     },
 }
 
 /// Resolves what `move --thread` names: a VM class, or a thread class of `classes`.
-pub fn thread_dest(
-    name: &str,
-    classes: &Classes,
-    uclamp: bool,
-    by: String,
-) -> Result<Dest, String> {
+pub fn thread_dest(name: &str, classes: &Classes, by: String) -> Result<Dest, String> {
     match name {
         layout::VCPU | layout::IO => Ok(Dest::Class(layout::parse_class(name)?)),
         _ => match classes.get(name) {
             Some(c) => Ok(Dest::ThreadClass {
                 class: c.clone(),
-                uclamp,
                 by,
             }),
             None => Err(format!(
@@ -154,14 +147,14 @@ pub fn move_tasks(s: &mut Session, dest: &Dest, targets: &[TaskRef]) -> Vec<Move
 /// through its write.
 pub fn move_held(s: &mut Session, dest: &Dest, targets: Vec<Task>) -> Vec<Moved> {
     let mut out = Vec::with_capacity(targets.len());
-    if let Dest::ThreadClass { class, uclamp, by } = dest {
+    if let Dest::ThreadClass { class, by } = dest {
         for t in targets {
             let id = t.id();
             let held = match t {
                 Task::Held(h) => Ok(h),
                 Task::Ref(r) => hold(&s.proc, dest, &r),
             };
-            let r = held.and_then(|h| move_to_class(s, &h, class, *uclamp, by).map(|p| vec![p]));
+            let r = held.and_then(|h| move_to_class(s, &h, class, by).map(|p| vec![p]));
             out.push(outcome(id, r));
         }
         return out;
@@ -214,7 +207,6 @@ fn move_to_class(
     s: &mut Session,
     h: &Held,
     class: &ClassDef,
-    uclamp: bool,
     by: &str,
 ) -> Result<ThreadPlace, PlaceError> {
     let mut state = std::mem::take(&mut s.state);
@@ -227,7 +219,7 @@ fn move_to_class(
     if !h.still_there(&s.proc) {
         return Err(PlaceError::Gone(h.id));
     }
-    crate::classify::apply_class(s, h.tgid, h.id, class, by, uclamp)?;
+    crate::classify::apply_class(s, h.tgid, h.id, class, by)?;
     place.class = Some(class.name.clone());
     Ok(place)
 }
@@ -565,8 +557,7 @@ pub struct ResetReport {
 /// recorded task that is still the same task goes back where it came from). The hierarchy
 /// stays; `teardown` removes it.
 pub fn reset(s: &mut Session) -> ResetReport {
-    let uclamp = crate::sched::uclamp_supported();
-    let (attrs_restored, exited) = crate::classify::restore_attrs(&mut s.state, &s.proc, uclamp);
+    let (attrs_restored, exited) = crate::classify::restore_attrs(&mut s.state, &s.proc);
     let mut tasks = TeardownReport::default();
     let state = std::mem::take(&mut s.state);
     s.placer().restore_recorded("", &state, &mut tasks);

@@ -38,11 +38,6 @@ impl Support {
     }
 }
 
-/// Whether the kernel has per-task uclamp ([`Support::get`]).
-pub fn uclamp_supported() -> bool {
-    Support::get().uclamp
-}
-
 /// Re-applies the calling thread's own uclamp.min, which changes nothing where it works and
 /// fails with EOPNOTSUPP (EINVAL before 5.3) where it does not.
 fn probe_uclamp() -> bool {
@@ -120,8 +115,9 @@ pub fn is_realtime(policy: u32) -> bool {
 
 /// Applies `attrs` to one thread: reads its attributes first and keeps whatever `attrs`
 /// leaves unset (sched_setattr has no partial update for policy, nice and slice). Without
-/// uclamp support the clamp fields are left out. Returns the attributes it had before.
-pub fn apply(tid: u32, attrs: &TaskAttrs, uclamp: bool) -> io::Result<SchedAttr> {
+/// uclamp support ([`Support`]) the clamp fields are left out. Returns the attributes it had
+/// before.
+pub fn apply(tid: u32, attrs: &TaskAttrs) -> io::Result<SchedAttr> {
     let before = getattr(tid)?;
     let mut a = before;
     a.size = std::mem::size_of::<SchedAttr>() as u32;
@@ -142,7 +138,7 @@ pub fn apply(tid: u32, attrs: &TaskAttrs, uclamp: bool) -> io::Result<SchedAttr>
     if let Some(r) = attrs.runtime_ns {
         a.sched_runtime = r;
     }
-    if uclamp {
+    if Support::get().uclamp {
         if let Some(v) = attrs.uclamp_min {
             a.sched_util_min = v.min(1024);
             a.sched_flags |= SCHED_FLAG_UTIL_CLAMP_MIN;

@@ -542,9 +542,8 @@ impl Ctx {
 }
 
 fn is_cgroup2(path: &Path) -> bool {
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    // A path with a NUL byte fails like a missing one.
-    rustix::fs::statfs(path).is_ok_and(|buf| buf.f_type as i64 == CGROUP2_SUPER_MAGIC)
+    // A path with a NUL byte fails like a missing one. 0x63677270: CGROUP2_SUPER_MAGIC.
+    rustix::fs::statfs(path).is_ok_and(|buf| buf.f_type == 0x6367_7270)
 }
 
 fn writable(path: &Path) -> bool {

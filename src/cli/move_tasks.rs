@@ -71,8 +71,7 @@ pub fn run(ctx: &Ctx, args: MoveArgs) -> CliResult<()> {
                 let uid = rustix::process::getuid().as_raw();
                 let by = format!("cgqos move --thread (uid {uid})");
                 let dest =
-                    ops::thread_dest(dest, &rules.classes, crate::sched::uclamp_supported(), by)
-                        .map_err(CliError::bad_input)?;
+                    ops::thread_dest(dest, &rules.classes, by).map_err(CliError::bad_input)?;
                 run_direct(ctx, &dest, &targets)?
             }
         }

@@ -58,7 +58,7 @@ pub fn run(ctx: &Ctx, args: WhyArgs) -> CliResult<()> {
         .filter(|w| w.starttime == stat.starttime)
         .or_else(|| state.why.get(&pid).filter(|w| fresh(w.starttime, pid)))
         .cloned();
-    let uclamp = sched::uclamp_supported();
+    let uclamp = sched::Support::get().uclamp;
     let mut not_applied = Vec::new();
     let why = why.map(|mut w| {
         // Never claim what the kernel could not do: uclamp without CONFIG_UCLAMP_TASK.

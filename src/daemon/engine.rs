@@ -48,8 +48,6 @@ pub struct Engine {
     pub session: Session,
     /// Processes with a pidfd exit watch.
     pub watched: HashSet<u32>,
-    /// Whether the kernel has per-task uclamp (probed once at start).
-    pub uclamp: bool,
 }
 
 /// Why a configuration could not be loaded: the whole message (for root and the log) and the
@@ -163,9 +161,8 @@ impl Engine {
                 state,
             },
             watched: HashSet::new(),
-            uclamp: crate::sched::uclamp_supported(),
         };
-        if !engine.uclamp {
+        if !crate::sched::Support::get().uclamp {
             tracing::warn!(
                 "this kernel has no per-task uclamp (CONFIG_UCLAMP_TASK): classes apply their other attributes only"
             );
@@ -394,12 +391,10 @@ impl Engine {
     fn classify(&mut self, pid: u32, tid: Option<u32>) -> usize {
         let rules = std::mem::take(&mut self.loaded.rules);
         let r = match tid {
-            None => crate::classify::classify_process(&mut self.session, &rules, pid, self.uclamp)
+            None => crate::classify::classify_process(&mut self.session, &rules, pid)
                 .map(|v| v.iter().filter(|a| a.changed()).count()),
-            Some(t) => {
-                crate::classify::classify_thread(&mut self.session, &rules, pid, t, self.uclamp)
-                    .map(|a| usize::from(a.is_some_and(|a| a.changed())))
-            }
+            Some(t) => crate::classify::classify_thread(&mut self.session, &rules, pid, t)
+                .map(|a| usize::from(a.is_some_and(|a| a.changed()))),
         };
         self.loaded.rules = rules;
         match r {
@@ -527,7 +522,7 @@ impl Engine {
                     caller.uid,
                     caller.pid.unwrap_or(0)
                 );
-                let dest = ops::thread_dest(class, &self.loaded.rules.classes, self.uclamp, by)
+                let dest = ops::thread_dest(class, &self.loaded.rules.classes, by)
                     .map_err(|e| (Code::InvalidTarget, e))?;
                 // The policy sees the class by its own name (whatever alias was asked for)
                 // and where it puts the thread.
@@ -562,7 +557,7 @@ impl Engine {
                             .collect()
                     })
                     .unwrap_or_default();
-                let uclamp = self.uclamp;
+                let uclamp = crate::sched::Support::get().uclamp;
                 // Each thread's own process group decides what the class means there.
                 let check = move |t: &TaskRef| -> Result<(), (Code, String)> {
                     let tgid = proc.tgid(t.id).map_err(proc_fail)?;
