@@ -276,7 +276,7 @@ impl Converger<'_> {
                     return dir.join(files::CPU_UCLAMP_MIN).exists();
                 }
             }
-            crate::sched::uclamp_supported()
+            crate::sched::Support::get().uclamp
         })
     }
 }

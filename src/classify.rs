@@ -97,7 +97,6 @@ pub fn apply_class(
     tid: u32,
     class: &ClassDef,
     by: &str,
-    uclamp: bool,
 ) -> Result<Applied, PlaceError> {
     let stat = s.proc.stat(tid)?;
     if stat.is_kernel_thread() {
@@ -107,7 +106,7 @@ pub fn apply_class(
         });
     }
     let mut state = std::mem::take(&mut s.state);
-    let result = apply_class_inner(s, &mut state, pid, tid, stat.starttime, class, by, uclamp);
+    let result = apply_class_inner(s, &mut state, pid, tid, stat.starttime, class, by);
     s.state = state;
     result
 }
@@ -121,7 +120,6 @@ fn apply_class_inner(
     starttime: u64,
     class: &ClassDef,
     by: &str,
-    uclamp: bool,
 ) -> Result<Applied, PlaceError> {
     let mut moved = false;
     let cgroup = s.proc.cgroup(ProcessId(pid), ThreadId(tid))?;
@@ -139,8 +137,8 @@ fn apply_class_inner(
     let mut attrs_changed = false;
     if !class.attrs.is_empty() {
         let current = sched::getattr(tid).map_err(|e| sched_err(tid, e))?;
-        if wants_change(&current, &class.attrs, uclamp) {
-            let before = sched::apply(tid, &class.attrs, uclamp).map_err(|e| sched_err(tid, e))?;
+        if wants_change(&current, &class.attrs, sched::Support::get().uclamp) {
+            let before = sched::apply(tid, &class.attrs).map_err(|e| sched_err(tid, e))?;
             attrs_changed = true;
             match state.attrs.get(&tid) {
                 Some(r) if r.starttime == starttime => {}
@@ -215,7 +213,6 @@ pub fn classify_process(
     s: &mut Session,
     rules: &RuleSet,
     pid: u32,
-    uclamp: bool,
 ) -> Result<Vec<Applied>, PlaceError> {
     let info = process_info(&s.proc, pid)?;
     let class_rule = rules.rule_for(&info);
@@ -263,7 +260,7 @@ pub fn classify_process(
         return Ok(out);
     };
     for tid in s.proc.threads(ProcessId(pid))? {
-        match classify_thread_with(s, rules, rule, pid, tid.0, uclamp) {
+        match classify_thread_with(s, rules, rule, pid, tid.0) {
             Ok(Some(a)) => out.push(a),
             Ok(None) | Err(PlaceError::Gone(_)) => {}
             Err(e) => return Err(e),
@@ -278,11 +275,10 @@ pub fn classify_thread(
     rules: &RuleSet,
     pid: u32,
     tid: u32,
-    uclamp: bool,
 ) -> Result<Option<Applied>, PlaceError> {
     let info = process_info(&s.proc, pid)?;
     match rules.rule_for(&info) {
-        Some(rule) => classify_thread_with(s, rules, rule, pid, tid, uclamp),
+        Some(rule) => classify_thread_with(s, rules, rule, pid, tid),
         None => Ok(None),
     }
 }
@@ -297,14 +293,13 @@ fn classify_thread_with(
     rule: &Rule,
     pid: u32,
     tid: u32,
-    uclamp: bool,
 ) -> Result<Option<Applied>, PlaceError> {
     let comm = s.proc.stat(tid)?.comm;
     let decision = rules.decide(rule, &comm);
     let Some(class) = decision.class else {
         return Ok(None);
     };
-    let applied = apply_class(s, pid, tid, class, &rule_label(rule), uclamp)?;
+    let applied = apply_class(s, pid, tid, class, &rule_label(rule))?;
     if applied.moved || applied.attrs_changed {
         tracing::info!(pid, tid, comm = %comm, class = %class.name, rule = %rule.at, "classified by rule {}", rule.name);
     }
@@ -474,7 +469,8 @@ pub fn inherit_unrecorded(state: &mut State, proc: &Procfs, pid: u32) -> usize {
 
 /// Restores the scheduling attributes of every recorded thread that is still the same
 /// thread; returns how many were restored and how many had exited.
-pub fn restore_attrs(state: &mut State, proc: &Procfs, uclamp: bool) -> (usize, usize) {
+pub fn restore_attrs(state: &mut State, proc: &Procfs) -> (usize, usize) {
+    let uclamp = sched::Support::get().uclamp;
     let (mut restored, mut exited) = (0, 0);
     let mut failed = Vec::new();
     for (&tid, rec) in &state.attrs {
@@ -489,7 +485,8 @@ pub fn restore_attrs(state: &mut State, proc: &Procfs, uclamp: bool) -> (usize, 
             a.uclamp_min = None;
             a.uclamp_max = None;
         }
-        let r = sched::apply(tid, &a, uclamp && !default_clamps).and_then(|_| {
+        // Default clamps were taken out of `a` above: only the reset below touches them.
+        let r = sched::apply(tid, &a).and_then(|_| {
             if uclamp && default_clamps {
                 reset_clamps(tid)
             } else {

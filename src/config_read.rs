@@ -75,8 +75,7 @@ fn kind(ft: &fs::FileType) -> &'static str {
 
 /// Why a file's owner or mode makes it untrusted, if it does.
 pub fn untrusted(m: &fs::Metadata) -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     if m.uid() != euid && m.uid() != 0 {
         Some(format!("owned by uid {}", m.uid()))
     } else if m.mode() & 0o022 != 0 {
@@ -203,9 +202,14 @@ mod tests {
         assert_eq!(read(&link, Trust::Any).unwrap(), "a: 1\n");
 
         let fifo = d.path().join("zz.yaml");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: mkfifo with a NUL-terminated path we own.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
         assert_eq!(
             read(&fifo, Trust::Any).unwrap_err().to_string(),
             format!(
@@ -268,8 +272,7 @@ mod tests {
         let inside = closed.join("in.yaml");
         fs::write(&inside, "x").unwrap();
         fs::set_permissions(&inside, fs::Permissions::from_mode(0o644)).unwrap();
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
+        let me = rustix::process::geteuid().as_raw();
         let other = if me == 54321 { 54322 } else { 54321 };
         assert!(readable_by(&open, other, &[other]));
         assert!(!readable_by(&secret, other, &[other]));

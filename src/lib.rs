@@ -26,6 +26,7 @@ pub mod sched;
 pub mod session;
 pub mod state;
 pub mod suggest;
+pub mod sys;
 pub mod top;
 pub mod topology;
 pub mod yaml;

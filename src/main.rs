@@ -1,7 +1,6 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -12,8 +11,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
 
 fn main() -> ExitCode {
-    drop_empty_cgqos_vars();
-    let cli = match cgqos::cli::Cli::try_parse() {
+    let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(e) => return clap_exit(e),
     };
@@ -21,7 +19,11 @@ fn main() -> ExitCode {
     // -v / -q win over the environment, which wins over the command's default.
     let filter = match cli.global.log_level() {
         Some(level) => EnvFilter::new(level),
-        None => EnvFilter::try_from_env("CGQOS_LOG")
+        None => std::env::var("CGQOS_LOG")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or(())
+            .and_then(|v| EnvFilter::try_new(v).map_err(drop))
             .or_else(|_| EnvFilter::try_from_default_env())
             .unwrap_or_else(|_| EnvFilter::new(if daemon { "info" } else { "warn" })),
     };
@@ -87,18 +89,47 @@ where
     }
 }
 
-/// An empty CGQOS_* variable counts as unset, as an EnvironmentFile line `CGQOS_SKU=` means.
-/// clap would otherwise take "" as the value and refuse it (or, for paths, use "").
-fn drop_empty_cgqos_vars() {
-    let empty: Vec<_> = std::env::vars_os()
-        .filter(|(k, v)| k.to_str().is_some_and(|k| k.starts_with("CGQOS_")) && v.is_empty())
-        .map(|(k, _)| k)
-        .collect();
-    for k in empty {
-        // SAFETY: called first thing in main, before any other thread exists, so nothing
-        // reads the environment concurrently.
-        unsafe { std::env::remove_var(k) };
-    }
+/// Parses the command line and the CGQOS_* variables. An empty variable counts as unset, as
+/// an EnvironmentFile line `CGQOS_SKU=` means: clap would otherwise take "" as the value and
+/// refuse it (or, for paths, use ""). The environment itself is left alone.
+fn parse_cli() -> Result<cgqos::cli::Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut matches = match without_empty_env(cgqos::cli::Cli::command()).try_get_matches() {
+        Ok(m) => m,
+        // Help names each variable (`[env: CGQOS_SKU=]`): render it from the unchanged
+        // command, where an empty variable reads as it always did.
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            return Err(cgqos::cli::Cli::command()
+                .try_get_matches()
+                .err()
+                .unwrap_or(e));
+        }
+        Err(e) => return Err(e),
+    };
+    cgqos::cli::Cli::from_arg_matches_mut(&mut matches)
+        .map_err(|e| e.format(&mut cgqos::cli::Cli::command()))
+}
+
+/// `cmd` with every argument whose variable is set but empty read as if it were unset.
+fn without_empty_env(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| {
+        let empty = a
+            .get_env()
+            .and_then(std::env::var_os)
+            .is_some_and(|v| v.is_empty());
+        if empty {
+            a.env(clap::builder::Resettable::Reset)
+        } else {
+            a
+        }
+    })
+    .mut_subcommands(without_empty_env)
 }
 
 /// Ends the process for a command line clap refused, or for --help / --version: usage errors

@@ -35,25 +35,18 @@ pub enum ThreadDest {
     /// A thread class of the class table: its cgroup class and its task attributes.
     Class {
         class: ClassDef,
-        uclamp: bool,
         /// Who asked, for `why`.
         by: String,
     },
 }
 
 /// Resolves what `move --thread` names: a VM class, or a thread class of `classes`.
-pub fn thread_dest(
-    name: &str,
-    classes: &Classes,
-    uclamp: bool,
-    by: String,
-) -> Result<Dest, String> {
+pub fn thread_dest(name: &str, classes: &Classes, by: String) -> Result<Dest, String> {
     match name {
         layout::VCPU | layout::IO => Ok(Dest::Thread(ThreadDest::Vm(layout::parse_class(name)?))),
         _ => match classes.get(name) {
             Some(c) => Ok(Dest::Thread(ThreadDest::Class {
                 class: c.clone(),
-                uclamp,
                 by,
             })),
             None => Err(format!(
@@ -111,11 +104,11 @@ pub fn move_held(s: &mut Session, dest: &Dest, targets: Vec<Task>) -> Vec<Moved>
         Dest::Thread(ThreadDest::Vm(c)) => place_each(s, dest, targets, |placer, h, state| {
             placer.move_held_thread(h, *c, state).map(|p| vec![p])
         }),
-        Dest::Thread(ThreadDest::Class { class, uclamp, by }) => targets
+        Dest::Thread(ThreadDest::Class { class, by }) => targets
             .into_iter()
             .map(|t| {
                 let id = t.id();
-                let r = held(s, dest, t).and_then(|h| move_to_class(s, &h, class, *uclamp, by));
+                let r = held(s, dest, t).and_then(|h| move_to_class(s, &h, class, by));
                 outcome(id, r.map(|p| vec![p]))
             })
             .collect(),
@@ -174,7 +167,6 @@ fn move_to_class(
     s: &mut Session,
     h: &Held,
     class: &ClassDef,
-    uclamp: bool,
     by: &str,
 ) -> Result<ThreadPlace, PlaceError> {
     let mut state = std::mem::take(&mut s.state);
@@ -187,7 +179,7 @@ fn move_to_class(
     if !h.still_there(&s.proc) {
         return Err(PlaceError::Gone(h.id));
     }
-    crate::classify::apply_class(s, h.tgid, h.id, class, by, uclamp)?;
+    crate::classify::apply_class(s, h.tgid, h.id, class, by)?;
     place.class = Some(class.name.clone());
     Ok(place)
 }
@@ -526,8 +518,7 @@ pub struct ResetReport {
 /// recorded task that is still the same task goes back where it came from). The hierarchy
 /// stays; `teardown` removes it.
 pub fn reset(s: &mut Session) -> ResetReport {
-    let uclamp = crate::sched::uclamp_supported();
-    let (attrs_restored, exited) = crate::classify::restore_attrs(&mut s.state, &s.proc, uclamp);
+    let (attrs_restored, exited) = crate::classify::restore_attrs(&mut s.state, &s.proc);
     let mut tasks = TeardownReport::default();
     let state = std::mem::take(&mut s.state);
     s.placer().restore_recorded("", &state, &mut tasks);

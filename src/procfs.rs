@@ -7,7 +7,7 @@
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -191,7 +191,8 @@ impl Procfs {
 }
 
 /// `PIDFD_THREAD` (Linux 6.9): a pidfd for one thread rather than a whole process.
-const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
+const PIDFD_THREAD: rustix::process::PidfdFlags =
+    rustix::process::PidfdFlags::from_bits_retain(libc::O_EXCL as u32);
 
 /// A pidfd: names one task for its whole life, whatever later happens to its id. An id is
 /// free for reuse once its task is reaped; the pidfd then still names the dead task, and
@@ -202,22 +203,21 @@ pub struct Pidfd {
 }
 
 impl Pidfd {
-    fn open(id: u32, flags: u32) -> io::Result<Pidfd> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory passed.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, id as libc::pid_t, flags) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
+    fn open(id: u32, flags: rustix::process::PidfdFlags) -> io::Result<Pidfd> {
+        // 0 and ids beyond i32 name no task: the kernel's own answer for them.
+        let pid = i32::try_from(id)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         Ok(Pidfd {
-            fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
+            fd: rustix::process::pidfd_open(pid, flags)?,
         })
     }
 
     /// The process `pid` (a thread-group leader). ESRCH: no such process; EINVAL (ENOENT
     /// on newer kernels): `pid` is a thread, not a process; ENOSYS: a kernel before 5.3.
     pub fn process(pid: u32) -> io::Result<Pidfd> {
-        Pidfd::open(pid, 0)
+        Pidfd::open(pid, rustix::process::PidfdFlags::empty())
     }
 
     /// The thread `tid` alone (`PIDFD_THREAD`). EINVAL on kernels before 6.9.
@@ -228,15 +228,21 @@ impl Pidfd {
     /// Whether the task has exited (for a process pidfd: its whole thread group), i.e. its
     /// id may already name another task. One `poll(2)`, no `/proc` read.
     pub fn exited(&self) -> bool {
-        let mut p = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let mut p = [PollFd::new(&self.fd, PollFlags::IN)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
         };
-        // SAFETY: one valid pollfd on a descriptor we own, for the length we pass; timeout 0.
-        let n = unsafe { libc::poll(&mut p, 1, 0) };
         // A failed poll cannot prove the task alive: treat it as gone, the safe side.
-        n != 0
+        rustix::event::poll(&mut p, Some(&now)) != Ok(0)
+    }
+}
+
+/// The descriptor, e.g. to wait for the exit with tokio.
+impl From<Pidfd> for OwnedFd {
+    fn from(p: Pidfd) -> OwnedFd {
+        p.fd
     }
 }
 
@@ -275,10 +281,7 @@ mod tests {
         // Our own main thread is a process; another thread of ours is not.
         let me = std::process::id();
         assert!(!Pidfd::process(me).unwrap().exited());
-        let tid = std::thread::spawn(|| {
-            // SAFETY: gettid has no preconditions.
-            unsafe { libc::gettid() as u32 }
-        });
+        let tid = std::thread::spawn(|| rustix::thread::gettid().as_raw_nonzero().get() as u32);
         let tid = tid.join().unwrap();
         // The thread exited: its id is no process, and (6.9+) its own pidfd is gone too.
         assert!(Pidfd::process(tid).is_err());

@@ -1,23 +1,10 @@
-//! Scheduler attribute syscalls (`sched_getattr` / `sched_setattr`), which libc does not wrap
-//! and whose uclamp fields its `sched_attr` lacks.
+//! Scheduler attributes of tasks: what the kernel supports (probed once), and applying a
+//! class's attributes. The syscalls themselves are in [`crate::sys`].
 
 use std::io;
+use std::sync::OnceLock;
 
-/// `struct sched_attr` up to `SCHED_ATTR_SIZE_VER1` (56 bytes, with the uclamp fields).
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SchedAttr {
-    pub size: u32,
-    pub sched_policy: u32,
-    pub sched_flags: u64,
-    pub sched_nice: i32,
-    pub sched_priority: u32,
-    pub sched_runtime: u64,
-    pub sched_deadline: u64,
-    pub sched_period: u64,
-    pub sched_util_min: u32,
-    pub sched_util_max: u32,
-}
+pub use crate::sys::SchedAttr;
 
 pub const SCHED_FLAG_KEEP_POLICY: u64 = 0x08;
 pub const SCHED_FLAG_KEEP_PARAMS: u64 = 0x10;
@@ -25,49 +12,35 @@ pub const SCHED_FLAG_UTIL_CLAMP_MIN: u64 = 0x20;
 
 /// Reads a task's attributes (`tid` 0: the calling thread).
 pub fn getattr(tid: u32) -> io::Result<SchedAttr> {
-    let mut attr = SchedAttr::default();
-    let size = std::mem::size_of::<SchedAttr>() as u32;
-    // SAFETY: `attr` is a live, writable repr(C) sched_attr of `size` bytes; the kernel
-    // writes at most `size` bytes into it.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_sched_getattr,
-            tid as libc::pid_t,
-            &mut attr as *mut SchedAttr,
-            size,
-            0u32,
-        )
-    };
-    if rc == 0 {
-        Ok(attr)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::sys::sched_getattr(tid)
 }
 
 /// Writes a task's attributes.
 pub fn setattr(tid: u32, attr: &SchedAttr) -> io::Result<()> {
-    // SAFETY: `attr` points to a valid sched_attr whose `size` field the caller set; the
-    // kernel only reads it.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_sched_setattr,
-            tid as libc::pid_t,
-            attr as *const SchedAttr,
-            0u32,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    crate::sys::sched_setattr(tid, attr)
+}
+
+/// What the running kernel's scheduler offers cgqos, probed once per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Support {
+    /// Per-task utilization clamps (CONFIG_UCLAMP_TASK).
+    pub uclamp: bool,
+}
+
+impl Support {
+    /// The kernel's support, probed on first use and remembered: it does not change while
+    /// the process runs.
+    pub fn get() -> Support {
+        static SUPPORT: OnceLock<Support> = OnceLock::new();
+        *SUPPORT.get_or_init(|| Support {
+            uclamp: probe_uclamp(),
+        })
     }
 }
 
-/// Whether the kernel has uclamp (CONFIG_UCLAMP_TASK): re-applies the calling thread's own
-/// uclamp.min, which changes nothing where it works and fails with EOPNOTSUPP (EINVAL
-/// before 5.3) where it does not.
-pub fn uclamp_supported() -> bool {
+/// Re-applies the calling thread's own uclamp.min, which changes nothing where it works and
+/// fails with EOPNOTSUPP (EINVAL before 5.3) where it does not.
+fn probe_uclamp() -> bool {
     let Ok(mut attr) = getattr(0) else {
         return false;
     };
@@ -84,14 +57,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sched_attr_has_the_ver1_layout() {
-        assert_eq!(std::mem::size_of::<SchedAttr>(), 56);
-    }
-
-    #[test]
-    fn getattr_of_self_reports_a_policy() {
-        let a = getattr(0).unwrap();
-        assert!(a.size >= 48, "{a:?}");
+    fn support_is_probed_once_and_agrees_with_the_probe() {
+        assert_eq!(Support::get(), Support::get());
+        assert_eq!(Support::get().uclamp, probe_uclamp());
     }
 }
 
@@ -147,8 +115,9 @@ pub fn is_realtime(policy: u32) -> bool {
 
 /// Applies `attrs` to one thread: reads its attributes first and keeps whatever `attrs`
 /// leaves unset (sched_setattr has no partial update for policy, nice and slice). Without
-/// uclamp support the clamp fields are left out. Returns the attributes it had before.
-pub fn apply(tid: u32, attrs: &TaskAttrs, uclamp: bool) -> io::Result<SchedAttr> {
+/// uclamp support ([`Support`]) the clamp fields are left out. Returns the attributes it had
+/// before.
+pub fn apply(tid: u32, attrs: &TaskAttrs) -> io::Result<SchedAttr> {
     let before = getattr(tid)?;
     let mut a = before;
     a.size = std::mem::size_of::<SchedAttr>() as u32;
@@ -169,7 +138,7 @@ pub fn apply(tid: u32, attrs: &TaskAttrs, uclamp: bool) -> io::Result<SchedAttr>
     if let Some(r) = attrs.runtime_ns {
         a.sched_runtime = r;
     }
-    if uclamp {
+    if Support::get().uclamp {
         if let Some(v) = attrs.uclamp_min {
             a.sched_util_min = v.min(1024);
             a.sched_flags |= SCHED_FLAG_UTIL_CLAMP_MIN;

@@ -10,11 +10,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 pub const STATE_FILE: &str = "state.json";
@@ -151,10 +152,6 @@ pub struct StateDir {
     _lock: File,
 }
 
-fn cstr(name: &str) -> CString {
-    CString::new(name).expect("state file names have no NUL")
-}
-
 /// Opens `dir` and checks, on the opened descriptor (no race with a rename), that only root
 /// or this process's user can create files in it: owned by root or our euid, not writable
 /// by group or others. Anyone else could plant a symlink or a forged record there.
@@ -163,27 +160,14 @@ fn open_checked(dir: &Path) -> Result<OwnedFd, StateError> {
         path: dir.to_path_buf(),
         why: "the path contains a NUL byte".into(),
     })?;
-    // SAFETY: `c` is a valid NUL-terminated path; the returned descriptor is owned below.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(StateError::Io {
-            path: dir.to_path_buf(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: `fd` was just returned by open and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let meta = fstat(&fd).map_err(|source| StateError::Io {
+    let io_err = |e: rustix::io::Errno| StateError::Io {
         path: dir.to_path_buf(),
-        source,
-    })?;
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+        source: e.into(),
+    };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(c.as_c_str(), flags, Mode::empty()).map_err(io_err)?;
+    let meta = rustix::fs::fstat(&fd).map_err(io_err)?;
+    let euid = rustix::process::geteuid().as_raw();
     if meta.st_uid != 0 && meta.st_uid != euid {
         return Err(StateError::Unsafe {
             path: dir.to_path_buf(),
@@ -210,42 +194,16 @@ fn open_checked(dir: &Path) -> Result<OwnedFd, StateError> {
     Ok(fd)
 }
 
-fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
-    // SAFETY: `st` is a zeroed stat we own; `fd` is a live descriptor.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st)
-}
-
 /// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`: a symlink planted as `name`
 /// fails with ELOOP instead of redirecting root's write.
-fn open_at(dir: &OwnedFd, name: &str, flags: i32, mode: u32) -> io::Result<File> {
-    let c = cstr(name);
-    // SAFETY: valid directory descriptor and NUL-terminated name; the result is owned below.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            mode as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
-    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+fn open_at(dir: &OwnedFd, name: &str, flags: OFlags, mode: u32) -> io::Result<File> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, name, flags, Mode::from_bits_retain(mode))?;
+    Ok(File::from(fd))
 }
 
 fn unlink_at(dir: &OwnedFd, name: &str) -> io::Result<()> {
-    let c = cstr(name);
-    // SAFETY: valid directory descriptor and NUL-terminated name.
-    if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?)
 }
 
 /// Reads the state file of an opened, checked directory: a regular file, size-capped, its
@@ -255,7 +213,7 @@ fn read_at(dir: &OwnedFd, path: &Path) -> Result<Option<State>, StateError> {
         path: path.to_path_buf(),
         source,
     };
-    let f = match open_at(dir, STATE_FILE, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+    let f = match open_at(dir, STATE_FILE, OFlags::RDONLY | OFlags::NONBLOCK, 0) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(e)),
@@ -321,7 +279,7 @@ impl StateDir {
         let fd = open_checked(dir)?;
         let lock_path = dir.join(LOCK_FILE);
         let lock =
-            open_at(&fd, LOCK_FILE, libc::O_RDWR | libc::O_CREAT, 0o600).map_err(|source| {
+            open_at(&fd, LOCK_FILE, OFlags::RDWR | OFlags::CREATE, 0o600).map_err(|source| {
                 StateError::Io {
                     path: lock_path.clone(),
                     source,
@@ -331,17 +289,15 @@ impl StateDir {
         // whole life, so give up after a few seconds with a message that says so.
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         loop {
-            // SAFETY: flock on a file descriptor we own; no memory is passed.
-            let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                break;
-            }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(StateError::Io {
-                    path: lock_path,
-                    source: e,
-                });
+            match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) => {}
+                Err(e) => {
+                    return Err(StateError::Io {
+                        path: lock_path,
+                        source: e.into(),
+                    });
+                }
             }
             if std::time::Instant::now() >= deadline {
                 return Err(StateError::Locked(lock_path));
@@ -396,7 +352,7 @@ impl StateDir {
         };
         // Compact: the daemon rewrites it after every batch of changes.
         let bytes = serde_json::to_vec(state).expect("state serialises");
-        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
         let mut f = match open_at(&self.fd, &tmp_name, flags, 0o644) {
             // A temporary file left by a crash (we hold the lock: nobody else writes it).
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -408,19 +364,8 @@ impl StateDir {
         .map_err(io_err(&tmp))?;
         f.write_all(&bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
-        let (from, to) = (cstr(&tmp_name), cstr(STATE_FILE));
-        // SAFETY: valid directory descriptors and NUL-terminated names.
-        let rc = unsafe {
-            libc::renameat(
-                self.fd.as_raw_fd(),
-                from.as_ptr(),
-                self.fd.as_raw_fd(),
-                to.as_ptr(),
-            )
-        };
-        if rc != 0 {
-            return Err(io_err(&path)(io::Error::last_os_error()));
-        }
+        rustix::fs::renameat(&self.fd, tmp_name.as_str(), &self.fd, STATE_FILE)
+            .map_err(|e| io_err(&path)(e.into()))?;
         Ok(())
     }
 

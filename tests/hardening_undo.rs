@@ -242,7 +242,7 @@ fn a_rescan_gives_unrecorded_threads_their_creators_original() {
         .map(|t| t.0)
         .collect();
     for &t in &before {
-        cgqos::sched::apply(t, &ten, false).unwrap();
+        cgqos::sched::apply(t, &ten).unwrap();
         state.attrs.insert(
             t,
             cgqos::state::AttrRecord {
@@ -259,7 +259,7 @@ fn a_rescan_gives_unrecorded_threads_their_creators_original() {
         nice: Some(5),
         ..Default::default()
     };
-    cgqos::sched::apply(tids[1], &own, false).unwrap();
+    cgqos::sched::apply(tids[1], &own).unwrap();
     assert_eq!(nice(pid, tids[1]), 5);
     let n = cgqos::classify::inherit_unrecorded(&mut state, &proc, pid);
     assert_eq!(n, 1, "{:?}", state.attrs);
@@ -267,7 +267,7 @@ fn a_rescan_gives_unrecorded_threads_their_creators_original() {
     assert_eq!(rec.original, original);
     assert_eq!(rec.inherited_from, Some(pid));
     assert!(!state.attrs.contains_key(&tids[1]));
-    let (restored, _) = cgqos::classify::restore_attrs(&mut state, &proc, false);
+    let (restored, _) = cgqos::classify::restore_attrs(&mut state, &proc);
     assert_eq!(restored, before.len() + 1);
     assert_eq!(nice(pid, pid), 0);
     assert_eq!(nice(pid, tids[0]), 0);

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("config_read", 0),
     ("matcher", 0),
     ("suggest", 0),
+    ("sys", 0),
     ("yaml", 0),
     ("sched", 0),
     ("procfs", 0),

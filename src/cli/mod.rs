@@ -404,8 +404,7 @@ impl Ctx {
             Ok(sd) => Ok(sd),
             Err(crate::state::StateError::Io { path, source })
                 if source.kind() == std::io::ErrorKind::PermissionDenied
-                    // SAFETY: geteuid has no preconditions.
-                    && unsafe { libc::geteuid() } != 0 =>
+                    && !rustix::process::geteuid().is_root() =>
             {
                 let daemon = match self.daemon_unusable.borrow().as_deref() {
                     Some(why) => format!(
@@ -543,22 +542,10 @@ impl Ctx {
 }
 
 fn is_cgroup2(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated path and `buf` a zeroed statfs we own.
-    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut buf) };
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    rc == 0 && buf.f_type as i64 == CGROUP2_SUPER_MAGIC
+    // A path with a NUL byte fails like a missing one. 0x63677270: CGROUP2_SUPER_MAGIC.
+    rustix::fs::statfs(path).is_ok_and(|buf| buf.f_type == 0x6367_7270)
 }
 
 fn writable(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated path.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+    rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_ok()
 }

@@ -68,12 +68,10 @@ pub fn run(ctx: &Ctx, args: MoveArgs) -> CliResult<()> {
             })?,
             None => {
                 let rules = ctx.rules()?;
-                // SAFETY: getuid has no preconditions.
-                let uid = unsafe { libc::getuid() };
+                let uid = rustix::process::getuid().as_raw();
                 let by = format!("cgqos move --thread (uid {uid})");
                 let dest =
-                    ops::thread_dest(dest, &rules.classes, crate::sched::uclamp_supported(), by)
-                        .map_err(CliError::bad_input)?;
+                    ops::thread_dest(dest, &rules.classes, by).map_err(CliError::bad_input)?;
                 run_direct(ctx, &dest, &targets)?
             }
         }
@@ -145,8 +143,7 @@ fn run_direct(ctx: &Ctx, dest: &Dest, targets: &[TaskRef]) -> CliResult<Vec<Move
     let mut s = ctx.session()?;
     let results = ops::move_tasks(&mut s, dest, targets);
     if let Dest::Group(_) | Dest::Thread(ThreadDest::Vm(_)) = dest {
-        // SAFETY: getuid has no preconditions.
-        let uid = unsafe { libc::getuid() };
+        let uid = rustix::process::getuid().as_raw();
         let process = matches!(dest, Dest::Group(_));
         let by = format!(
             "cgqos move{} (uid {uid})",

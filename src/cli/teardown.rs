@@ -12,8 +12,7 @@ pub struct TeardownArgs {}
 
 pub fn run(ctx: &Ctx, _args: TeardownArgs) -> CliResult<()> {
     let mut session = ctx.session()?;
-    let uclamp = crate::sched::uclamp_supported();
-    let (attrs, _) = crate::classify::restore_attrs(&mut session.state, &session.proc, uclamp);
+    let (attrs, _) = crate::classify::restore_attrs(&mut session.state, &session.proc);
     if attrs > 0 {
         tracing::info!("restored the scheduling attributes of {attrs} thread(s)");
     }

@@ -138,13 +138,12 @@ fn read_state(path: &Path) -> (State, Vec<String>) {
 }
 
 fn clock_ticks() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as u64 } else { 100 }
+    match rustix::param::clock_ticks_per_second() {
+        0 => 100,
+        t => t,
+    }
 }
 
 fn online_cpus() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    if n > 0 { n as usize } else { 1 }
+    crate::sys::online_cpus().unwrap_or(1)
 }

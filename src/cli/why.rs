@@ -58,7 +58,7 @@ pub fn run(ctx: &Ctx, args: WhyArgs) -> CliResult<()> {
         .filter(|w| w.starttime == stat.starttime)
         .or_else(|| state.why.get(&pid).filter(|w| fresh(w.starttime, pid)))
         .cloned();
-    let uclamp = sched::uclamp_supported();
+    let uclamp = sched::Support::get().uclamp;
     let mut not_applied = Vec::new();
     let why = why.map(|mut w| {
         // Never claim what the kernel could not do: uclamp without CONFIG_UCLAMP_TASK.
@@ -237,23 +237,20 @@ fn attrs_text(a: &TaskAttrs) -> String {
 /// Seconds since the epoch as local time, ISO 8601 with the UTC offset
 /// (`2026-11-30T23:05:09+01:00`).
 fn local_iso8601(secs: u64) -> String {
-    let t = secs as libc::time_t;
-    // SAFETY: `tm` is a zeroed struct we own; localtime_r writes only into it.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+    let Some(tm) = crate::sys::localtime(secs) else {
         return format!("{secs} (seconds since the epoch)");
-    }
-    let off = tm.tm_gmtoff;
+    };
+    let off = tm.utc_offset;
     let sign = if off < 0 { '-' } else { '+' };
     let off = off.unsigned_abs();
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{sign}{:02}:{:02}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec,
+        tm.year,
+        tm.month,
+        tm.day,
+        tm.hour,
+        tm.minute,
+        tm.second,
         off / 3600,
         off % 3600 / 60
     )

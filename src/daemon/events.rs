@@ -7,12 +7,14 @@
 //! buffer overflowed), the daemon rescans /proc, so nothing stays unclassified.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
+
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags};
 
 use super::core::Shared;
 
-const NETLINK_CONNECTOR: i32 = 11;
 const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;
 const PROC_CN_MCAST_LISTEN: u32 = 1;
@@ -81,22 +83,11 @@ pub fn parse(mut buf: &[u8]) -> Vec<Event> {
 /// Opens the connector and subscribes. `rcvbuf` bytes of receive buffer (root may exceed
 /// rmem_max with SO_RCVBUFFORCE).
 pub fn open(rcvbuf: usize) -> io::Result<OwnedFd> {
-    let fd = super::watch::netlink_socket(NETLINK_CONNECTOR, CN_IDX_PROC, false)?;
-    let size = rcvbuf as libc::c_int;
-    // SAFETY: setsockopt with a pointer to a live int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            &size as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-    if rc != 0 {
+    let fd = super::watch::netlink_socket(rustix::net::netlink::CONNECTOR, CN_IDX_PROC, false)?;
+    if let Err(e) = rustix::net::sockopt::set_socket_recv_buffer_size_force(&fd, rcvbuf) {
         tracing::warn!(
             "process events: cannot set a {rcvbuf}-byte receive buffer ({}); bursts may be lost (and then rescanned)",
-            io::Error::last_os_error()
+            io::Error::from(e)
         );
     }
     // nlmsghdr + cn_msg + PROC_CN_MCAST_LISTEN.
@@ -114,11 +105,7 @@ pub fn open(rcvbuf: usize) -> io::Result<OwnedFd> {
     msg.extend_from_slice(&4u16.to_ne_bytes());
     msg.extend_from_slice(&0u16.to_ne_bytes());
     msg.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
-    // SAFETY: send from our own buffer of the given length.
-    let n = unsafe { libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    rustix::net::send(&fd, &msg, SendFlags::empty())?;
     Ok(fd)
 }
 
@@ -143,31 +130,26 @@ pub fn listen(shared: Arc<Shared>, rcvbuf: usize) {
                 let mut events = Vec::new();
                 let mut lost = false;
                 // Block for the first datagram, then drain what is queued.
-                let mut flags = 0;
+                let mut flags = RecvFlags::empty();
                 loop {
-                    // SAFETY: recv into our own buffer of the given length.
-                    let n = unsafe {
-                        libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags)
-                    };
-                    if n < 0 {
-                        let e = io::Error::last_os_error();
-                        match e.raw_os_error() {
-                            Some(libc::ENOBUFS) => {
-                                lost = true;
-                                continue;
-                            }
-                            Some(libc::EAGAIN) => break,
-                            Some(libc::EINTR) => continue,
-                            _ => {
-                                tracing::error!(
-                                    "process events: {e}; rules now apply only on reload"
-                                );
-                                return;
-                            }
+                    let n = match rustix::net::recv(&fd, &mut buf[..], flags) {
+                        Ok((n, _)) => n,
+                        Err(Errno::NOBUFS) => {
+                            lost = true;
+                            continue;
                         }
-                    }
-                    events.extend(parse(&buf[..n as usize]));
-                    flags = libc::MSG_DONTWAIT;
+                        Err(Errno::AGAIN) => break,
+                        Err(Errno::INTR) => continue,
+                        Err(e) => {
+                            tracing::error!(
+                                "process events: {}; rules now apply only on reload",
+                                io::Error::from(e)
+                            );
+                            return;
+                        }
+                    };
+                    events.extend(parse(&buf[..n]));
+                    flags = RecvFlags::DONTWAIT;
                     if events.len() >= 4096 {
                         break;
                     }

@@ -4,10 +4,12 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
 /// The socket's directory, opened once and checked on the descriptor: the checks, the bind,
 /// the mode and group and the removal at shutdown all work relative to it, so renaming or
@@ -27,14 +29,6 @@ fn refuse<T>(msg: String) -> io::Result<T> {
     Err(io::Error::new(io::ErrorKind::PermissionDenied, msg))
 }
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
 impl SocketDir {
     /// `/proc/self/fd/<dir>/<name>`: the socket's path through the opened directory, for the
     /// calls that take a path (bind, connect).
@@ -45,28 +39,20 @@ impl SocketDir {
     }
 
     /// The socket's entry, not following a symlink; `None` if there is none.
-    fn entry(&self) -> io::Result<Option<libc::stat>> {
-        // SAFETY: all-zero is a valid `stat`; it is only read after fstatat filled it.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: a live directory descriptor, a NUL-terminated name and a `stat` we own.
-        let r = unsafe {
-            libc::fstatat(
-                self.dir.as_raw_fd(),
-                self.name.as_ptr(),
-                &mut st,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        match cvt(r) {
-            Ok(_) => Ok(Some(st)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+    fn entry(&self) -> io::Result<Option<Stat>> {
+        match rustix::fs::statat(&self.dir, self.name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(st)),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
     fn unlink(&self) -> io::Result<()> {
-        // SAFETY: a live directory descriptor and a NUL-terminated name.
-        cvt(unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.name.as_ptr(), 0) }).map(drop)
+        Ok(rustix::fs::unlinkat(
+            &self.dir,
+            self.name.as_c_str(),
+            AtFlags::empty(),
+        )?)
     }
 
     fn socket_path(&self) -> PathBuf {
@@ -75,8 +61,8 @@ impl SocketDir {
     }
 }
 
-fn is_socket(st: &libc::stat) -> bool {
-    st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+fn is_socket(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::Socket
 }
 
 /// Creates the listening socket in the checked directory (see `check`).
@@ -89,28 +75,29 @@ pub fn bind(
     // Nobody else can create or rename entries in the checked directory, so the name still
     // is the socket just bound.
     let finish = |sd: &mut SocketDir| -> io::Result<()> {
-        // SAFETY: a live directory descriptor and a NUL-terminated name.
-        cvt(unsafe {
-            libc::fchmodat(
-                sd.dir.as_raw_fd(),
-                sd.name.as_ptr(),
-                mode as libc::mode_t,
-                0,
-            )
-        })
-        .map_err(|e| io::Error::new(e.kind(), format!("chmod {mode:o}: {e}")))?;
+        rustix::fs::chmodat(
+            &sd.dir,
+            sd.name.as_c_str(),
+            Mode::from_bits_retain(mode),
+            AtFlags::empty(),
+        )
+        .map_err(|e| {
+            let e = io::Error::from(e);
+            io::Error::new(e.kind(), format!("chmod {mode:o}: {e}"))
+        })?;
         if let Some(g) = gid {
-            // SAFETY: as above; uid -1 leaves the owner unchanged.
-            cvt(unsafe {
-                libc::fchownat(
-                    sd.dir.as_raw_fd(),
-                    sd.name.as_ptr(),
-                    u32::MAX,
-                    g,
-                    libc::AT_SYMLINK_NOFOLLOW,
-                )
-            })
-            .map_err(|e| io::Error::new(e.kind(), format!("chown to group {g}: {e}")))?;
+            // No uid: the owner stays.
+            rustix::fs::chownat(
+                &sd.dir,
+                sd.name.as_c_str(),
+                None,
+                Some(rustix::fs::Gid::from_raw(g)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| {
+                let e = io::Error::from(e);
+                io::Error::new(e.kind(), format!("chown to group {g}: {e}"))
+            })?;
         }
         sd.bound = sd.entry()?.map(|st| (st.st_dev, st.st_ino));
         listener.set_nonblocking(true)
@@ -128,8 +115,7 @@ pub fn bind(
 /// An existing entry must be a socket of the daemon's user on which no daemon answers; such a
 /// stale socket is removed.
 pub fn check(path: &Path) -> io::Result<SocketDir> {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     let Some(name) = path.file_name() else {
         return refuse(format!("{} does not name a file", path.display()));
     };
@@ -146,16 +132,10 @@ pub fn check(path: &Path) -> io::Result<SocketDir> {
         .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
     let cdir = CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
-    // SAFETY: a NUL-terminated path; the descriptor is owned right below.
-    let fd = unsafe {
-        libc::open(
-            cdir.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    let fd = match cvt(fd) {
-        // SAFETY: `fd` was just returned by open and is owned by nobody else.
-        Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match rustix::fs::open(cdir.as_c_str(), flags, Mode::empty()).map_err(io::Error::from)
+    {
+        Ok(fd) => fd,
         // O_NOFOLLOW on a symlink: ELOOP, or ENOTDIR with O_DIRECTORY.
         Err(_) if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) => {
             return refuse(format!(
@@ -165,10 +145,7 @@ pub fn check(path: &Path) -> io::Result<SocketDir> {
         }
         Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
     };
-    // SAFETY: all-zero is a valid `stat`; it is only read after fstat filled it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a live descriptor and a `stat` we own.
-    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    let st = rustix::fs::fstat(&fd)?;
     if st.st_uid != 0 && st.st_uid != euid {
         return refuse(format!(
             "{} is owned by uid {}, not by root or the daemon (uid {euid})",

@@ -3,13 +3,14 @@
 //! uevents), and systemd's readiness socket.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustix::net::netlink::{self, SocketAddrNetlink};
+use rustix::net::{AddressFamily, RecvFlags, SocketFlags, SocketType};
 use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 
 use serde_json::Value;
 
@@ -18,16 +19,11 @@ use super::engine::{Engine, LoadError, Paths};
 use super::policy::Caller;
 use super::protocol::Reply;
 use crate::error::Kind;
+use crate::sys::async_fd;
 
 /// pidfd_open(2): a file descriptor that becomes readable when the process exits.
 fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory passed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    crate::procfs::Pidfd::process(pid).map(OwnedFd::from)
 }
 
 /// Forgets `pid` (and its threads) in the state once it exits, so the daemon's memory and
@@ -51,8 +47,7 @@ pub fn exit_watch(shared: Arc<Shared>, pid: u32, starttime: u64) {
         return;
     }
     tokio::spawn(async move {
-        // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: open for its whole life.
-        if let Ok(afd) = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+        if let Ok(afd) = async_fd(fd, Interest::READABLE) {
             let _ = afd.readable().await;
         }
         let _ = shared.exits.send(pid);
@@ -119,7 +114,7 @@ pub async fn reload_request(shared: &Arc<Shared>, caller: &Caller, id: Value) ->
 /// created or removed (editors replace files by rename), after a short quiet period.
 pub fn config_watch(shared: Arc<Shared>, dir: &Path) {
     use inotify::{Inotify, WatchMask};
-    let mut ino = match Inotify::init() {
+    let ino = match Inotify::init() {
         Ok(i) => i,
         Err(e) => {
             tracing::warn!("inotify unavailable ({e}): configuration changes need SIGHUP");
@@ -149,21 +144,19 @@ pub fn config_watch(shared: Arc<Shared>, dir: &Path) {
         }
     }
     tracing::info!("watching {} for configuration changes", dir.display());
+    let mut watches = ino.watches();
     tokio::spawn(async move {
-        let fd = ino.as_raw_fd();
-        // SAFETY: `ino` owns the descriptor and lives in this task longer than `afd`.
-        let Ok(afd) = (unsafe { AsyncFd::register_with_interest(Fd(fd), Interest::READABLE) })
-        else {
+        let Ok(mut afd) = async_fd(ino, Interest::READABLE) else {
             return;
         };
         let mut buf = vec![0u8; 4096];
         loop {
-            let Ok(mut guard) = afd.readable().await else {
+            let Ok(mut guard) = afd.readable_mut().await else {
                 return;
             };
             let mut relevant = false;
             let mut new_rules_dir = false;
-            match ino.read_events(&mut buf) {
+            match guard.get_inner_mut().read_events(&mut buf) {
                 Ok(events) => {
                     for ev in events {
                         let name = ev.name.and_then(|n| n.to_str()).unwrap_or("");
@@ -191,7 +184,7 @@ pub fn config_watch(shared: Arc<Shared>, dir: &Path) {
                 }
             }
             if new_rules_dir && rules_dir.is_dir() {
-                if let Err(e) = ino.watches().add(&rules_dir, mask) {
+                if let Err(e) = watches.add(&rules_dir, mask) {
                     tracing::warn!(
                         "cannot watch {} ({e}): rule changes need SIGHUP",
                         rules_dir.display()
@@ -201,7 +194,8 @@ pub fn config_watch(shared: Arc<Shared>, dir: &Path) {
             if relevant {
                 // Coalesce a burst (write + rename) into one reload.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                while ino
+                while afd
+                    .get_mut()
                     .read_events(&mut buf)
                     .is_ok_and(|mut e| e.next().is_some())
                 {}
@@ -209,15 +203,6 @@ pub fn config_watch(shared: Arc<Shared>, dir: &Path) {
             }
         }
     });
-}
-
-/// A raw fd for AsyncFd that does not close it (its owner does).
-struct Fd(RawFd);
-
-impl AsRawFd for Fd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
 }
 
 /// Reloads on SIGHUP.
@@ -234,41 +219,31 @@ pub fn sighup(shared: Arc<Shared>) {
     });
 }
 
-const NETLINK_KOBJECT_UEVENT: i32 = 15;
-
 /// A netlink datagram socket of `protocol`, bound to the multicast `groups`.
-pub fn netlink_socket(protocol: i32, groups: u32, nonblocking: bool) -> io::Result<OwnedFd> {
-    let flags =
-        libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
-    // SAFETY: socket(2) with constant arguments; returns a new fd or -1.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, flags, protocol) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_nl is plain data; zeroed is a valid value before we fill it.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as u16;
-    addr.nl_groups = groups;
-    // SAFETY: `addr` is a valid sockaddr_nl and its size is passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
+pub fn netlink_socket(
+    protocol: rustix::net::Protocol,
+    groups: u32,
+    nonblocking: bool,
+) -> io::Result<OwnedFd> {
+    let flags = if nonblocking {
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK
+    } else {
+        SocketFlags::CLOEXEC
     };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = rustix::net::socket_with(
+        AddressFamily::NETLINK,
+        SocketType::DGRAM,
+        flags,
+        Some(protocol),
+    )?;
+    rustix::net::bind(&fd, &SocketAddrNetlink::new(0, groups))?;
     Ok(fd)
 }
 
 /// Re-detects CPUs when one goes online or offline (kernel uevents, SUBSYSTEM=cpu).
 pub fn hotplug(shared: Arc<Shared>) {
     // Group 1 is the kernel's uevent broadcast.
-    let fd = match netlink_socket(NETLINK_KOBJECT_UEVENT, 1, true) {
+    let fd = match netlink_socket(netlink::KOBJECT_UEVENT, 1, true) {
         Ok(fd) => fd,
         Err(e) => {
             tracing::warn!("no uevent socket ({e}): CPU hotplug needs SIGHUP");
@@ -276,8 +251,7 @@ pub fn hotplug(shared: Arc<Shared>) {
         }
     };
     tokio::spawn(async move {
-        // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: open for its whole life.
-        let Ok(afd) = (unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }) else {
+        let Ok(afd) = async_fd(fd, Interest::READABLE) else {
             return;
         };
         let mut buf = vec![0u8; 8192];
@@ -287,19 +261,11 @@ pub fn hotplug(shared: Arc<Shared>) {
             };
             let mut cpu_event = false;
             loop {
-                // SAFETY: recv into our own buffer of the given length.
-                let n = unsafe {
-                    libc::recv(
-                        afd.get_ref().as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        0,
-                    )
+                let n = match rustix::net::recv(afd.get_ref(), &mut buf[..], RecvFlags::empty()) {
+                    Ok((n, _)) if n > 0 => n,
+                    _ => break,
                 };
-                if n <= 0 {
-                    break;
-                }
-                let msg = &buf[..n as usize];
+                let msg = &buf[..n];
                 let is_cpu = msg.split(|&b| b == 0).any(|f| f == b"SUBSYSTEM=cpu");
                 let action = msg
                     .split(|&b| b == 0)

@@ -3,22 +3,22 @@
 //! SIGTERM, SIGHUP, SIGINT, a closed terminal, an error, a panic: the guard's `Drop`).
 
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::termios::{InputModes, LocalModes, OptionalActions, SpecialCodeIndex, Termios};
 
 use super::model::Sample;
 use super::render::{self, SortKey, View};
+use crate::sys;
 
-static QUIT: AtomicBool = AtomicBool::new(false);
-static RESIZED: AtomicBool = AtomicBool::new(false);
+/// The signals that end the view; SIGWINCH redraws it.
+const QUIT_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGHUP, libc::SIGINT];
 
-extern "C" fn on_signal(sig: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    if sig == libc::SIGWINCH {
-        RESIZED.store(true, Ordering::SeqCst);
-    } else {
-        QUIT.store(true, Ordering::SeqCst);
-    }
+fn quit_requested() -> bool {
+    QUIT_SIGNALS.iter().any(|&s| sys::signal_caught(s))
 }
 
 /// Interval steps for `+` and `-`, in milliseconds.
@@ -26,29 +26,24 @@ const STEPS_MS: [u64; 9] = [250, 500, 1000, 2000, 3000, 5000, 10_000, 30_000, 60
 
 /// Raw mode and the alternate screen while alive; the saved settings back on drop.
 struct Terminal {
-    saved: libc::termios,
+    saved: Termios,
 }
 
 impl Terminal {
     fn enter() -> io::Result<Terminal> {
-        // SAFETY: a zeroed termios is a valid buffer for tcgetattr to fill.
-        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: fd 0 and a termios we own.
-        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut saved) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut raw = saved;
+        let saved = rustix::termios::tcgetattr(io::stdin())?;
+        let mut raw = saved.clone();
         // No line editing, no echo, no signals from keys (Ctrl-C and Ctrl-Z arrive as bytes:
         // Ctrl-C quits, Ctrl-Z is ignored, so the terminal is never left raw by a stop).
-        raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::ISIG | libc::IEXTEN);
-        raw.c_iflag &= !(libc::IXON | libc::ICRNL);
-        raw.c_cc[libc::VMIN] = 0;
-        raw.c_cc[libc::VTIME] = 0;
-        // SAFETY: fd 0 and a termios we own.
-        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let t = Terminal { saved };
+        raw.local_modes -=
+            LocalModes::ICANON | LocalModes::ECHO | LocalModes::ISIG | LocalModes::IEXTEN;
+        raw.input_modes -= InputModes::IXON | InputModes::ICRNL;
+        raw.special_codes[SpecialCodeIndex::VMIN] = 0;
+        raw.special_codes[SpecialCodeIndex::VTIME] = 0;
+        rustix::termios::tcsetattr(io::stdin(), OptionalActions::Now, &raw)?;
+        let t = Terminal {
+            saved: saved.clone(),
+        };
         // A panic's message would be printed on the alternate screen and vanish with it:
         // put the terminal back first (the guard's drop then restores it once more).
         let previous = std::panic::take_hook();
@@ -71,37 +66,24 @@ impl Drop for Terminal {
 }
 
 /// Main screen, cursor shown, attributes reset, the saved termios back. Idempotent.
-fn restore(saved: &libc::termios) {
+fn restore(saved: &Termios) {
     let mut out = io::stdout().lock();
     let _ = out.write_all(b"\x1b[0m\x1b[?25h\x1b[?1049l");
     let _ = out.flush();
-    // SAFETY: fd 0 and a termios saved by `Terminal::enter`.
-    unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
+    let _ = rustix::termios::tcsetattr(io::stdin(), OptionalActions::Now, saved);
 }
 
 fn install_handlers() {
-    for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGWINCH] {
-        // SAFETY: a zeroed sigaction with a handler that only stores to atomics; no
-        // SA_RESTART, so poll returns EINTR and the loop sees the flag at once.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
+    for sig in QUIT_SIGNALS.into_iter().chain([libc::SIGWINCH]) {
+        let _ = sys::catch_signal(sig);
     }
 }
 
 /// Columns and rows of the terminal on stdout (80x24 when it cannot say).
 fn size() -> (usize, usize) {
-    // SAFETY: a zeroed winsize is a valid buffer for TIOCGWINSZ.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: fd 1 and a winsize we own.
-    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
-    if rc == 0 && ws.ws_col > 0 && ws.ws_row > 0 {
-        (ws.ws_col as usize, ws.ws_row as usize)
-    } else {
-        (80, 24)
+    match rustix::termios::tcgetwinsize(io::stdout()) {
+        Ok(ws) if ws.ws_col > 0 && ws.ws_row > 0 => (ws.ws_col as usize, ws.ws_row as usize),
+        _ => (80, 24),
     }
 }
 
@@ -247,7 +229,9 @@ pub fn run<S>(
     mut snapshot: impl FnMut() -> S,
     mut build: impl FnMut(&S, &S) -> Sample,
 ) -> io::Result<()> {
-    QUIT.store(false, Ordering::SeqCst);
+    for sig in QUIT_SIGNALS {
+        sys::take_signal(sig);
+    }
     install_handlers();
     let _term = Terminal::enter()?;
     let mut view = View::default();
@@ -259,58 +243,44 @@ pub fn run<S>(
     loop {
         // Wait for the next reading, handling keys and signals meanwhile.
         loop {
-            if QUIT.load(Ordering::SeqCst) {
+            if quit_requested() {
                 return Ok(());
             }
-            if RESIZED.swap(false, Ordering::SeqCst) {
+            if sys::take_signal(libc::SIGWINCH) {
                 draw(sample.as_ref(), &mut view, &status)?;
             }
             let left = next.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            let mut pfd = libc::pollfd {
-                fd: libc::STDIN_FILENO,
-                events: libc::POLLIN,
-                revents: 0,
+            let stdin = io::stdin();
+            let mut pfd = [PollFd::new(&stdin, PollFlags::IN)];
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i64;
+            let wait = Timespec {
+                tv_sec: ms / 1000,
+                tv_nsec: ms % 1000 * 1_000_000,
             };
-            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-            // SAFETY: one pollfd we own.
-            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
+            match rustix::event::poll(&mut pfd, Some(&wait)) {
+                Ok(0) | Err(Errno::INTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
             }
-            if rc == 0 {
-                continue;
-            }
-            if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
-                && pfd.revents & libc::POLLIN == 0
+            let revents = pfd[0].revents();
+            if revents.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
+                && !revents.contains(PollFlags::IN)
             {
                 return Ok(());
             }
             let mut buf = [0u8; 64];
-            // SAFETY: reading into a buffer we own, at most its length.
-            let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
-            if n == 0 {
+            let n = match rustix::io::read(stdin.as_fd(), &mut buf) {
                 // The terminal is gone.
-                return Ok(());
-            }
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-                ) {
-                    continue;
-                }
-                return Err(e);
-            }
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(Errno::INTR | Errno::AGAIN) => continue,
+                Err(e) => return Err(e.into()),
+            };
             let before = interval;
-            for key in keys(&buf[..n as usize]) {
+            for key in keys(&buf[..n]) {
                 if !apply(key, sample.as_ref(), &mut view, &mut interval) {
                     return Ok(());
                 }

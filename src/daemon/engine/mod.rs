@@ -59,8 +59,6 @@ pub struct Engine {
     pub session: Session,
     /// Processes with a pidfd exit watch.
     pub watched: HashSet<u32>,
-    /// Whether the kernel has per-task uclamp (probed once at start).
-    pub uclamp: bool,
 }
 
 impl Engine {
@@ -82,9 +80,8 @@ impl Engine {
                 state,
             },
             watched: HashSet::new(),
-            uclamp: crate::sched::uclamp_supported(),
         };
-        if !engine.uclamp {
+        if !crate::sched::Support::get().uclamp {
             tracing::warn!(
                 "this kernel has no per-task uclamp (CONFIG_UCLAMP_TASK): classes apply their other attributes only"
             );

@@ -108,13 +108,8 @@ impl Engine {
         targets: &[TaskRef],
         watch: &mut Vec<(u32, u64)>,
     ) -> CliResult<Value> {
-        let dest = ops::thread_dest(
-            class,
-            &self.loaded.rules.classes,
-            self.uclamp,
-            requested_by(caller),
-        )
-        .map_err(CliError::bad_input)?;
+        let dest = ops::thread_dest(class, &self.loaded.rules.classes, requested_by(caller))
+            .map_err(CliError::bad_input)?;
         let check = self.thread_check(caller, class, &dest, targets);
         let moved = self.move_checked(caller, &dest, targets, check);
         if let Dest::Thread(ThreadDest::Vm(_)) = dest {
@@ -172,7 +167,7 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default();
-        let uclamp = self.uclamp;
+        let uclamp = crate::sched::Support::get().uclamp;
         // Each thread's own process group decides what the class means there.
         move |t: &TaskRef| -> CliResult<()> {
             let tgid = proc.tgid(t.id).map_err(proc_fail)?;

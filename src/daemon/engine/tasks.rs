@@ -105,12 +105,10 @@ impl Engine {
     fn classify(&mut self, pid: u32, tid: Option<u32>) -> usize {
         let rules = std::mem::take(&mut self.loaded.rules);
         let r = match tid {
-            None => crate::classify::classify_process(&mut self.session, &rules, pid, self.uclamp)
+            None => crate::classify::classify_process(&mut self.session, &rules, pid)
                 .map(|v| v.iter().filter(|a| a.changed()).count()),
-            Some(t) => {
-                crate::classify::classify_thread(&mut self.session, &rules, pid, t, self.uclamp)
-                    .map(|a| usize::from(a.is_some_and(|a| a.changed())))
-            }
+            Some(t) => crate::classify::classify_thread(&mut self.session, &rules, pid, t)
+                .map(|a| usize::from(a.is_some_and(|a| a.changed()))),
         };
         self.loaded.rules = rules;
         match r {
