@@ -207,6 +207,24 @@ fn case_run(prep: &[&[&str]], args: &[&str], json: bool, out: Out, pid: &str) ->
     run_with(env.cmd(&refs), out)
 }
 
+/// Started with fd 1 closed, the next file opened would get that number and receive the
+/// report (the state lock, a cgroup file). Rust's runtime reopens closed standard descriptors
+/// on /dev/null before main; this pins that nothing cgqos opens takes fd 1.
+#[test]
+fn a_closed_stdout_is_not_reused_for_the_files_cgqos_opens() {
+    let env = Env::new(&["cpu"]);
+    let r = run_with(env.cmd(&["setup", "--json"]), Out::Closed);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let state = env.dir.path().join("state");
+    assert_eq!(
+        std::fs::read(state.join("lock")).unwrap(),
+        b"",
+        "the lock file stays empty"
+    );
+    let text = std::fs::read_to_string(state.join("state.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&text).expect("the state file is only the state");
+}
+
 #[test]
 fn every_command_survives_a_closed_or_full_stdout() {
     let sleeper = Sleeper::new();
