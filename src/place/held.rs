@@ -1,6 +1,6 @@
 //! Holding a target by pidfd from its identity check to the write that moves it.
 
-use crate::procfs::{Pidfd, ProcError, Procfs, Stat};
+use crate::procfs::{Pidfd, ProcError, Stat, TaskSource};
 
 use super::PlaceError;
 
@@ -52,8 +52,12 @@ fn opened(id: u32, r: std::io::Result<Pidfd>) -> Result<Opened, PlaceError> {
 impl Held {
     /// Holds the process `pid`, then checks it: not a kernel thread, a process (not one of
     /// its threads), and started at `expected` when given.
-    pub fn process(proc: &Procfs, pid: u32, expected: Option<u64>) -> Result<Held, PlaceError> {
-        let fd = match opened(pid, Pidfd::process(pid))? {
+    pub fn process(
+        proc: &impl TaskSource,
+        pid: u32,
+        expected: Option<u64>,
+    ) -> Result<Held, PlaceError> {
+        let fd = match opened(pid, proc.pidfd(pid, false))? {
             Opened::Fd(fd) => Some(fd),
             Opened::Unsupported => None,
             Opened::Invalid => {
@@ -86,20 +90,24 @@ impl Held {
 
     /// Holds the thread `tid`: by its own pidfd (Linux 6.9+), else by its process's pidfd
     /// and its start time in `/proc/<tgid>/task/<tid>/stat`.
-    pub fn thread(proc: &Procfs, tid: u32, expected: Option<u64>) -> Result<Held, PlaceError> {
+    pub fn thread(
+        proc: &impl TaskSource,
+        tid: u32,
+        expected: Option<u64>,
+    ) -> Result<Held, PlaceError> {
         Held::thread_with(proc, tid, expected, true)
     }
 
     /// `thread`, choosing whether to try `PIDFD_THREAD` (tests exercise the older kernels'
     /// path with `false`).
     pub fn thread_with(
-        proc: &Procfs,
+        proc: &impl TaskSource,
         tid: u32,
         expected: Option<u64>,
         thread_pidfd: bool,
     ) -> Result<Held, PlaceError> {
         let own = if thread_pidfd {
-            opened(tid, Pidfd::thread(tid))?
+            opened(tid, proc.pidfd(tid, true))?
         } else {
             Opened::Invalid
         };
@@ -121,7 +129,7 @@ impl Held {
             Opened::Invalid => {
                 // The process is held, and the thread found in its task list after that.
                 let tgid = proc.tgid(tid)?;
-                let fd = match opened(tgid, Pidfd::process(tgid))? {
+                let fd = match opened(tgid, proc.pidfd(tgid, false))? {
                     Opened::Fd(fd) => fd,
                     // Its process exited (or the thread moved groups by exec): gone.
                     Opened::Invalid | Opened::Unsupported => return Err(PlaceError::Gone(tid)),
@@ -138,7 +146,7 @@ impl Held {
         held.checked(proc, expected)
     }
 
-    fn checked(self, proc: &Procfs, expected: Option<u64>) -> Result<Held, PlaceError> {
+    fn checked(self, proc: &impl TaskSource, expected: Option<u64>) -> Result<Held, PlaceError> {
         if self.stat.is_kernel_thread() {
             return Err(PlaceError::KernelThread {
                 id: self.id,
@@ -163,7 +171,7 @@ impl Held {
     /// Whether the id still names the held task: everything read since it was held was
     /// about that task. A poll of the pidfd, plus one `/proc` read for a thread held
     /// through its process.
-    pub fn still_there(&self, proc: &Procfs) -> bool {
+    pub fn still_there(&self, proc: &impl TaskSource) -> bool {
         match &self.fd {
             Some(fd) if fd.exited() => false,
             Some(_) if self.via_process => proc

@@ -12,6 +12,8 @@
 mod held;
 mod move_;
 mod restore;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
@@ -19,9 +21,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cgroupfs::{Attacher, CgroupFs, FsError, Mount, Refusal};
+use crate::cgroupfs::{Attacher, CgroupBackend, CgroupFs, FsError, Mount, Refusal};
 use crate::layout;
-use crate::procfs::{ProcError, ProcessId, Procfs, ThreadId};
+use crate::procfs::{ProcError, ProcessId, Procfs, TaskSource, ThreadId};
 
 pub use held::Held;
 pub use restore::{Restored, TeardownReport};
@@ -156,10 +158,12 @@ pub struct ThreadPlace {
     pub class: Option<String>,
 }
 
-pub struct Placer<'a> {
-    pub cg: &'a CgroupFs,
+/// Moves tasks in the tree `cg` (the real [`CgroupFs`], or a model in tests), reading them
+/// through `proc`.
+pub struct Placer<'a, B: CgroupBackend = CgroupFs, P: TaskSource = Procfs> {
+    pub cg: &'a B,
     pub map: &'a CgroupMap,
-    pub proc: &'a Procfs,
+    pub proc: &'a P,
     attacher: Attacher,
 }
 
@@ -167,8 +171,8 @@ pub struct Placer<'a> {
 /// (`cpu_cgroup_can_attach`); it runs within milliseconds, so retry a few times.
 const EINVAL_RETRIES: [u64; 3] = [1, 10, 50];
 
-impl<'a> Placer<'a> {
-    pub fn new(cg: &'a CgroupFs, map: &'a CgroupMap, proc: &'a Procfs) -> Self {
+impl<'a, B: CgroupBackend, P: TaskSource> Placer<'a, B, P> {
+    pub fn new(cg: &'a B, map: &'a CgroupMap, proc: &'a P) -> Self {
         Placer {
             cg,
             map,
@@ -178,12 +182,12 @@ impl<'a> Placer<'a> {
     }
 
     fn attach(&mut self, file: &Path, id: u32) -> Result<(), FsError> {
-        let mut result = self.attacher.attach(file, id);
+        let mut result = self.cg.attach(&mut self.attacher, file, id);
         for ms in EINVAL_RETRIES {
             match &result {
                 Err(e) if e.refusal() == Refusal::Invalid => {
                     sleep(Duration::from_millis(ms));
-                    result = self.attacher.attach(file, id);
+                    result = self.cg.attach(&mut self.attacher, file, id);
                 }
                 _ => break,
             }

@@ -1,13 +1,13 @@
 //! Moving a process (each thread keeping its class) or one thread to a class.
 
-use crate::cgroupfs::{FsError, Refusal, files};
+use crate::cgroupfs::{CgroupBackend, FsError, Refusal, files};
 use crate::layout::{self, Placement, Target};
-use crate::procfs::{ProcError, ProcessId, ThreadId};
+use crate::procfs::{ProcError, ProcessId, TaskSource, ThreadId};
 use crate::state::{Record, State};
 
 use super::{Held, PlaceError, Placer, ThreadPlace, gone_or_kernel, test_pause};
 
-impl Placer<'_> {
+impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
     /// Moves a whole process into `target`, each thread keeping its class.
     pub fn move_process(
         &mut self,

@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cgroupfs::{Refusal, files};
+use crate::cgroupfs::{CgroupBackend, Refusal, files};
 use crate::layout;
-use crate::procfs::{ProcessId, ThreadId};
+use crate::procfs::{ProcessId, TaskSource, ThreadId};
 use crate::state::State;
 
 use super::Placer;
@@ -32,7 +32,7 @@ pub struct TeardownReport {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sysfs_restored: Vec<String>,
 }
-impl Placer<'_> {
+impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
     /// Moves every task out of the subtree `group` (to its recorded origin when known and
     /// still the same task) and removes the groups bottom-up. Safe to run twice.
     pub fn evacuate(&mut self, group: &str, state: &State, report: &mut TeardownReport) {
