@@ -60,6 +60,19 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
             self.put_back_stranger(held, &group, true);
             return Err(PlaceError::Gone(pid.0));
         }
+        self.record_process(held, &main_cgroup, &before, state);
+        self.keep_classes(pid, target, &group, &before)
+    }
+
+    /// Records a process the write moved and its threads that lived apart from it.
+    fn record_process(
+        &self,
+        held: &Held,
+        main_cgroup: &str,
+        before: &[(ThreadId, String)],
+        state: &mut State,
+    ) {
+        let pid = ProcessId(held.id);
         // Recorded once the write is known to have hit the held process (in memory; the
         // caller saves before it reports success).
         state.remember(
@@ -67,7 +80,7 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
             Record {
                 pid: pid.0,
                 starttime: held.stat.starttime,
-                original: self.map.dir_of(&main_cgroup),
+                original: self.map.dir_of(main_cgroup),
                 process: true,
             },
         );
@@ -75,7 +88,7 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         // one by one, so teardown can put them back there.
         for (tid, cgroup) in before
             .iter()
-            .filter(|(t, c)| t.0 != pid.0 && *c != main_cgroup)
+            .filter(|(t, c)| t.0 != pid.0 && c != main_cgroup)
         {
             if let Ok(ts) = self.proc.stat(tid.0) {
                 state.remember(
@@ -89,15 +102,26 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
                 );
             }
         }
+    }
+
+    /// Puts each moved thread that had a class of `target` back in that class; reports
+    /// where every thread now is.
+    fn keep_classes(
+        &mut self,
+        pid: ProcessId,
+        target: &Target,
+        group: &str,
+        before: &[(ThreadId, String)],
+    ) -> Result<Vec<ThreadPlace>, PlaceError> {
         let classes = target.classes();
-        let group_cgroup = self.cgroup_path(&group);
+        let group_cgroup = self.cgroup_path(group);
         // As `where` reports it: a VM part (`vms/x/vcpu`) is the VM's group and that class.
-        let (shown_group, shown_class) = match layout::classify(&group) {
+        let (shown_group, shown_class) = match layout::classify(group) {
             Some(p) => (p.group, p.class),
-            None => (group.clone(), None),
+            None => (group.to_string(), None),
         };
         let mut after = Vec::with_capacity(before.len());
-        for (tid, cgroup) in &before {
+        for (tid, cgroup) in before {
             let class = self
                 .map
                 .relative(cgroup)
