@@ -25,6 +25,11 @@ use std::path::{Component, Path, PathBuf};
 use super::{Attacher, CgroupBackend, FsError, files};
 use crate::procfs::{Pidfd, ProcError, ProcessId, Stat, TaskSource, ThreadId};
 
+/// The cgroup2 controllers a kernel can have.
+const CONTROLLERS: [&str; 8] = [
+    "cpu", "cpuset", "io", "memory", "pids", "rdma", "hugetlb", "misc",
+];
+
 /// `PF_KTHREAD` in `/proc/<id>/stat`'s flags.
 const KTHREAD_FLAG: u64 = 0x0020_0000;
 
@@ -232,6 +237,10 @@ impl Model {
         let mut subtree = self.groups[key].subtree.clone();
         for word in value.split_whitespace() {
             if let Some(c) = word.strip_prefix('+') {
+                // Not a controller at all: EINVAL; one not available here: ENOENT.
+                if !CONTROLLERS.contains(&c) {
+                    return Err(libc::EINVAL);
+                }
                 if !available.contains(c) {
                     return Err(libc::ENOENT);
                 }
@@ -299,15 +308,20 @@ impl MemKernel {
             root,
             model: RefCell::new(m),
         };
-        if let Some(key) = k.key_of(&k.root.clone()) {
-            let mut m = k.model.borrow_mut();
-            let mut acc = String::new();
-            for part in key.split('/').filter(|p| !p.is_empty()) {
-                acc = join_key(&acc, part);
-                m.groups.entry(acc.clone()).or_default();
-            }
-        }
+        k.mkdir_all(&k.root.clone());
         k
+    }
+
+    /// Creates the group at `dir` and its missing ancestors (groups outside the cgqos root
+    /// that tasks come from).
+    pub fn mkdir_all(&self, dir: &Path) {
+        let key = self.key_of(dir).expect("a directory under the mount");
+        let mut m = self.model.borrow_mut();
+        let mut acc = String::new();
+        for part in key.split('/').filter(|p| !p.is_empty()) {
+            acc = join_key(&acc, part);
+            m.groups.entry(acc.clone()).or_default();
+        }
     }
 
     /// Groups get `cpu.uclamp.min` (with the cpu controller).
