@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::cgroupfs::{CgroupFs, FsError, Refusal, files, write_existing};
+use crate::cgroupfs::{CgroupBackend, FsError, Refusal, files, write_existing};
 use crate::cpulist::CpuList;
 use crate::plan::{Op, Step, Tree};
 
@@ -66,10 +66,11 @@ pub struct ApplyError {
 }
 
 /// Applies `steps` in order. `dry_run` reads the tree and reports what would change,
-/// predicting for groups it would create which files the kernel would give them.
-pub fn apply(
+/// predicting for groups it would create which files the kernel would give them. `cg` is
+/// the real `CgroupFs`, or a model in tests.
+pub fn apply<B: CgroupBackend>(
     steps: &[Step],
-    cg: &CgroupFs,
+    cg: &B,
     sysfs_root: &Path,
     dry_run: bool,
 ) -> Result<Report, ApplyError> {
@@ -80,11 +81,11 @@ pub fn apply(
         enabled: HashMap::new(),
         uclamp: None,
     };
-    if dry_run && !cg.root().exists() {
+    if dry_run && !cg.exists("") {
         // A root setup would create: its controllers are what its parent enables.
         let parent = cg.root().parent().map(|p| p.join(files::SUBTREE_CONTROL));
         let avail = parent
-            .and_then(|p| fs::read_to_string(p).ok())
+            .and_then(|p| cg.read_path(&p).ok())
             .unwrap_or_default();
         c.pending.insert(String::new(), words(&avail));
     }
@@ -111,8 +112,8 @@ pub fn apply(
     Ok(report)
 }
 
-struct Converger<'a> {
-    cg: &'a CgroupFs,
+struct Converger<'a, B: CgroupBackend> {
+    cg: &'a B,
     dry_run: bool,
     /// Groups a dry run would create, with the controllers they would have.
     pending: HashMap<String, Vec<String>>,
@@ -129,7 +130,7 @@ fn parent_of(group: &str) -> &str {
     group.rsplit_once('/').map_or("", |(p, _)| p)
 }
 
-impl Converger<'_> {
+impl<B: CgroupBackend> Converger<'_, B> {
     fn step(&mut self, step: &Step) -> Result<Outcome, FsError> {
         let cg = self.cg;
         if step.op == Op::Mkdir {
@@ -263,17 +264,14 @@ impl Converger<'_> {
     /// answers; otherwise the per-task uclamp probe (group uclamp needs task uclamp).
     fn uclamp_supported(&mut self) -> bool {
         *self.uclamp.get_or_insert_with(|| {
-            let root = self.cg.root();
-            for dir in [root.to_path_buf()].into_iter().chain(
-                fs::read_dir(root)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|e| e.ok().map(|e| e.path())),
-            ) {
-                let cpu = fs::read_to_string(dir.join(files::CONTROLLERS))
+            let cg = self.cg;
+            let file = |group: &str, name: &str| crate::plan::join(group, name);
+            for group in std::iter::once(String::new()).chain(cg.children("")) {
+                let cpu = cg
+                    .read(&file(&group, files::CONTROLLERS))
                     .is_ok_and(|c| c.split_whitespace().any(|w| w == "cpu"));
-                if cpu && dir.join(files::TYPE).exists() {
-                    return dir.join(files::CPU_UCLAMP_MIN).exists();
+                if cpu && cg.exists(&file(&group, files::TYPE)) {
+                    return cg.exists(&file(&group, files::CPU_UCLAMP_MIN));
                 }
             }
             crate::sched::Support::get().uclamp

@@ -76,6 +76,42 @@ pub enum ProcError {
     Format(PathBuf),
 }
 
+/// The task reads placement needs, as `/proc` answers them: [`Procfs`] reads a `/proc`
+/// tree, `cgroupfs::memory::MemKernel` answers from its model.
+pub trait TaskSource {
+    fn stat(&self, id: u32) -> Result<Stat, ProcError>;
+    fn task_stat(&self, pid: u32, tid: u32) -> Result<Stat, ProcError>;
+    fn tgid(&self, tid: u32) -> Result<u32, ProcError>;
+    fn threads(&self, pid: ProcessId) -> Result<Vec<ThreadId>, ProcError>;
+    fn cgroup(&self, pid: ProcessId, tid: ThreadId) -> Result<String, ProcError>;
+    /// A pidfd for the process (`thread: false`) or thread `id`.
+    fn pidfd(&self, id: u32, thread: bool) -> io::Result<Pidfd> {
+        if thread {
+            Pidfd::thread(id)
+        } else {
+            Pidfd::process(id)
+        }
+    }
+}
+
+impl TaskSource for Procfs {
+    fn stat(&self, id: u32) -> Result<Stat, ProcError> {
+        Procfs::stat(self, id)
+    }
+    fn task_stat(&self, pid: u32, tid: u32) -> Result<Stat, ProcError> {
+        Procfs::task_stat(self, pid, tid)
+    }
+    fn tgid(&self, tid: u32) -> Result<u32, ProcError> {
+        Procfs::tgid(self, tid)
+    }
+    fn threads(&self, pid: ProcessId) -> Result<Vec<ThreadId>, ProcError> {
+        Procfs::threads(self, pid)
+    }
+    fn cgroup(&self, pid: ProcessId, tid: ThreadId) -> Result<String, ProcError> {
+        Procfs::cgroup(self, pid, tid)
+    }
+}
+
 /// A `/proc` tree (`/proc` normally; a fixture in tests).
 #[derive(Debug, Clone)]
 pub struct Procfs {

@@ -22,7 +22,7 @@ const CPU_DIR: &str = "devices/system/cpu";
 const ATOM_CPUS: &str = "devices/cpu_atom/cpus";
 
 /// A per-CPU attribute that can rank CPUs, in probe order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Attribute {
     CpuCapacity,
@@ -107,91 +107,121 @@ pub enum TopologyError {
     NoCpus(PathBuf),
 }
 
-impl Topology {
-    /// Reads `sysfs_root` (normally `/sys`).
-    pub fn detect(sysfs_root: &Path) -> Result<Topology, TopologyError> {
+/// What sysfs says about the CPUs, read and not yet judged: [`Raw::read`] does the I/O,
+/// [`Topology::decide`] the rest, so the rules are tested on values directly.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Raw {
+    /// `devices/system/cpu` under the sysfs root (warnings name files under it).
+    pub cpu_dir: PathBuf,
+    /// The `cpuN` directories, sorted.
+    pub present: Vec<u32>,
+    /// `possible`, or the `cpuN` directories when the file is missing.
+    pub possible: CpuList,
+    /// `online`, or every present CPU whose `cpuN/online` does not say 0.
+    pub online: CpuList,
+    pub isolated: CpuList,
+    /// `devices/cpu_atom/cpus` (Intel hybrid E-cores), when present.
+    pub atom: Option<CpuList>,
+    /// Each attribute file of each usable CPU: its text, or why it could not be read.
+    /// Missing files (the attribute does not exist here) are left out.
+    pub values: BTreeMap<(u32, Attribute), Result<String, String>>,
+}
+
+impl Raw {
+    /// Reads `sysfs_root` (normally `/sys`); attribute files only of online, non-isolated
+    /// CPUs (offline ones answer EBUSY).
+    pub fn read(sysfs_root: &Path) -> Result<Raw, TopologyError> {
         let cpu_dir = sysfs_root.join(CPU_DIR);
-        let present_dirs = cpu_dirs(&cpu_dir)?;
+        let present = cpu_dirs(&cpu_dir)?;
         let possible = read_list_or(&cpu_dir.join("possible"), || {
-            present_dirs.iter().copied().collect()
+            present.iter().copied().collect()
         })?;
-        if possible.is_empty() && present_dirs.is_empty() {
+        if possible.is_empty() && present.is_empty() {
             return Err(TopologyError::NoCpus(cpu_dir));
         }
         let online = read_list_or(&cpu_dir.join("online"), || {
-            present_dirs
+            present
                 .iter()
                 .copied()
                 .filter(|&c| per_cpu_online(&cpu_dir, c))
                 .collect()
         })?;
         let isolated = read_list_or(&cpu_dir.join("isolated"), CpuList::new)?;
-        let all = online.difference(&isolated);
-        let mut warnings = Vec::new();
+        let mut values = BTreeMap::new();
+        for cpu in online.difference(&isolated).iter() {
+            for attr in Attribute::PROBE_ORDER {
+                let path = cpu_dir.join(format!("cpu{cpu}")).join(attr.file());
+                match fs::read_to_string(&path) {
+                    Ok(text) => {
+                        values.insert((cpu, attr), Ok(text));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        values.insert((cpu, attr), Err(e.to_string()));
+                    }
+                }
+            }
+        }
+        let atom = read_list_opt(&sysfs_root.join(ATOM_CPUS))?;
+        Ok(Raw {
+            cpu_dir,
+            present,
+            possible,
+            online,
+            isolated,
+            atom,
+            values,
+        })
+    }
+}
 
-        let mut cpus: Vec<Cpu> = possible
+impl Topology {
+    /// Reads `sysfs_root` (normally `/sys`) and decides.
+    pub fn detect(sysfs_root: &Path) -> Result<Topology, TopologyError> {
+        Ok(Topology::decide(&Raw::read(sysfs_root)?))
+    }
+
+    /// The rules of the module comment, on values read: no I/O.
+    pub fn decide(raw: &Raw) -> Topology {
+        let all = raw.online.difference(&raw.isolated);
+        let mut warnings = Vec::new();
+        let mut cpus: Vec<Cpu> = raw
+            .possible
             .iter()
-            .chain(present_dirs.iter().copied())
+            .chain(raw.present.iter().copied())
             .collect::<CpuList>()
             .iter()
             .map(|cpu| Cpu {
                 cpu,
                 value: None,
-                online: online.contains(cpu),
-                isolated: isolated.contains(cpu),
+                online: raw.online.contains(cpu),
+                isolated: raw.isolated.contains(cpu),
                 readings: BTreeMap::new(),
             })
             .collect();
-
-        // Read every attribute of every usable CPU once; a missing file is normal (that
-        // attribute does not exist on this machine), anything else is worth a warning.
         for c in cpus.iter_mut().filter(|c| all.contains(c.cpu)) {
             for attr in Attribute::PROBE_ORDER {
-                let path = cpu_dir.join(format!("cpu{}", c.cpu)).join(attr.file());
-                match fs::read_to_string(&path) {
-                    Ok(text) => match text.trim().parse::<u64>() {
-                        Ok(0) => warnings.push(format!(
-                            "{}: value is 0, CPU {} skipped for {}",
-                            path.display(),
-                            c.cpu,
-                            attr.file()
-                        )),
+                if let Some(v) = raw.values.get(&(c.cpu, attr)) {
+                    match reading(raw, c.cpu, attr, v) {
                         Ok(v) => {
                             c.readings.insert(attr.file(), v);
                         }
-                        Err(_) => warnings.push(format!(
-                            "{}: {:?} is not a number, CPU {} skipped for {}",
-                            path.display(),
-                            text.trim(),
-                            c.cpu,
-                            attr.file()
-                        )),
-                    },
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => warnings.push(format!(
-                        "{}: unreadable ({e}), CPU {} skipped for {}",
-                        path.display(),
-                        c.cpu,
-                        attr.file()
-                    )),
+                        Err(w) => warnings.push(w),
+                    }
                 }
             }
         }
-
         let mut topo = Topology {
             source: None,
             hybrid: false,
             little: CpuList::new(),
             all,
-            possible,
-            isolated,
+            possible: raw.possible.clone(),
+            isolated: raw.isolated.clone(),
             cpus,
             warnings,
         };
-
-        let atom_path = sysfs_root.join(ATOM_CPUS);
-        if let Some(atom) = read_list_opt(&atom_path)? {
-            let little = atom.intersection(&topo.all);
+        if let Some(little) = raw.atom.as_ref().map(|a| a.intersection(&topo.all)) {
             if !little.is_empty() && little != topo.all {
                 topo.source = Some(Source::CpuAtom);
                 topo.hybrid = true;
@@ -200,37 +230,43 @@ impl Topology {
                 for c in &mut topo.cpus {
                     c.value = c.readings.get(max_freq).copied();
                 }
-                return Ok(topo);
+                return topo;
             }
         }
-
         for attr in Attribute::PROBE_ORDER {
-            let values: BTreeMap<u32, u64> = topo
-                .cpus
-                .iter()
-                .filter_map(|c| c.readings.get(attr.file()).map(|&v| (c.cpu, v)))
-                .collect();
-            let mut tiers: Vec<u64> = values.values().copied().collect();
-            tiers.sort_unstable();
-            tiers.dedup();
-            if tiers.len() < 2 {
-                continue;
+            if topo.rank_by(attr) {
+                break;
             }
-            // Two tiers: the lowest is little. Three or more: the two lowest are.
-            let cutoff = if tiers.len() == 2 { tiers[0] } else { tiers[1] };
-            topo.source = Some(attr.into());
-            topo.hybrid = true;
-            topo.little = values
-                .iter()
-                .filter(|&(_, &v)| v <= cutoff)
-                .map(|(&cpu, _)| cpu)
-                .collect();
-            for c in &mut topo.cpus {
-                c.value = values.get(&c.cpu).copied();
-            }
-            return Ok(topo);
         }
-        Ok(topo)
+        topo
+    }
+
+    /// Takes the little set from `attr` if it has more than one distinct value.
+    fn rank_by(&mut self, attr: Attribute) -> bool {
+        let values: BTreeMap<u32, u64> = self
+            .cpus
+            .iter()
+            .filter_map(|c| c.readings.get(attr.file()).map(|&v| (c.cpu, v)))
+            .collect();
+        let mut tiers: Vec<u64> = values.values().copied().collect();
+        tiers.sort_unstable();
+        tiers.dedup();
+        if tiers.len() < 2 {
+            return false;
+        }
+        // Two tiers: the lowest is little. Three or more: the two lowest are.
+        let cutoff = if tiers.len() == 2 { tiers[0] } else { tiers[1] };
+        self.source = Some(attr.into());
+        self.hybrid = true;
+        self.little = values
+            .iter()
+            .filter(|&(_, &v)| v <= cutoff)
+            .map(|(&cpu, _)| cpu)
+            .collect();
+        for c in &mut self.cpus {
+            c.value = values.get(&c.cpu).copied();
+        }
+        true
     }
 
     /// Replaces detection with the board's `cpuset-nonurgent`.
@@ -273,6 +309,38 @@ impl Topology {
             (Some(min), Some(max)) if max > 0 => min as f64 / max as f64,
             _ => 1.0,
         }
+    }
+}
+
+/// One attribute value of one CPU, or the warning that skips it (unreadable, not a
+/// number, zero).
+fn reading(
+    raw: &Raw,
+    cpu: u32,
+    attr: Attribute,
+    v: &Result<String, String>,
+) -> Result<u64, String> {
+    let path = raw.cpu_dir.join(format!("cpu{cpu}")).join(attr.file());
+    match v {
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(0) => Err(format!(
+                "{}: value is 0, CPU {cpu} skipped for {}",
+                path.display(),
+                attr.file()
+            )),
+            Ok(v) => Ok(v),
+            Err(_) => Err(format!(
+                "{}: {:?} is not a number, CPU {cpu} skipped for {}",
+                path.display(),
+                text.trim(),
+                attr.file()
+            )),
+        },
+        Err(e) => Err(format!(
+            "{}: unreadable ({e}), CPU {cpu} skipped for {}",
+            path.display(),
+            attr.file()
+        )),
     }
 }
 
@@ -322,4 +390,114 @@ fn read_list_opt(path: &Path) -> Result<Option<CpuList>, TopologyError> {
 
 fn read_list_or(path: &Path, default: impl FnOnce() -> CpuList) -> Result<CpuList, TopologyError> {
     Ok(read_list_opt(path)?.unwrap_or_else(default))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(s: &str) -> CpuList {
+        s.parse().unwrap()
+    }
+
+    /// CPUs 0-`n-1`, all online, with `attr` values as given (missing where `None`).
+    fn raw(n: u32, attr: Attribute, values: &[Option<&str>]) -> Raw {
+        let all = list(&format!("0-{}", n - 1));
+        Raw {
+            cpu_dir: PathBuf::from("/sys/devices/system/cpu"),
+            present: (0..n).collect(),
+            possible: all.clone(),
+            online: all,
+            isolated: CpuList::new(),
+            atom: None,
+            values: values
+                .iter()
+                .enumerate()
+                .filter_map(|(cpu, v)| v.map(|v| ((cpu as u32, attr), Ok(v.to_string()))))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn two_tiers_the_lowest_is_little_three_tiers_the_two_lowest() {
+        let cap = Attribute::CpuCapacity;
+        let t = Topology::decide(&raw(
+            4,
+            cap,
+            &[Some("400"), Some("400"), Some("1024"), Some("1024")],
+        ));
+        assert_eq!((t.source, t.hybrid), (Some(Source::CpuCapacity), true));
+        assert_eq!(t.little, list("0-1"));
+        let t = Topology::decide(&raw(3, cap, &[Some("300"), Some("600"), Some("1024")]));
+        assert_eq!(t.little, list("0-1"));
+        assert_eq!(t.cpus[2].value, Some(1024));
+    }
+
+    #[test]
+    fn equal_values_are_not_hybrid_and_the_next_attribute_is_tried() {
+        let mut r = raw(2, Attribute::CpuCapacity, &[Some("1024"), Some("1024")]);
+        r.values
+            .insert((0, Attribute::CpuinfoMaxFreq), Ok("1800000\n".into()));
+        r.values
+            .insert((1, Attribute::CpuinfoMaxFreq), Ok("2400000\n".into()));
+        let t = Topology::decide(&r);
+        assert_eq!(t.source, Some(Source::CpuinfoMaxFreq));
+        assert_eq!(t.little, list("0"));
+        let t = Topology::decide(&raw(2, Attribute::AcpiCppc, &[Some("5"), Some("5")]));
+        assert_eq!((t.source, t.hybrid), (None, false));
+        assert!(t.little.is_empty());
+        assert_eq!(t.nonurgent_cpus(), list("0-1"));
+    }
+
+    #[test]
+    fn bad_values_skip_the_cpu_with_a_warning_naming_the_file() {
+        let mut r = raw(
+            4,
+            Attribute::CpuCapacity,
+            &[Some("0"), Some("big"), Some("512"), Some("1024")],
+        );
+        r.values.insert(
+            (3, Attribute::AcpiCppc),
+            Err("Device or resource busy".into()),
+        );
+        let t = Topology::decide(&r);
+        assert_eq!(t.little, list("2"));
+        assert_eq!(t.warnings.len(), 3, "{:?}", t.warnings);
+        assert_eq!(
+            t.warnings[0],
+            "/sys/devices/system/cpu/cpu0/cpu_capacity: value is 0, CPU 0 skipped for cpu_capacity"
+        );
+        assert!(
+            t.warnings[1].contains("\"big\" is not a number"),
+            "{:?}",
+            t.warnings
+        );
+        assert!(
+            t.warnings[2]
+                .contains("cpu3/acpi_cppc/highest_perf: unreadable (Device or resource busy)")
+        );
+    }
+
+    #[test]
+    fn isolated_and_offline_cpus_are_left_out_and_cpu_atom_wins() {
+        let mut r = raw(
+            4,
+            Attribute::CpuCapacity,
+            &[Some("400"), Some("1024"), Some("400"), Some("1024")],
+        );
+        r.isolated = list("3");
+        r.online = list("0-1,3");
+        let t = Topology::decide(&r);
+        assert_eq!(t.all, list("0-1"));
+        assert_eq!(t.little, list("0"));
+        assert!(!t.cpus[2].online && t.cpus[3].isolated);
+        assert_eq!((t.cpus[2].value, t.cpus[3].value), (None, None));
+        r.atom = Some(list("1-3"));
+        let t = Topology::decide(&r);
+        assert_eq!(t.source, Some(Source::CpuAtom));
+        assert_eq!(t.little, list("1"));
+        // An atom list covering every usable CPU says nothing: ranking decides.
+        r.atom = Some(list("0-3"));
+        assert_eq!(Topology::decide(&r).source, Some(Source::CpuCapacity));
+    }
 }

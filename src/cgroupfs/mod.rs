@@ -3,11 +3,17 @@
 //! Every operation is relative to a root directory given by the caller, so tests run on a
 //! fake tree in a tempdir. Writes never create files: cgroupfs has no unknown files, and a
 //! missing controller file means "this kernel or this group does not support it".
+//!
+//! [`CgroupBackend`] is what placement and apply need of a tree: [`CgroupFs`] does it on
+//! the real filesystem, [`memory::MemKernel`] in memory with the kernel's rules (for tests
+//! that need no root).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+pub mod memory;
 
 /// cgroup v2 file names and values.
 pub mod files {
@@ -207,6 +213,88 @@ impl CgroupFs {
     pub fn is_hierarchy_root(&self, rel: &str) -> bool {
         let dir = self.path(rel);
         dir.join(files::PROCS).exists() && !dir.join(files::TYPE).exists()
+    }
+}
+
+/// The file operations placement and apply do on a cgroup tree. Group and file names are
+/// relative to the cgqos root (`""` is the root); `read_path` and `attach` take absolute
+/// paths, because tasks go back to groups outside the root. Errors are the kernel's errnos
+/// with path and value, as [`CgroupFs`] reports them.
+pub trait CgroupBackend {
+    /// The cgqos root directory.
+    fn root(&self) -> &Path;
+    /// Absolute path of a group or file relative to the root (`""` is the root).
+    fn path(&self, rel: &str) -> PathBuf;
+    fn exists(&self, rel: &str) -> bool;
+    fn read(&self, rel: &str) -> Result<String, FsError>;
+    /// A file by absolute path (the dry run reads the parent of a root it would create).
+    fn read_path(&self, path: &Path) -> Result<String, FsError>;
+    /// One `write(2)` of `value` to an existing file.
+    fn write(&self, rel: &str, value: &str) -> Result<(), FsError>;
+    /// Creates a group; an existing one is fine.
+    fn mkdir(&self, rel: &str) -> Result<(), FsError>;
+    /// Removes an empty group; a missing one is fine.
+    fn rmdir(&self, rel: &str) -> Result<(), FsError>;
+    /// Child group names of a group, sorted.
+    fn children(&self, group: &str) -> Vec<String>;
+    /// Whether `rel` is the root of a cgroup2 hierarchy (which has no `cgroup.type`).
+    fn is_hierarchy_root(&self, rel: &str) -> bool;
+    /// Writes `id` to an absolute `cgroup.procs` / `cgroup.threads` path; `open` keeps the
+    /// files a backend opened, so each is opened once per placement.
+    fn attach(&self, open: &mut Attacher, file: &Path, id: u32) -> Result<(), FsError>;
+
+    /// Ids listed in `cgroup.procs` or `cgroup.threads` of a group.
+    fn members(&self, group: &str, file: &str) -> Result<Vec<u32>, FsError> {
+        Ok(self
+            .read(&join(group, file))?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect())
+    }
+}
+
+impl CgroupBackend for CgroupFs {
+    fn root(&self) -> &Path {
+        CgroupFs::root(self)
+    }
+    fn path(&self, rel: &str) -> PathBuf {
+        CgroupFs::path(self, rel)
+    }
+    fn exists(&self, rel: &str) -> bool {
+        CgroupFs::exists(self, rel)
+    }
+    fn read(&self, rel: &str) -> Result<String, FsError> {
+        CgroupFs::read(self, rel)
+    }
+    fn read_path(&self, path: &Path) -> Result<String, FsError> {
+        fs::read_to_string(path).map_err(|source| FsError {
+            op: "read",
+            path: path.to_path_buf(),
+            value: None,
+            source,
+        })
+    }
+    fn write(&self, rel: &str, value: &str) -> Result<(), FsError> {
+        CgroupFs::write(self, rel, value)
+    }
+    fn mkdir(&self, rel: &str) -> Result<(), FsError> {
+        CgroupFs::mkdir(self, rel)
+    }
+    fn rmdir(&self, rel: &str) -> Result<(), FsError> {
+        CgroupFs::rmdir(self, rel)
+    }
+    fn children(&self, group: &str) -> Vec<String> {
+        CgroupFs::children(self, group)
+    }
+    fn is_hierarchy_root(&self, rel: &str) -> bool {
+        CgroupFs::is_hierarchy_root(self, rel)
+    }
+    #[inline]
+    fn attach(&self, open: &mut Attacher, file: &Path, id: u32) -> Result<(), FsError> {
+        open.attach(file, id)
+    }
+    fn members(&self, group: &str, file: &str) -> Result<Vec<u32>, FsError> {
+        CgroupFs::members(self, group, file)
     }
 }
 

@@ -1,0 +1,186 @@
+//! Holding a target by pidfd from its identity check to the write that moves it.
+
+use crate::procfs::{Pidfd, ProcError, Stat, TaskSource};
+
+use super::PlaceError;
+
+/// A target held from its identity check to the write that moves it.
+///
+/// The pidfd is opened first, `/proc/<id>` read after: while the task the pidfd names is
+/// alive its id names nothing else, so a read followed by a check that it is still alive
+/// read that task, however fast ids are reused (start times tick only every 10 ms).
+#[derive(Debug)]
+pub struct Held {
+    pub id: u32,
+    /// Its process (`id` itself for a process).
+    pub tgid: u32,
+    /// Read while held.
+    pub stat: Stat,
+    /// `None` on kernels without pidfd_open (before 5.3): start times only.
+    fd: Option<Pidfd>,
+    /// A thread target held through its process's pidfd (kernels before 6.9 have no
+    /// `PIDFD_THREAD`): its start time is re-read from `/proc/<tgid>/task/<tid>/stat`.
+    via_process: bool,
+}
+
+/// What a failed pidfd_open means for a target.
+enum Opened {
+    Fd(Pidfd),
+    /// ENOSYS: the kernel has no pidfd_open; check start times only.
+    Unsupported,
+    /// EINVAL or ENOENT: not a process (for a process pidfd), or no `PIDFD_THREAD` (for a
+    /// thread's).
+    Invalid,
+}
+
+fn opened(id: u32, r: std::io::Result<Pidfd>) -> Result<Opened, PlaceError> {
+    match r {
+        Ok(fd) => Ok(Opened::Fd(fd)),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::ESRCH) => Err(PlaceError::Gone(id)),
+            Some(libc::ENOSYS) => Ok(Opened::Unsupported),
+            // Newer kernels say ENOENT where older ones said EINVAL.
+            Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(Opened::Invalid),
+            _ => Err(PlaceError::Proc(ProcError::Io {
+                path: format!("pidfd_open({id})").into(),
+                source: e,
+            })),
+        },
+    }
+}
+
+impl Held {
+    /// Holds the process `pid`, then checks it: not a kernel thread, a process (not one of
+    /// its threads), and started at `expected` when given.
+    pub fn process(
+        proc: &impl TaskSource,
+        pid: u32,
+        expected: Option<u64>,
+    ) -> Result<Held, PlaceError> {
+        let fd = match opened(pid, proc.pidfd(pid, false))? {
+            Opened::Fd(fd) => Some(fd),
+            Opened::Unsupported => None,
+            Opened::Invalid => {
+                let tgid = proc.tgid(pid)?;
+                return Err(if tgid != pid {
+                    PlaceError::NotAProcess { tid: pid, tgid }
+                } else {
+                    // A process an instant ago, not any more: it exited.
+                    PlaceError::Gone(pid)
+                });
+            }
+        };
+        let stat = proc.stat(pid)?;
+        let held = Held {
+            id: pid,
+            tgid: pid,
+            stat,
+            fd,
+            via_process: false,
+        };
+        // Without a pidfd a thread id passes for a process: tell the user which process.
+        if held.fd.is_none() {
+            let tgid = proc.tgid(pid)?;
+            if tgid != pid {
+                return Err(PlaceError::NotAProcess { tid: pid, tgid });
+            }
+        }
+        held.checked(proc, expected)
+    }
+
+    /// Holds the thread `tid`: by its own pidfd (Linux 6.9+), else by its process's pidfd
+    /// and its start time in `/proc/<tgid>/task/<tid>/stat`.
+    pub fn thread(
+        proc: &impl TaskSource,
+        tid: u32,
+        expected: Option<u64>,
+    ) -> Result<Held, PlaceError> {
+        Held::thread_with(proc, tid, expected, true)
+    }
+
+    /// `thread`, choosing whether to try `PIDFD_THREAD` (tests exercise the older kernels'
+    /// path with `false`).
+    pub fn thread_with(
+        proc: &impl TaskSource,
+        tid: u32,
+        expected: Option<u64>,
+        thread_pidfd: bool,
+    ) -> Result<Held, PlaceError> {
+        let own = if thread_pidfd {
+            opened(tid, proc.pidfd(tid, true))?
+        } else {
+            Opened::Invalid
+        };
+        let held = match own {
+            Opened::Fd(fd) => Held {
+                id: tid,
+                stat: proc.stat(tid)?,
+                tgid: proc.tgid(tid)?,
+                fd: Some(fd),
+                via_process: false,
+            },
+            Opened::Unsupported => Held {
+                id: tid,
+                stat: proc.stat(tid)?,
+                tgid: proc.tgid(tid)?,
+                fd: None,
+                via_process: false,
+            },
+            Opened::Invalid => {
+                // The process is held, and the thread found in its task list after that.
+                let tgid = proc.tgid(tid)?;
+                let fd = match opened(tgid, proc.pidfd(tgid, false))? {
+                    Opened::Fd(fd) => fd,
+                    // Its process exited (or the thread moved groups by exec): gone.
+                    Opened::Invalid | Opened::Unsupported => return Err(PlaceError::Gone(tid)),
+                };
+                Held {
+                    id: tid,
+                    tgid,
+                    stat: proc.task_stat(tgid, tid)?,
+                    fd: Some(fd),
+                    via_process: true,
+                }
+            }
+        };
+        held.checked(proc, expected)
+    }
+
+    fn checked(self, proc: &impl TaskSource, expected: Option<u64>) -> Result<Held, PlaceError> {
+        if self.stat.is_kernel_thread() {
+            return Err(PlaceError::KernelThread {
+                id: self.id,
+                comm: self.stat.comm.clone(),
+            });
+        }
+        if let Some(expected) = expected {
+            if self.stat.starttime != expected {
+                return Err(PlaceError::Reused {
+                    id: self.id,
+                    expected,
+                    found: self.stat.starttime,
+                });
+            }
+        }
+        if !self.still_there(proc) {
+            return Err(PlaceError::Gone(self.id));
+        }
+        Ok(self)
+    }
+
+    /// Whether the id still names the held task: everything read since it was held was
+    /// about that task. A poll of the pidfd, plus one `/proc` read for a thread held
+    /// through its process.
+    pub fn still_there(&self, proc: &impl TaskSource) -> bool {
+        match &self.fd {
+            Some(fd) if fd.exited() => false,
+            Some(_) if self.via_process => proc
+                .task_stat(self.tgid, self.id)
+                .is_ok_and(|s| s.starttime == self.stat.starttime),
+            Some(_) => true,
+            None => proc
+                .stat(self.id)
+                .is_ok_and(|s| s.starttime == self.stat.starttime),
+        }
+    }
+}
