@@ -48,23 +48,8 @@ fn undo_child() {
     std::process::exit(0);
 }
 
-struct Program {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    name: String,
-}
-
 fn program(tag: &str) -> Program {
-    let dir = tempfile::tempdir().unwrap();
-    // comm keeps 15 characters: short and unique.
-    let name = format!("cu{tag}{}", std::process::id() % 100000);
-    let path = dir.path().join(&name);
-    std::fs::copy(std::env::current_exe().unwrap(), &path).unwrap();
-    Program {
-        _dir: dir,
-        path,
-        name,
-    }
+    program_copy("cu", tag)
 }
 
 struct Running {

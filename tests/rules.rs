@@ -6,7 +6,7 @@ use common::daemon::*;
 use common::*;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -62,24 +62,8 @@ fn rules_child() {
     std::process::exit(0);
 }
 
-/// A copy of this test binary under a unique name, so rules match nothing else.
-struct Program {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    name: String,
-}
-
 fn program(tag: &str) -> Program {
-    let dir = tempfile::tempdir().unwrap();
-    // comm keeps 15 characters: keep the name short and unique.
-    let name = format!("cq{tag}{}", std::process::id() % 100000);
-    let path = dir.path().join(&name);
-    std::fs::copy(std::env::current_exe().unwrap(), &path).unwrap();
-    Program {
-        _dir: dir,
-        path,
-        name,
-    }
+    program_copy("cq", tag)
 }
 
 struct Running {

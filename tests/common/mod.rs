@@ -182,3 +182,23 @@ pub fn cgroup_of_task(pid: u32, tid: u32) -> String {
         .unwrap()
         .to_string()
 }
+
+/// A copy of the running test binary under a unique name (`prefix`, `tag`, our pid), so rules
+/// that match it match nothing else. comm keeps 15 characters: keep both short.
+pub struct Program {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub name: String,
+}
+
+pub fn program_copy(prefix: &str, tag: &str) -> Program {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("{prefix}{tag}{}", std::process::id() % 100000);
+    let path = dir.path().join(&name);
+    fs::copy(std::env::current_exe().unwrap(), &path).unwrap();
+    Program {
+        _dir: dir,
+        path,
+        name,
+    }
+}
