@@ -294,11 +294,22 @@ fn classify_thread_with(
     pid: u32,
     tid: u32,
 ) -> Result<Option<Applied>, PlaceError> {
-    let comm = s.proc.stat(tid)?.comm;
+    let stat = s.proc.stat(tid)?;
+    let comm = stat.comm;
     let decision = rules.decide(rule, &comm);
     let Some(class) = decision.class else {
         return Ok(None);
     };
+    // As schedqos: rules change fair tasks only. A real-time or deadline thread that cgqos
+    // did not make so (an audio thread) keeps its policy, cgroup and attributes.
+    let ours = s
+        .state
+        .attrs
+        .get(&tid)
+        .is_some_and(|r| r.starttime == stat.starttime);
+    if !ours && !sched::getattr(tid).is_ok_and(|a| crate::rules::is_fair(a.sched_policy)) {
+        return Ok(None);
+    }
     let applied = apply_class(s, pid, tid, class, &rule_label(rule))?;
     if applied.moved || applied.attrs_changed {
         tracing::info!(pid, tid, comm = %comm, class = %class.name, rule = %rule.at, "classified by rule {}", rule.name);

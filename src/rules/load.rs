@@ -4,6 +4,7 @@
 use std::fs;
 use std::path::Path;
 
+use super::schedqos::{self, JsonKind};
 use super::{CgroupClass, ClassDef, Glob, Matcher, Rule, RuleSet};
 use crate::config_read::{self, ReadError, Trust};
 use crate::layout::Target;
@@ -13,9 +14,24 @@ use crate::yaml::{self, Node, YamlError};
 
 pub const RULES_DIR: &str = "rules.d";
 
-/// Loads every `*.yaml`, `*.yml` and `*.json` of `<config_dir>/rules.d` in name order. A
-/// missing directory is an empty rule set.
+/// Loads every `*.yaml`, `*.yml` and `*.json` of `<config_dir>/rules.d` in name order, then
+/// the schedqos installation daemon.yaml's `schedqos: DIR` names, if any. A missing
+/// directory is an empty rule set.
 pub fn load_dir(config_dir: &Path) -> Result<RuleSet, YamlError> {
+    let mut files = rules_d_files(config_dir)?;
+    if let Some(dir) = schedqos::setting(config_dir)? {
+        files.extend(schedqos::dir_files(&dir)?);
+    }
+    load_texts(
+        &files
+            .iter()
+            .map(|(f, t)| (f.as_str(), t.as_str()))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The (path, text) of each rule file of `<config_dir>/rules.d`, in name order.
+fn rules_d_files(config_dir: &Path) -> Result<Vec<(String, String)>, YamlError> {
     let dir = config_dir.join(RULES_DIR);
     let mut names: Vec<String> = match fs::read_dir(&dir) {
         Ok(entries) => entries
@@ -26,7 +42,7 @@ pub fn load_dir(config_dir: &Path) -> Result<RuleSet, YamlError> {
                     && (n.ends_with(".yaml") || n.ends_with(".yml") || n.ends_with(".json"))
             })
             .collect(),
-        Err(_) => return Ok(RuleSet::default()),
+        Err(_) => return Ok(Vec::new()),
     };
     names.sort();
     let mut files = Vec::new();
@@ -38,12 +54,7 @@ pub fn load_dir(config_dir: &Path) -> Result<RuleSet, YamlError> {
         let text = config_read::read(&path, Trust::Owner).map_err(|e| read_error(&e))?;
         files.push((path.display().to_string(), text));
     }
-    load_texts(
-        &files
-            .iter()
-            .map(|(f, t)| (f.as_str(), t.as_str()))
-            .collect::<Vec<_>>(),
-    )
+    Ok(files)
 }
 
 /// A file that could not be read, as an error at its first line.
@@ -57,7 +68,8 @@ pub fn trusted(path: &Path) -> Result<(), YamlError> {
     schema::trusted(path)
 }
 
-/// Loads rule files given as (name, text); `.json` names are schedqos app configs.
+/// Loads rule files given as (name, text); `.json` names are schedqos files: app configs,
+/// or `qos_mappings.json` and `sched_profiles.json` by name.
 pub fn load_texts(files: &[(&str, &str)]) -> Result<RuleSet, YamlError> {
     let mut set = RuleSet::default();
     // Class references are checked once all files (and their class overrides) are read.
@@ -65,7 +77,11 @@ pub fn load_texts(files: &[(&str, &str)]) -> Result<RuleSet, YamlError> {
     for (file, text) in files {
         let doc = yaml::parse(file, text)?;
         if file.ends_with(".json") {
-            schedqos_json(&doc, &mut set, &mut refs)?;
+            match schedqos::kind(file) {
+                JsonKind::AppConfig => schedqos::app_config(&doc, &mut set, &mut refs)?,
+                JsonKind::QosMappings => schedqos::qos_mappings(&doc, &mut set)?,
+                JsonKind::SchedProfiles => schedqos::sched_profiles(&doc)?,
+            }
         } else {
             cgqos_yaml(&doc, &mut set, &mut refs)?;
         }
@@ -317,50 +333,6 @@ fn matcher(mm: &Node) -> Result<Matcher, YamlError> {
     Ok(matcher)
 }
 
-/// schedqos app configs: `{"app": {"qos": "QOS_X", "thread_qos": {"name": "QOS_Y"}}}`. The
-/// app name matches the basename of argv[0]; no process group (schedqos uses no cgroups).
-fn schedqos_json(
-    doc: &Node,
-    set: &mut RuleSet,
-    refs: &mut Vec<(Node, String)>,
-) -> Result<(), YamlError> {
-    for (app, cfg) in map(doc, "schedqos app config")?.iter() {
-        let app_name = string(app, "app name")?;
-        let m = map(cfg, app_name)?.only(app_name, &["qos", "thread_qos", "period"])?;
-        let mut rule = Rule {
-            name: app_name.to_string(),
-            at: loc(app),
-            matcher: Matcher {
-                argv0: Some(glob(app, "app name")?),
-                ..Matcher::default()
-            },
-            group: None,
-            class: None,
-            threads: Vec::new(),
-        };
-        for (k, v) in m.iter() {
-            match k.as_str().unwrap_or_default() {
-                "qos" => {
-                    let q = schema::json_string(v, "qos")?.to_string();
-                    refs.push((v.clone(), q.clone()));
-                    rule.class = Some(q);
-                }
-                "thread_qos" => {
-                    for (t, q) in map(v, "thread_qos")?.iter() {
-                        let q_name = schema::json_string(q, "thread_qos")?.to_string();
-                        refs.push((q.clone(), q_name.clone()));
-                        rule.threads.push((glob(t, "thread_qos")?, q_name));
-                    }
-                }
-                // A sched_profile period: cgqos has no profiles; accepted and ignored.
-                _ => {}
-            }
-        }
-        set.rules.push(rule);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,7 +351,7 @@ mod tests {
         };
         let rule = set.rule_for(&p).unwrap();
         assert_eq!(rule.group, None);
-        assert_eq!(set.decide(rule, "chrome").class.unwrap().name, "urgent");
+        assert_eq!(set.decide(rule, "chrome").class.unwrap().name, "urgent-bursty");
         assert_eq!(
             set.decide(rule, "ThreadPoolForeg").class.unwrap().name,
             "background"

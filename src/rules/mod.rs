@@ -7,6 +7,7 @@
 //! touched.
 
 pub mod load;
+pub mod schedqos;
 
 use std::fmt;
 
@@ -48,12 +49,21 @@ pub struct ClassDef {
 /// schedqos's QoS names and the classes they stand for.
 pub const SCHEDQOS_ALIASES: [(&str, &str); 6] = [
     ("QOS_USER_INTERACTIVE", "urgent-bursty"),
-    ("QOS_INTERACTIVE", "urgent"),
+    ("QOS_INTERACTIVE", "urgent-bursty"),
     ("QOS_USER_INITIATED", "balanced"),
     ("QOS_DEFAULT", "balanced"),
     ("QOS_UTILITY", "utility"),
     ("QOS_BACKGROUND", "background"),
 ];
+
+/// Whether rules may change a task of this policy: fair ones only, as schedqos tags only
+/// fair tasks. A real-time or deadline thread (an audio thread) is left alone.
+pub fn is_fair(policy: u32) -> bool {
+    matches!(
+        policy,
+        crate::sched::SCHED_OTHER | crate::sched::SCHED_BATCH | crate::sched::SCHED_IDLE
+    )
+}
 
 /// uclamp.min of ChromeOS's urgent states (resourced's UCLAMP_BOOSTED_MIN, 60%).
 const BOOSTED_MIN: u32 = 614;
@@ -92,8 +102,13 @@ impl Default for Classes {
 
 impl Classes {
     /// A class by name, schedqos alias, or the cgroup classes' own names (`default` is
-    /// `balanced`, `non-urgent` is `eco`).
+    /// `balanced`, `non-urgent` is `eco`). A `QOS_*` tag that `qos_mappings.json` defined is
+    /// a class of its own name; `QOS_INTERACTIVE` is `QOS_USER_INTERACTIVE`.
     pub fn get(&self, name: &str) -> Option<&ClassDef> {
+        let tag = schedqos::canonical_tag(name).unwrap_or(name);
+        if let Some(c) = self.0.iter().find(|c| c.name == tag) {
+            return Some(c);
+        }
         let name = SCHEDQOS_ALIASES
             .iter()
             .find(|(a, _)| *a == name)

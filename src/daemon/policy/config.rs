@@ -45,7 +45,12 @@ pub fn parse_with_classes(
     let doc = yaml::parse(file, text)?;
     let ids = Ids::read(etc);
     let mut cfg = Config::default();
-    let top = map_or_null(&doc, "daemon.yaml")?.only("", &["socket", "limits", "policy"])?;
+    let top =
+        map_or_null(&doc, "daemon.yaml")?.only("", &["socket", "limits", "policy", "schedqos"])?;
+    // A schedqos installation read as rules (crate::rules::schedqos); checked here too.
+    if let Some(n) = top.get("schedqos") {
+        crate::rules::schedqos::dir_value(n)?;
+    }
     if let Some(n) = top.get("socket") {
         socket(n, &ids, &mut cfg)?;
     }
