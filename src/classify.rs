@@ -302,11 +302,9 @@ fn classify_thread_with(
     };
     // As schedqos: rules change fair tasks only. A real-time or deadline thread that cgqos
     // did not make so (an audio thread) keeps its policy, cgroup and attributes.
-    let ours = s
-        .state
-        .attrs
-        .get(&tid)
-        .is_some_and(|r| r.starttime == stat.starttime);
+    let ours = s.state.why.get(&tid).is_some_and(|w| {
+        w.starttime == stat.starttime && w.attrs.policy.is_some_and(|p| !crate::rules::is_fair(p))
+    });
     if !ours && !sched::getattr(tid).is_ok_and(|a| crate::rules::is_fair(a.sched_policy)) {
         return Ok(None);
     }

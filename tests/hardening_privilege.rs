@@ -216,7 +216,7 @@ fn without_a_grant_a_caller_gets_only_what_it_could_do_itself() {
     );
     assert_eq!(s[1].nice, 0, "nothing was applied");
     assert!(
-        s[2].denial().starts_with("class urgent goes beyond"),
+        s[2].denial().starts_with("class urgent-bursty goes beyond"),
         "the alias too"
     );
     // A rules.d class with policy fifo 50: refused, and the thread did not become FIFO.

@@ -351,7 +351,10 @@ mod tests {
         };
         let rule = set.rule_for(&p).unwrap();
         assert_eq!(rule.group, None);
-        assert_eq!(set.decide(rule, "chrome").class.unwrap().name, "urgent-bursty");
+        assert_eq!(
+            set.decide(rule, "chrome").class.unwrap().name,
+            "urgent-bursty"
+        );
         assert_eq!(
             set.decide(rule, "ThreadPoolForeg").class.unwrap().name,
             "background"

@@ -341,7 +341,7 @@ mod tests {
             "classes:\n  rt50: {cgroup-class: urgent, policy: fifo, priority: 50}\n",
         )])
         .unwrap();
-        let text = "policy:\n  grants:\n    - class: [QOS_INTERACTIVE, rt50]\n      users: [chronos]\n    - class: \"*\"\n      groups: [crosvm]\n  reserved:\n    - target: class:rt50\n      users: [chronos]\n";
+        let text = "policy:\n  grants:\n    - class: [urgent, rt50]\n      users: [chronos]\n    - class: \"*\"\n      groups: [crosvm]\n  reserved:\n    - target: class:rt50\n      users: [chronos]\n";
         let c = parse_with_classes("d.yaml", text, e.path(), &rules.classes).unwrap();
         let chronos = caller(1000, &[1000]);
         let launcher = caller(1200, &[299]);
