@@ -367,7 +367,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("d.yaml:3:32: policy.grants.class: unknown class \"rt50\""),
+            err.starts_with("d.yaml:3:23: policy.grants.class: unknown class \"rt50\""),
             "{err}"
         );
         let err = parse(
