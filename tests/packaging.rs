@@ -449,7 +449,9 @@ fn readme_root_block_runs_as_written_on_a_private_sub_root() {
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cgqos"), bin_dir.path().join("cgqos")).unwrap();
     let state = tempfile::tempdir().unwrap();
     let script = format!(
-        "set -e\ntrap 'kill \"$pid\" 2>/dev/null; cgqos teardown >/dev/null 2>&1' EXIT\n{}\n",
+        // `set -e` holds inside the trap too: the clean-up must not fail the script when
+        // the README's own `kill` already reaped the sleep.
+        "set -e\ntrap 'set +e; kill \"$pid\" 2>/dev/null; cgqos teardown >/dev/null 2>&1; true' EXIT\n{}\n",
         lines.join("\n")
     );
     let mut cmd = Command::new("sh");
