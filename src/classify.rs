@@ -122,14 +122,14 @@ fn apply_class_inner(
     by: &str,
 ) -> Result<Applied, PlaceError> {
     let mut moved = false;
-    let cgroup = s.proc.cgroup(ProcessId(pid), ThreadId(tid))?;
+    let cgroup = s.proc.cgroup(ProcessId::new(pid), ThreadId::new(tid))?;
     let placement = s.map.relative(&cgroup).and_then(|r| layout::classify(&r));
     let mut group = None;
     if let Some(p) = placement.filter(|p| p.group.starts_with(layout::CHROME)) {
         let want = class.cgroup_class.layout_class();
         if p.class.as_deref() != want {
             let mut placer = Placer::new(&s.cg, &s.map, &s.proc);
-            placer.move_thread(ThreadId(tid), want, Some(starttime), state)?;
+            placer.move_thread(ThreadId::new(tid), want, Some(starttime), state)?;
             moved = true;
         }
         group = Some(p.group);
@@ -224,7 +224,7 @@ pub fn classify_process(
         return Ok(Vec::new());
     }
     if let Some((rule, target)) = group_rule.and_then(|r| r.group.as_ref().map(|g| (r, g))) {
-        let main = s.proc.cgroup(ProcessId(pid), ThreadId(pid))?;
+        let main = s.proc.cgroup(ProcessId::new(pid), ThreadId::new(pid))?;
         let here = s
             .map
             .relative(&main)
@@ -233,7 +233,7 @@ pub fn classify_process(
         if here.as_deref() != Some(target.path().as_str()) && s.cg.exists(&target.path()) {
             let mut state = std::mem::take(&mut s.state);
             let r = Placer::new(&s.cg, &s.map, &s.proc).move_process(
-                ProcessId(pid),
+                ProcessId::new(pid),
                 target,
                 None,
                 &mut state,
@@ -259,8 +259,8 @@ pub fn classify_process(
     let Some(rule) = class_rule else {
         return Ok(out);
     };
-    for tid in s.proc.threads(ProcessId(pid))? {
-        match classify_thread_with(s, rules, rule, pid, tid.0) {
+    for tid in s.proc.threads(ProcessId::new(pid))? {
+        match classify_thread_with(s, rules, rule, pid, tid.get()) {
             Ok(Some(a)) => out.push(a),
             Ok(None) | Err(PlaceError::Gone(_)) => {}
             Err(e) => return Err(e),
@@ -337,7 +337,7 @@ pub fn record_moves(
         let place = m
             .threads
             .iter()
-            .find(|t| t.tid.0 == m.id)
+            .find(|t| t.tid.get() == m.id)
             .or(m.threads.first());
         state.why.insert(
             m.id,
@@ -449,11 +449,11 @@ pub fn inherit_unrecorded(state: &mut State, proc: &Procfs, pid: u32) -> usize {
     if !state.attrs.contains_key(&pid) {
         return 0;
     }
-    let Ok(threads) = proc.threads(ProcessId(pid)) else {
+    let Ok(threads) = proc.threads(ProcessId::new(pid)) else {
         return 0;
     };
     let mut n = 0;
-    for ThreadId(tid) in threads {
+    for tid in threads.into_iter().map(ThreadId::get) {
         let Ok(st) = proc.stat(tid) else { continue };
         if state
             .attrs

@@ -221,10 +221,10 @@ fn a_rescan_gives_unrecorded_threads_their_creators_original() {
     let proc = cgqos::procfs::Procfs::new("/proc");
     let mut state = cgqos::state::State::default();
     let before: Vec<u32> = proc
-        .threads(cgqos::procfs::ProcessId(pid))
+        .threads(cgqos::procfs::ProcessId::new(pid))
         .unwrap()
         .into_iter()
-        .map(|t| t.0)
+        .map(|t| t.get())
         .collect();
     for &t in &before {
         cgqos::sched::apply(t, &ten).unwrap();

@@ -42,7 +42,7 @@ pub fn run(ctx: &Ctx, args: WhyArgs) -> CliResult<()> {
     let proc = ctx.procfs();
     let stat = proc.stat(args.id)?;
     let pid = proc.tgid(args.id)?;
-    let cgroup = proc.cgroup(ProcessId(pid), ThreadId(args.id))?;
+    let cgroup = proc.cgroup(ProcessId::new(pid), ThreadId::new(args.id))?;
     // The state file is replaced atomically, so it can be read without the daemon's lock;
     // its directory is checked as for any other command.
     let state: State = crate::state::read_unlocked(&ctx.g.state_dir)?.unwrap_or_default();

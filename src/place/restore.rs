@@ -103,7 +103,7 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
 
     fn inside(&self, pid: u32, tid: u32, group: &str) -> bool {
         self.proc
-            .cgroup(ProcessId(pid), ThreadId(tid))
+            .cgroup(ProcessId::new(pid), ThreadId::new(tid))
             .ok()
             .and_then(|c| self.map.relative(&c))
             .is_some_and(|r| {
