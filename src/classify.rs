@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::layout;
 use crate::place::{PlaceError, Placer};
-use crate::procfs::{ProcError, ProcessId, Procfs, ThreadId};
+use crate::procfs::{ProcError, ProcessId, Procfs, StartTime, Stat, TaskKey, ThreadId};
 use crate::rules::{ClassDef, ProcessInfo, Rule, RuleSet};
 use crate::sched::{self, TaskAttrs};
 use crate::session::Session;
@@ -91,45 +91,53 @@ impl Applied {
 /// Applies a class to one thread: its cgroup class, when its process sits in a cgqos browser
 /// group, and its task attributes. Records the original attributes (first change wins) and
 /// why. Skips writes that would change nothing.
+///
+/// `key` was resolved by the caller (a held thread, or [`resolve`]): no `/proc/<tid>/stat`
+/// is read again here.
 pub fn apply_class(
     s: &mut Session,
-    pid: u32,
-    tid: u32,
+    key: TaskKey,
     class: &ClassDef,
     by: &str,
 ) -> Result<Applied, PlaceError> {
-    let stat = s.proc.stat(tid)?;
-    if stat.is_kernel_thread() {
-        return Err(PlaceError::KernelThread {
-            id: tid,
-            comm: stat.comm,
-        });
-    }
     let mut state = std::mem::take(&mut s.state);
-    let result = apply_class_inner(s, &mut state, pid, tid, stat.starttime, class, by);
+    let result = apply_class_inner(s, &mut state, key, class, by);
     s.state = state;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A thread's identity from its stat, read once by the caller; kernel threads are refused.
+pub fn resolve(pid: u32, tid: u32, stat: &Stat) -> Result<TaskKey, PlaceError> {
+    if stat.is_kernel_thread() {
+        return Err(PlaceError::KernelThread {
+            id: tid,
+            comm: stat.comm.clone(),
+        });
+    }
+    Ok(TaskKey::new(
+        ProcessId::new(pid),
+        ThreadId::new(tid),
+        StartTime::new(stat.starttime),
+    ))
+}
+
 fn apply_class_inner(
     s: &Session,
     state: &mut State,
-    pid: u32,
-    tid: u32,
-    starttime: u64,
+    key: TaskKey,
     class: &ClassDef,
     by: &str,
 ) -> Result<Applied, PlaceError> {
+    let (pid, tid, starttime) = (key.pid().get(), key.tid().get(), key.start().get());
     let mut moved = false;
-    let cgroup = s.proc.cgroup(ProcessId::new(pid), ThreadId::new(tid))?;
+    let cgroup = s.proc.cgroup(key.pid(), key.tid())?;
     let placement = s.map.relative(&cgroup).and_then(|r| layout::classify(&r));
     let mut group = None;
     if let Some(p) = placement.filter(|p| p.group.starts_with(layout::CHROME)) {
         let want = class.cgroup_class.layout_class();
         if p.class.as_deref() != want {
             let mut placer = Placer::new(&s.cg, &s.map, &s.proc);
-            placer.move_thread(ThreadId::new(tid), want, Some(starttime), state)?;
+            placer.move_thread(key.tid(), want, Some(key.start()), state)?;
             moved = true;
         }
         group = Some(p.group);
@@ -220,9 +228,13 @@ pub fn classify_process(
     if class_rule.is_none() && group_rule.is_none() {
         return Ok(Vec::new());
     }
-    if s.proc.stat(pid)?.is_kernel_thread() {
+    let main = s.proc.stat(pid)?;
+    if main.is_kernel_thread() {
         return Ok(Vec::new());
     }
+    // The process's identity, read once: the move below holds exactly this process, and
+    // its record takes this start time (no second read of its stat).
+    let start = StartTime::new(main.starttime);
     if let Some((rule, target)) = group_rule.and_then(|r| r.group.as_ref().map(|g| (r, g))) {
         let main = s.proc.cgroup(ProcessId::new(pid), ThreadId::new(pid))?;
         let here = s
@@ -235,17 +247,16 @@ pub fn classify_process(
             let r = Placer::new(&s.cg, &s.map, &s.proc).move_process(
                 ProcessId::new(pid),
                 target,
-                None,
+                Some(start),
                 &mut state,
             );
             s.state = state;
             r?;
-            let st = s.proc.stat(pid)?.starttime;
             s.state.why.insert(
                 pid,
                 Why {
                     pid,
-                    starttime: st,
+                    starttime: start.get(),
                     by: rule_label(rule),
                     group: Some(target.path()),
                     class: None,
@@ -294,12 +305,16 @@ fn classify_thread_with(
     pid: u32,
     tid: u32,
 ) -> Result<Option<Applied>, PlaceError> {
-    let comm = s.proc.stat(tid)?.comm;
-    let decision = rules.decide(rule, &comm);
+    // The thread's one stat read on the rule path: its name for the rule, its identity for
+    // the class's move and records.
+    let stat = s.proc.stat(tid)?;
+    let comm = &stat.comm;
+    let decision = rules.decide(rule, comm);
     let Some(class) = decision.class else {
         return Ok(None);
     };
-    let applied = apply_class(s, pid, tid, class, &rule_label(rule))?;
+    let key = resolve(pid, tid, &stat)?;
+    let applied = apply_class(s, key, class, &rule_label(rule))?;
     if applied.moved || applied.attrs_changed {
         tracing::info!(pid, tid, comm = %comm, class = %class.name, rule = %rule.at, "classified by rule {}", rule.name);
     }

@@ -2,7 +2,7 @@
 
 use crate::cgroupfs::{CgroupBackend, FsError, Refusal, files};
 use crate::layout::{self, Placement, Target};
-use crate::procfs::{ProcError, ProcessId, TaskSource, ThreadId};
+use crate::procfs::{ProcError, ProcessId, StartTime, TaskSource, ThreadId};
 use crate::state::{Record, State};
 
 use super::{Held, PlaceError, Placer, ThreadPlace, gone_or_kernel, test_pause};
@@ -13,10 +13,10 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         &mut self,
         pid: ProcessId,
         target: &Target,
-        expected_starttime: Option<u64>,
+        expected: Option<StartTime>,
         state: &mut State,
     ) -> Result<Vec<ThreadPlace>, PlaceError> {
-        let held = Held::process(self.proc, pid.get(), expected_starttime)?;
+        let held = Held::process(self.proc, pid, expected)?;
         self.move_held_process(&held, target, state)
     }
 
@@ -27,7 +27,7 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         target: &Target,
         state: &mut State,
     ) -> Result<Vec<ThreadPlace>, PlaceError> {
-        let pid = ProcessId::new(held.id);
+        let pid = held.key().pid();
         let group = target.path();
         if !self.cg.exists(&group) {
             return Err(PlaceError::NotSetUp(group));
@@ -75,14 +75,14 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         before: &[(ThreadId, String)],
         state: &mut State,
     ) {
-        let pid = ProcessId::new(held.id);
+        let pid = held.key().pid();
         // Recorded once the write is known to have hit the held process (in memory; the
         // caller saves before it reports success).
         state.remember(
             pid.get(),
             Record {
                 pid: pid.get(),
-                starttime: held.stat.starttime,
+                starttime: held.key().start().get(),
                 original: self.map.dir_of(main_cgroup),
                 process: true,
             },
@@ -170,9 +170,9 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
     /// else (a stranger with its id), so the answer is that it exited.
     fn refused(&self, held: &Held, e: FsError) -> PlaceError {
         if held.still_there(self.proc) {
-            gone_or_kernel(held.id)(e)
+            gone_or_kernel(held.id())(e)
         } else {
-            PlaceError::Gone(held.id)
+            PlaceError::Gone(held.id())
         }
     }
 
@@ -183,7 +183,7 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
     /// parent's group, a new thread in its process leader's. Put it back there; nothing is
     /// recorded for it. Best effort: every outcome is logged, the move reports `Gone`.
     fn put_back_stranger(&mut self, held: &Held, dest: &str, process: bool) {
-        let id = held.id;
+        let id = held.id();
         let Ok(st) = self.proc.stat(id) else {
             return; // Nobody has the id: nothing alive was moved.
         };
@@ -240,10 +240,10 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         &mut self,
         tid: ThreadId,
         class: Option<&str>,
-        expected_starttime: Option<u64>,
+        expected: Option<StartTime>,
         state: &mut State,
     ) -> Result<ThreadPlace, PlaceError> {
-        let held = Held::thread(self.proc, tid.get(), expected_starttime)?;
+        let held = Held::thread(self.proc, tid, expected)?;
         self.move_held_thread(&held, class, state)
     }
 
@@ -254,9 +254,9 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         class: Option<&str>,
         state: &mut State,
     ) -> Result<ThreadPlace, PlaceError> {
-        let tid = ThreadId::new(held.id);
-        let tgid = held.tgid;
-        let cgroup = self.proc.cgroup(ProcessId::new(tgid), tid)?;
+        let key = held.key();
+        let (tid, tgid) = (key.tid(), key.pid().get());
+        let cgroup = self.proc.cgroup(key.pid(), tid)?;
         let Some(Placement { group, .. }) = self
             .map
             .relative(&cgroup)
@@ -301,7 +301,7 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
             tid.get(),
             Record {
                 pid: tgid,
-                starttime: held.stat.starttime,
+                starttime: key.start().get(),
                 original: self.map.dir_of(&cgroup),
                 process: false,
             },

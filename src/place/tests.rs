@@ -7,6 +7,7 @@ use crate::apply::{Outcome, apply};
 use crate::cgroupfs::memory::MemKernel;
 use crate::layout::Target;
 use crate::plan::Plan;
+use crate::procfs::StartTime;
 use crate::state::State;
 use crate::topology::Topology;
 
@@ -275,7 +276,12 @@ fn identity_checks_refuse_reused_ids_kernel_threads_and_thread_ids() {
     let mut p = Placer::new(&k, &map, &k);
     let ui = target("ui");
     let e = p
-        .move_process(ProcessId::new(100), &ui, Some(start + 1), &mut state)
+        .move_process(
+            ProcessId::new(100),
+            &ui,
+            Some(StartTime::new(start + 1)),
+            &mut state,
+        )
         .unwrap_err();
     assert!(matches!(e, PlaceError::Reused { id: 100, .. }), "{e}");
     let e = p
@@ -296,8 +302,13 @@ fn identity_checks_refuse_reused_ids_kernel_threads_and_thread_ids() {
         "{e}"
     );
     assert!(state.tasks.is_empty());
-    p.move_process(ProcessId::new(100), &ui, Some(start), &mut state)
-        .unwrap();
+    p.move_process(
+        ProcessId::new(100),
+        &ui,
+        Some(StartTime::new(start)),
+        &mut state,
+    )
+    .unwrap();
 }
 
 #[test]
