@@ -128,7 +128,7 @@ fn apply_class_inner(
     class: &ClassDef,
     by: &str,
 ) -> Result<Applied, PlaceError> {
-    let (pid, tid, starttime) = (key.pid().get(), key.tid().get(), key.start().get());
+    let (pid, tid, starttime) = (key.pid(), key.tid().get(), key.start());
     let mut moved = false;
     let cgroup = s.proc.cgroup(key.pid(), key.tid())?;
     let placement = s.map.relative(&cgroup).and_then(|r| layout::classify(&r));
@@ -255,8 +255,8 @@ pub fn classify_process(
             s.state.why.insert(
                 pid,
                 Why {
-                    pid,
-                    starttime: start.get(),
+                    pid: ProcessId::new(pid),
+                    starttime: start,
                     by: rule_label(rule),
                     group: Some(target.path()),
                     class: None,
@@ -346,7 +346,7 @@ pub fn record_moves(
                         Err(_) => continue,
                     }
                 };
-                (pid, st.starttime)
+                (ProcessId::new(pid), st.start())
             }
         };
         let place = m
@@ -394,7 +394,7 @@ pub fn inherit_original(
     // gone (its exit event, which drops the record, comes after this fork).
     if proc
         .stat(creator)
-        .is_ok_and(|s| s.starttime != parent.starttime)
+        .is_ok_and(|s| s.start() != parent.starttime)
     {
         return false;
     }
@@ -404,13 +404,13 @@ pub fn inherit_original(
     if state
         .attrs
         .get(&tid)
-        .is_some_and(|r| r.starttime == st.starttime)
+        .is_some_and(|r| r.starttime == st.start())
     {
         return false;
     }
     let record = AttrRecord {
-        pid: tgid,
-        starttime: st.starttime,
+        pid: ProcessId::new(tgid),
+        starttime: st.start(),
         original: parent.original,
         inherited_from: Some(parent.inherited_from.unwrap_or(creator)),
     };
@@ -428,9 +428,9 @@ fn likely_creator(state: &State, proc: &Procfs, tid: u32, tgid: u32) -> Option<u
     let now = TaskAttrs::of(&sched::getattr(tid).ok()?);
     let matches = |id: u32, r: &AttrRecord| {
         id != tid
-            && r.pid == tgid
+            && r.pid.get() == tgid
             && r.original != now
-            && proc.stat(id).is_ok_and(|s| s.starttime == r.starttime)
+            && proc.stat(id).is_ok_and(|s| s.start() == r.starttime)
             && sched::getattr(id).is_ok_and(|a| TaskAttrs::of(&a) == now)
     };
     if state.attrs.get(&tgid).is_some_and(|r| matches(tgid, r)) {
@@ -439,7 +439,7 @@ fn likely_creator(state: &State, proc: &Procfs, tid: u32, tgid: u32) -> Option<u
     state
         .attrs
         .iter()
-        .find(|(id, r)| r.pid == tgid && matches(**id, r))
+        .find(|(id, r)| r.pid.get() == tgid && matches(**id, r))
         .map(|(id, _)| *id)
 }
 
@@ -473,7 +473,7 @@ pub fn inherit_unrecorded(state: &mut State, proc: &Procfs, pid: u32) -> usize {
         if state
             .attrs
             .get(&tid)
-            .is_some_and(|r| r.starttime == st.starttime)
+            .is_some_and(|r| r.starttime == st.start())
         {
             continue;
         }
@@ -489,7 +489,7 @@ pub fn restore_attrs(state: &mut State, proc: &Procfs) -> (usize, usize) {
     let (mut restored, mut exited) = (0, 0);
     let mut failed = Vec::new();
     for (&tid, rec) in &state.attrs {
-        if !proc.stat(tid).is_ok_and(|s| s.starttime == rec.starttime) {
+        if !proc.stat(tid).is_ok_and(|s| s.start() == rec.starttime) {
             exited += 1;
             continue;
         }

@@ -120,6 +120,11 @@ pub struct Stat {
 }
 
 impl Stat {
+    /// The task's start time, typed.
+    pub fn start(&self) -> StartTime {
+        StartTime(self.starttime)
+    }
+
     pub fn is_kernel_thread(&self) -> bool {
         self.flags & PF_KTHREAD != 0
     }

@@ -231,8 +231,8 @@ fn a_rescan_gives_unrecorded_threads_their_creators_original() {
         state.attrs.insert(
             t,
             cgqos::state::AttrRecord {
-                pid,
-                starttime: starttime(t),
+                pid: cgqos::procfs::ProcessId::new(pid),
+                starttime: cgqos::procfs::StartTime::new(starttime(t)),
                 original,
                 inherited_from: None,
             },

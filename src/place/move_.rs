@@ -79,10 +79,10 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         // Recorded once the write is known to have hit the held process (in memory; the
         // caller saves before it reports success).
         state.remember(
-            pid.get(),
+            pid.main_thread(),
             Record {
-                pid: pid.get(),
-                starttime: held.key().start().get(),
+                pid,
+                starttime: held.key().start(),
                 original: self.map.dir_of(main_cgroup),
                 process: true,
             },
@@ -91,14 +91,14 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         // one by one, so teardown can put them back there.
         for (tid, cgroup) in before
             .iter()
-            .filter(|(t, c)| t.get() != pid.get() && c != main_cgroup)
+            .filter(|(t, c)| *t != pid.main_thread() && c != main_cgroup)
         {
             if let Ok(ts) = self.proc.stat(tid.get()) {
                 state.remember(
-                    tid.get(),
+                    *tid,
                     Record {
-                        pid: pid.get(),
-                        starttime: ts.starttime,
+                        pid,
+                        starttime: ts.start(),
                         original: self.map.dir_of(cgroup),
                         process: false,
                     },
@@ -298,10 +298,10 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
             return Err(PlaceError::Gone(tid.get()));
         }
         state.remember(
-            tid.get(),
+            tid,
             Record {
-                pid: tgid,
-                starttime: key.start().get(),
+                pid: key.pid(),
+                starttime: key.start(),
                 original: self.map.dir_of(&cgroup),
                 process: false,
             },

@@ -205,8 +205,8 @@ fn a_thread_recorded_in_another_domain_is_refused_and_reported_not_lost() {
     stranded.tasks.insert(
         101,
         crate::state::Record {
-            pid: 100,
-            starttime: k.starttime(101).unwrap(),
+            pid: ProcessId::new(100),
+            starttime: StartTime::new(k.starttime(101).unwrap()),
             original: PathBuf::from(USER),
             process: false,
         },

@@ -88,7 +88,7 @@ impl Engine {
                 self.watched.contains(&pid),
                 self.session.state.tasks.get(&pid),
             ) {
-                watch.push((pid, rec.starttime));
+                watch.push((pid, rec.starttime.get()));
                 self.watched.insert(pid);
             }
         }

@@ -162,7 +162,10 @@ impl Engine {
                     .iter()
                     .filter_map(|t| {
                         let r = self.session.state.attrs.get(&t.id)?;
-                        Some((t.id, (r.starttime, policy::Sched::recorded(&r.original)?)))
+                        Some((
+                            t.id,
+                            (r.starttime.get(), policy::Sched::recorded(&r.original)?),
+                        ))
                     })
                     .collect()
             })

@@ -130,7 +130,8 @@ impl Engine {
     /// Drops state records of tasks that exited (bounded memory, whatever the history).
     pub fn forget_exited(&mut self) {
         let proc = &self.session.proc;
-        let alive = |id: u32, st: u64| proc.stat(id).is_ok_and(|s| s.starttime == st);
+        let alive =
+            |id: u32, st: crate::procfs::StartTime| proc.stat(id).is_ok_and(|s| s.start() == st);
         let state = &mut self.session.state;
         state.tasks.retain(|&id, r| alive(id, r.starttime));
         state.attrs.retain(|&id, r| alive(id, r.starttime));
@@ -146,9 +147,9 @@ impl Engine {
         }
         let state = &mut self.session.state;
         let before = state.tasks.len() + state.attrs.len() + state.why.len();
-        state.tasks.retain(|_, r| !pids.contains(&r.pid));
-        state.attrs.retain(|_, r| !pids.contains(&r.pid));
-        state.why.retain(|_, r| !pids.contains(&r.pid));
+        state.tasks.retain(|_, r| !pids.contains(&r.pid.get()));
+        state.attrs.retain(|_, r| !pids.contains(&r.pid.get()));
+        state.why.retain(|_, r| !pids.contains(&r.pid.get()));
         if state.tasks.len() + state.attrs.len() + state.why.len() != before {
             self.save_quietly();
         }
