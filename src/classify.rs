@@ -220,8 +220,9 @@ fn wants_change(cur: &sched::SchedAttr, attrs: &TaskAttrs, uclamp: bool) -> bool
 pub fn classify_process(
     s: &mut Session,
     rules: &RuleSet,
-    pid: u32,
+    pid: ProcessId,
 ) -> Result<Vec<Applied>, PlaceError> {
+    let pid = pid.get();
     let info = process_info(&s.proc, pid)?;
     let class_rule = rules.rule_for(&info);
     let group_rule = rules.group_rule_for(&info);
@@ -284,9 +285,10 @@ pub fn classify_process(
 pub fn classify_thread(
     s: &mut Session,
     rules: &RuleSet,
-    pid: u32,
-    tid: u32,
+    pid: ProcessId,
+    tid: ThreadId,
 ) -> Result<Option<Applied>, PlaceError> {
+    let (pid, tid) = (pid.get(), tid.get());
     let info = process_info(&s.proc, pid)?;
     match rules.rule_for(&info) {
         Some(rule) => classify_thread_with(s, rules, rule, pid, tid),
@@ -380,10 +382,11 @@ pub fn record_moves(
 pub fn inherit_original(
     state: &mut State,
     proc: &Procfs,
-    creator: u32,
-    tid: u32,
-    tgid: u32,
+    creator: ThreadId,
+    tid: ThreadId,
+    tgid: ProcessId,
 ) -> bool {
+    let (creator, tid, tgid) = (creator.get(), tid.get(), tgid.get());
     if creator == tid {
         return false;
     }
@@ -447,12 +450,19 @@ fn likely_creator(state: &State, proc: &Procfs, tid: u32, tgid: u32) -> Option<u
 /// creator (`likely_creator`). Returns whether it recorded. Only processes whose main
 /// thread has a record are looked at: this runs on every thread creation of the system,
 /// and one map lookup keeps it cheap (classes from rules always cover the main thread).
-pub fn inherit_thread(state: &mut State, proc: &Procfs, tid: u32, tgid: u32) -> bool {
+pub fn inherit_thread(state: &mut State, proc: &Procfs, tid: ThreadId, tgid: ProcessId) -> bool {
+    let (tid, tgid) = (tid.get(), tgid.get());
     if !state.attrs.contains_key(&tgid) {
         return false;
     }
     match likely_creator(state, proc, tid, tgid) {
-        Some(creator) => inherit_original(state, proc, creator, tid, tgid),
+        Some(creator) => inherit_original(
+            state,
+            proc,
+            ThreadId::new(creator),
+            ThreadId::new(tid),
+            ProcessId::new(tgid),
+        ),
         None => false,
     }
 }
@@ -460,7 +470,8 @@ pub fn inherit_thread(state: &mut State, proc: &Procfs, tid: u32, tgid: u32) -> 
 /// For threads found without their fork event (a rescan after lost events): each thread of
 /// `pid` with no record of its own gets the original of its likely creator, as on a fork
 /// event. Returns how many were recorded.
-pub fn inherit_unrecorded(state: &mut State, proc: &Procfs, pid: u32) -> usize {
+pub fn inherit_unrecorded(state: &mut State, proc: &Procfs, pid: ProcessId) -> usize {
+    let pid = pid.get();
     if !state.attrs.contains_key(&pid) {
         return 0;
     }
@@ -477,7 +488,12 @@ pub fn inherit_unrecorded(state: &mut State, proc: &Procfs, pid: u32) -> usize {
         {
             continue;
         }
-        n += usize::from(inherit_thread(state, proc, tid, pid));
+        n += usize::from(inherit_thread(
+            state,
+            proc,
+            ThreadId::new(tid),
+            ProcessId::new(pid),
+        ));
     }
     n
 }

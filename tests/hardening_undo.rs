@@ -246,7 +246,8 @@ fn a_rescan_gives_unrecorded_threads_their_creators_original() {
     };
     cgqos::sched::apply(tids[1], &own).unwrap();
     assert_eq!(nice(pid, tids[1]), 5);
-    let n = cgqos::classify::inherit_unrecorded(&mut state, &proc, pid);
+    let n =
+        cgqos::classify::inherit_unrecorded(&mut state, &proc, cgqos::procfs::ProcessId::new(pid));
     assert_eq!(n, 1, "{:?}", state.attrs);
     let rec = &state.attrs[&tids[0]];
     assert_eq!(rec.original, original);
