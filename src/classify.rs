@@ -229,13 +229,13 @@ pub fn classify_process(
     if class_rule.is_none() && group_rule.is_none() {
         return Ok(Vec::new());
     }
-    let main = s.proc.stat(pid)?;
-    if main.is_kernel_thread() {
+    let main_stat = s.proc.stat(pid)?;
+    if main_stat.is_kernel_thread() {
         return Ok(Vec::new());
     }
     // The process's identity, read once: the move below holds exactly this process, and
     // its record takes this start time (no second read of its stat).
-    let start = StartTime::new(main.starttime);
+    let start = main_stat.start();
     if let Some((rule, target)) = group_rule.and_then(|r| r.group.as_ref().map(|g| (r, g))) {
         let main = s.proc.cgroup(ProcessId::new(pid), ThreadId::new(pid))?;
         let here = s
@@ -271,8 +271,11 @@ pub fn classify_process(
     let Some(rule) = class_rule else {
         return Ok(out);
     };
+    let mut main_stat = Some(main_stat);
     for tid in s.proc.threads(ProcessId::new(pid))? {
-        match classify_thread_with(s, rules, rule, pid, tid.get()) {
+        // The main thread's stat was read above: not again.
+        let known = main_stat.take_if(|_| tid.get() == pid);
+        match classify_thread_with(s, rules, rule, pid, tid.get(), known) {
             Ok(Some(a)) => out.push(a),
             Ok(None) | Err(PlaceError::Gone(_)) => {}
             Err(e) => return Err(e),
@@ -291,7 +294,7 @@ pub fn classify_thread(
     let (pid, tid) = (pid.get(), tid.get());
     let info = process_info(&s.proc, pid)?;
     match rules.rule_for(&info) {
-        Some(rule) => classify_thread_with(s, rules, rule, pid, tid),
+        Some(rule) => classify_thread_with(s, rules, rule, pid, tid, None),
         None => Ok(None),
     }
 }
@@ -306,10 +309,14 @@ fn classify_thread_with(
     rule: &Rule,
     pid: u32,
     tid: u32,
+    known: Option<Stat>,
 ) -> Result<Option<Applied>, PlaceError> {
-    // The thread's one stat read on the rule path: its name for the rule, its identity for
-    // the class's move and records.
-    let stat = s.proc.stat(tid)?;
+    // The thread's one stat read on the rule path (`known`: the caller's): its name for the
+    // rule, its identity for the class's move and records.
+    let stat = match known {
+        Some(st) => st,
+        None => s.proc.stat(tid)?,
+    };
     let comm = &stat.comm;
     let decision = rules.decide(rule, comm);
     let Some(class) = decision.class else {
