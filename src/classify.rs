@@ -341,11 +341,13 @@ pub fn record_moves(
     process: bool,
 ) {
     for m in moved.iter().filter(|m| m.ok) {
-        // The move recorded the task's identity (it held the task through the write); /proc
-        // is read again only for a task with no origin record.
-        let (pid, starttime) = match state.tasks.get(&m.id) {
-            Some(r) => (r.pid, r.starttime),
-            None => {
+        // The move carries the identity of the task it held through the write; the origin
+        // record, then /proc, only for an outcome without one.
+        let (pid, starttime) = match (m.key, state.tasks.get(&m.id)) {
+            // The task the move held: its identity came with the outcome.
+            (Some(k), _) => (k.pid(), k.start()),
+            (None, Some(r)) => (r.pid, r.starttime),
+            (None, None) => {
                 let Ok(st) = proc.stat(m.id) else { continue };
                 let pid = if process {
                     m.id

@@ -16,7 +16,7 @@ use crate::layout::{self, Target, validate_vm_name};
 use crate::model::{Code, RestrictState, TaskRef};
 use crate::place::{Held, PlaceError, Placer, TeardownReport, ThreadPlace};
 use crate::plan::{Op, Plan, Tree, join, vm_steps};
-use crate::procfs::{ProcessId, Procfs, StartTime, ThreadId};
+use crate::procfs::{ProcessId, Procfs, StartTime, TaskKey, ThreadId};
 use crate::rules::{ClassDef, Classes};
 use crate::state::{Restriction, State};
 
@@ -110,8 +110,9 @@ pub fn move_held(s: &mut Session, dest: &Dest, targets: Vec<Task>) -> Vec<Moved>
             .into_iter()
             .map(|t| {
                 let id = t.id();
-                let r = held(s, dest, t).and_then(|h| move_to_class(s, &h, class, by));
-                outcome(id, r.map(|p| vec![p]))
+                let r = held(s, dest, t)
+                    .and_then(|h| move_to_class(s, &h, class, by).map(|p| (h.key(), vec![p])));
+                outcome(id, r)
             })
             .collect(),
     }
@@ -142,7 +143,8 @@ fn place_each(
         .into_iter()
         .map(|t| {
             let id = t.id();
-            let r = held(s, dest, t).and_then(|h| place(&mut placer, &h, &mut state));
+            let r = held(s, dest, t)
+                .and_then(|h| place(&mut placer, &h, &mut state).map(|v| (h.key(), v)));
             outcome(id, r)
         })
         .collect();
@@ -150,14 +152,15 @@ fn place_each(
     out
 }
 
-fn outcome(id: u32, r: Result<Vec<ThreadPlace>, PlaceError>) -> Moved {
+fn outcome(id: u32, r: Result<(TaskKey, Vec<ThreadPlace>), PlaceError>) -> Moved {
     match r {
-        Ok(threads) => Moved {
+        Ok((key, threads)) => Moved {
             id,
             ok: true,
             error: None,
             code: None,
             threads,
+            key: Some(key),
         },
         Err(e) => Moved::failed(id, CliError::from(e)),
     }
