@@ -396,7 +396,7 @@ fn main() {
         let mut placer = Placer::new(&cg, &map, &proc);
         let s = measure(2000, |i| {
             placer
-                .move_process(ProcessId(pid1), &targets[i % 2], None, &mut state)
+                .move_process(ProcessId::new(pid1), &targets[i % 2], None, &mut state)
                 .unwrap();
         });
         row("move 1-thread process, library (for scale)", &s, raw.p50);

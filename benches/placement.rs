@@ -84,7 +84,7 @@ fn main() {
     let mut placer = Placer::new(&cg, &map, &proc);
     let s = measure(2000, |i| {
         placer
-            .move_process(ProcessId(pid1), &targets[i % 2], None, &mut state)
+            .move_process(ProcessId::new(pid1), &targets[i % 2], None, &mut state)
             .unwrap();
     });
     row("move 1-thread process (library)", &s, raw.p50);
@@ -96,9 +96,9 @@ fn main() {
     });
     row("raw write(pid) of a 200-thread process", &raw200, raw.p50);
     // Give 50 threads a class so the move has per-thread work to do.
-    let tids = proc.threads(ProcessId(pid200)).unwrap();
+    let tids = proc.threads(ProcessId::new(pid200)).unwrap();
     placer
-        .move_process(ProcessId(pid200), &targets[0], None, &mut state)
+        .move_process(ProcessId::new(pid200), &targets[0], None, &mut state)
         .unwrap();
     for t in tids.iter().skip(1).take(50) {
         placer
@@ -107,7 +107,12 @@ fn main() {
     }
     let s = measure(200, |i| {
         placer
-            .move_process(ProcessId(pid200), &targets[(i + 1) % 2], None, &mut state)
+            .move_process(
+                ProcessId::new(pid200),
+                &targets[(i + 1) % 2],
+                None,
+                &mut state,
+            )
             .unwrap();
     });
     row("move 200-thread process, 50 classed (library)", &s, raw.p50);

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::layout;
 use crate::place::{PlaceError, Placer};
-use crate::procfs::{ProcError, ProcessId, Procfs, ThreadId};
+use crate::procfs::{ProcError, ProcessId, Procfs, StartTime, Stat, TaskKey, ThreadId};
 use crate::rules::{ClassDef, ProcessInfo, Rule, RuleSet};
 use crate::sched::{self, TaskAttrs};
 use crate::session::Session;
@@ -91,45 +91,53 @@ impl Applied {
 /// Applies a class to one thread: its cgroup class, when its process sits in a cgqos browser
 /// group, and its task attributes. Records the original attributes (first change wins) and
 /// why. Skips writes that would change nothing.
+///
+/// `key` was resolved by the caller (a held thread, or [`resolve`]): no `/proc/<tid>/stat`
+/// is read again here.
 pub fn apply_class(
     s: &mut Session,
-    pid: u32,
-    tid: u32,
+    key: TaskKey,
     class: &ClassDef,
     by: &str,
 ) -> Result<Applied, PlaceError> {
-    let stat = s.proc.stat(tid)?;
-    if stat.is_kernel_thread() {
-        return Err(PlaceError::KernelThread {
-            id: tid,
-            comm: stat.comm,
-        });
-    }
     let mut state = std::mem::take(&mut s.state);
-    let result = apply_class_inner(s, &mut state, pid, tid, stat.starttime, class, by);
+    let result = apply_class_inner(s, &mut state, key, class, by);
     s.state = state;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A thread's identity from its stat, read once by the caller; kernel threads are refused.
+pub fn resolve(pid: u32, tid: u32, stat: &Stat) -> Result<TaskKey, PlaceError> {
+    if stat.is_kernel_thread() {
+        return Err(PlaceError::KernelThread {
+            id: tid,
+            comm: stat.comm.clone(),
+        });
+    }
+    Ok(TaskKey::new(
+        ProcessId::new(pid),
+        ThreadId::new(tid),
+        StartTime::new(stat.starttime),
+    ))
+}
+
 fn apply_class_inner(
     s: &Session,
     state: &mut State,
-    pid: u32,
-    tid: u32,
-    starttime: u64,
+    key: TaskKey,
     class: &ClassDef,
     by: &str,
 ) -> Result<Applied, PlaceError> {
+    let (pid, tid, starttime) = (key.pid(), key.tid().get(), key.start());
     let mut moved = false;
-    let cgroup = s.proc.cgroup(ProcessId(pid), ThreadId(tid))?;
+    let cgroup = s.proc.cgroup(key.pid(), key.tid())?;
     let placement = s.map.relative(&cgroup).and_then(|r| layout::classify(&r));
     let mut group = None;
     if let Some(p) = placement.filter(|p| p.group.starts_with(layout::CHROME)) {
         let want = class.cgroup_class.layout_class();
         if p.class.as_deref() != want {
             let mut placer = Placer::new(&s.cg, &s.map, &s.proc);
-            placer.move_thread(ThreadId(tid), want, Some(starttime), state)?;
+            placer.move_thread(key.tid(), want, Some(key.start()), state)?;
             moved = true;
         }
         group = Some(p.group);
@@ -212,19 +220,24 @@ fn wants_change(cur: &sched::SchedAttr, attrs: &TaskAttrs, uclamp: bool) -> bool
 pub fn classify_process(
     s: &mut Session,
     rules: &RuleSet,
-    pid: u32,
+    pid: ProcessId,
 ) -> Result<Vec<Applied>, PlaceError> {
+    let pid = pid.get();
     let info = process_info(&s.proc, pid)?;
     let class_rule = rules.rule_for(&info);
     let group_rule = rules.group_rule_for(&info);
     if class_rule.is_none() && group_rule.is_none() {
         return Ok(Vec::new());
     }
-    if s.proc.stat(pid)?.is_kernel_thread() {
+    let main_stat = s.proc.stat(pid)?;
+    if main_stat.is_kernel_thread() {
         return Ok(Vec::new());
     }
+    // The process's identity, read once: the move below holds exactly this process, and
+    // its record takes this start time (no second read of its stat).
+    let start = main_stat.start();
     if let Some((rule, target)) = group_rule.and_then(|r| r.group.as_ref().map(|g| (r, g))) {
-        let main = s.proc.cgroup(ProcessId(pid), ThreadId(pid))?;
+        let main = s.proc.cgroup(ProcessId::new(pid), ThreadId::new(pid))?;
         let here = s
             .map
             .relative(&main)
@@ -233,19 +246,18 @@ pub fn classify_process(
         if here.as_deref() != Some(target.path().as_str()) && s.cg.exists(&target.path()) {
             let mut state = std::mem::take(&mut s.state);
             let r = Placer::new(&s.cg, &s.map, &s.proc).move_process(
-                ProcessId(pid),
+                ProcessId::new(pid),
                 target,
-                None,
+                Some(start),
                 &mut state,
             );
             s.state = state;
             r?;
-            let st = s.proc.stat(pid)?.starttime;
             s.state.why.insert(
                 pid,
                 Why {
-                    pid,
-                    starttime: st,
+                    pid: ProcessId::new(pid),
+                    starttime: start,
                     by: rule_label(rule),
                     group: Some(target.path()),
                     class: None,
@@ -259,8 +271,11 @@ pub fn classify_process(
     let Some(rule) = class_rule else {
         return Ok(out);
     };
-    for tid in s.proc.threads(ProcessId(pid))? {
-        match classify_thread_with(s, rules, rule, pid, tid.0) {
+    let mut main_stat = Some(main_stat);
+    for tid in s.proc.threads(ProcessId::new(pid))? {
+        // The main thread's stat was read above: not again.
+        let known = main_stat.take_if(|_| tid.get() == pid);
+        match classify_thread_with(s, rules, rule, pid, tid.get(), known) {
             Ok(Some(a)) => out.push(a),
             Ok(None) | Err(PlaceError::Gone(_)) => {}
             Err(e) => return Err(e),
@@ -273,12 +288,13 @@ pub fn classify_process(
 pub fn classify_thread(
     s: &mut Session,
     rules: &RuleSet,
-    pid: u32,
-    tid: u32,
+    pid: ProcessId,
+    tid: ThreadId,
 ) -> Result<Option<Applied>, PlaceError> {
+    let (pid, tid) = (pid.get(), tid.get());
     let info = process_info(&s.proc, pid)?;
     match rules.rule_for(&info) {
-        Some(rule) => classify_thread_with(s, rules, rule, pid, tid),
+        Some(rule) => classify_thread_with(s, rules, rule, pid, tid, None),
         None => Ok(None),
     }
 }
@@ -293,22 +309,29 @@ fn classify_thread_with(
     rule: &Rule,
     pid: u32,
     tid: u32,
+    known: Option<Stat>,
 ) -> Result<Option<Applied>, PlaceError> {
-    let stat = s.proc.stat(tid)?;
-    let comm = stat.comm;
-    let decision = rules.decide(rule, &comm);
+    // The thread's one stat read on the rule path (`known`: the caller's): its name for the
+    // rule, its identity for the class's move and records.
+    let stat = match known {
+        Some(st) => st,
+        None => s.proc.stat(tid)?,
+    };
+    let comm = &stat.comm;
+    let decision = rules.decide(rule, comm);
     let Some(class) = decision.class else {
         return Ok(None);
     };
     // As schedqos: rules change fair tasks only. A real-time or deadline thread that cgqos
     // did not make so (an audio thread) keeps its policy, cgroup and attributes.
     let ours = s.state.why.get(&tid).is_some_and(|w| {
-        w.starttime == stat.starttime && w.attrs.policy.is_some_and(|p| !crate::rules::is_fair(p))
+        w.starttime == stat.start() && w.attrs.policy.is_some_and(|p| !crate::rules::is_fair(p))
     });
     if !ours && !sched::getattr(tid).is_ok_and(|a| crate::rules::is_fair(a.sched_policy)) {
         return Ok(None);
     }
-    let applied = apply_class(s, pid, tid, class, &rule_label(rule))?;
+    let key = resolve(pid, tid, &stat)?;
+    let applied = apply_class(s, key, class, &rule_label(rule))?;
     if applied.moved || applied.attrs_changed {
         tracing::info!(pid, tid, comm = %comm, class = %class.name, rule = %rule.at, "classified by rule {}", rule.name);
     }
@@ -326,11 +349,13 @@ pub fn record_moves(
     process: bool,
 ) {
     for m in moved.iter().filter(|m| m.ok) {
-        // The move recorded the task's identity (it held the task through the write); /proc
-        // is read again only for a task with no origin record.
-        let (pid, starttime) = match state.tasks.get(&m.id) {
-            Some(r) => (r.pid, r.starttime),
-            None => {
+        // The move carries the identity of the task it held through the write; the origin
+        // record, then /proc, only for an outcome without one.
+        let (pid, starttime) = match (m.key, state.tasks.get(&m.id)) {
+            // The task the move held: its identity came with the outcome.
+            (Some(k), _) => (k.pid(), k.start()),
+            (None, Some(r)) => (r.pid, r.starttime),
+            (None, None) => {
                 let Ok(st) = proc.stat(m.id) else { continue };
                 let pid = if process {
                     m.id
@@ -340,13 +365,13 @@ pub fn record_moves(
                         Err(_) => continue,
                     }
                 };
-                (pid, st.starttime)
+                (ProcessId::new(pid), st.start())
             }
         };
         let place = m
             .threads
             .iter()
-            .find(|t| t.tid.0 == m.id)
+            .find(|t| t.tid.get() == m.id)
             .or(m.threads.first());
         state.why.insert(
             m.id,
@@ -374,10 +399,11 @@ pub fn record_moves(
 pub fn inherit_original(
     state: &mut State,
     proc: &Procfs,
-    creator: u32,
-    tid: u32,
-    tgid: u32,
+    creator: ThreadId,
+    tid: ThreadId,
+    tgid: ProcessId,
 ) -> bool {
+    let (creator, tid, tgid) = (creator.get(), tid.get(), tgid.get());
     if creator == tid {
         return false;
     }
@@ -388,7 +414,7 @@ pub fn inherit_original(
     // gone (its exit event, which drops the record, comes after this fork).
     if proc
         .stat(creator)
-        .is_ok_and(|s| s.starttime != parent.starttime)
+        .is_ok_and(|s| s.start() != parent.starttime)
     {
         return false;
     }
@@ -398,13 +424,13 @@ pub fn inherit_original(
     if state
         .attrs
         .get(&tid)
-        .is_some_and(|r| r.starttime == st.starttime)
+        .is_some_and(|r| r.starttime == st.start())
     {
         return false;
     }
     let record = AttrRecord {
-        pid: tgid,
-        starttime: st.starttime,
+        pid: ProcessId::new(tgid),
+        starttime: st.start(),
         original: parent.original,
         inherited_from: Some(parent.inherited_from.unwrap_or(creator)),
     };
@@ -422,9 +448,9 @@ fn likely_creator(state: &State, proc: &Procfs, tid: u32, tgid: u32) -> Option<u
     let now = TaskAttrs::of(&sched::getattr(tid).ok()?);
     let matches = |id: u32, r: &AttrRecord| {
         id != tid
-            && r.pid == tgid
+            && r.pid.get() == tgid
             && r.original != now
-            && proc.stat(id).is_ok_and(|s| s.starttime == r.starttime)
+            && proc.stat(id).is_ok_and(|s| s.start() == r.starttime)
             && sched::getattr(id).is_ok_and(|a| TaskAttrs::of(&a) == now)
     };
     if state.attrs.get(&tgid).is_some_and(|r| matches(tgid, r)) {
@@ -433,7 +459,7 @@ fn likely_creator(state: &State, proc: &Procfs, tid: u32, tgid: u32) -> Option<u
     state
         .attrs
         .iter()
-        .find(|(id, r)| r.pid == tgid && matches(**id, r))
+        .find(|(id, r)| r.pid.get() == tgid && matches(**id, r))
         .map(|(id, _)| *id)
 }
 
@@ -441,12 +467,19 @@ fn likely_creator(state: &State, proc: &Procfs, tid: u32, tgid: u32) -> Option<u
 /// creator (`likely_creator`). Returns whether it recorded. Only processes whose main
 /// thread has a record are looked at: this runs on every thread creation of the system,
 /// and one map lookup keeps it cheap (classes from rules always cover the main thread).
-pub fn inherit_thread(state: &mut State, proc: &Procfs, tid: u32, tgid: u32) -> bool {
+pub fn inherit_thread(state: &mut State, proc: &Procfs, tid: ThreadId, tgid: ProcessId) -> bool {
+    let (tid, tgid) = (tid.get(), tgid.get());
     if !state.attrs.contains_key(&tgid) {
         return false;
     }
     match likely_creator(state, proc, tid, tgid) {
-        Some(creator) => inherit_original(state, proc, creator, tid, tgid),
+        Some(creator) => inherit_original(
+            state,
+            proc,
+            ThreadId::new(creator),
+            ThreadId::new(tid),
+            ProcessId::new(tgid),
+        ),
         None => false,
     }
 }
@@ -454,24 +487,30 @@ pub fn inherit_thread(state: &mut State, proc: &Procfs, tid: u32, tgid: u32) -> 
 /// For threads found without their fork event (a rescan after lost events): each thread of
 /// `pid` with no record of its own gets the original of its likely creator, as on a fork
 /// event. Returns how many were recorded.
-pub fn inherit_unrecorded(state: &mut State, proc: &Procfs, pid: u32) -> usize {
+pub fn inherit_unrecorded(state: &mut State, proc: &Procfs, pid: ProcessId) -> usize {
+    let pid = pid.get();
     if !state.attrs.contains_key(&pid) {
         return 0;
     }
-    let Ok(threads) = proc.threads(ProcessId(pid)) else {
+    let Ok(threads) = proc.threads(ProcessId::new(pid)) else {
         return 0;
     };
     let mut n = 0;
-    for ThreadId(tid) in threads {
+    for tid in threads.into_iter().map(ThreadId::get) {
         let Ok(st) = proc.stat(tid) else { continue };
         if state
             .attrs
             .get(&tid)
-            .is_some_and(|r| r.starttime == st.starttime)
+            .is_some_and(|r| r.starttime == st.start())
         {
             continue;
         }
-        n += usize::from(inherit_thread(state, proc, tid, pid));
+        n += usize::from(inherit_thread(
+            state,
+            proc,
+            ThreadId::new(tid),
+            ProcessId::new(pid),
+        ));
     }
     n
 }
@@ -483,7 +522,7 @@ pub fn restore_attrs(state: &mut State, proc: &Procfs) -> (usize, usize) {
     let (mut restored, mut exited) = (0, 0);
     let mut failed = Vec::new();
     for (&tid, rec) in &state.attrs {
-        if !proc.stat(tid).is_ok_and(|s| s.starttime == rec.starttime) {
+        if !proc.stat(tid).is_ok_and(|s| s.start() == rec.starttime) {
             exited += 1;
             continue;
         }

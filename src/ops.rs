@@ -16,7 +16,7 @@ use crate::layout::{self, Target, validate_vm_name};
 use crate::model::{Code, RestrictState, TaskRef};
 use crate::place::{Held, PlaceError, Placer, TeardownReport, ThreadPlace};
 use crate::plan::{Op, Plan, Tree, join, vm_steps};
-use crate::procfs::Procfs;
+use crate::procfs::{ProcessId, Procfs, StartTime, TaskKey, ThreadId};
 use crate::rules::{ClassDef, Classes};
 use crate::state::{Restriction, State};
 
@@ -75,7 +75,7 @@ impl Task {
     pub fn id(&self) -> u32 {
         match self {
             Task::Ref(t) => t.id,
-            Task::Held(h) => h.id,
+            Task::Held(h) => h.id(),
         }
     }
 }
@@ -83,8 +83,10 @@ impl Task {
 /// Holds a target for a move to `dest`: a process for a group, a thread for a class.
 pub fn hold(proc: &Procfs, dest: &Dest, t: &TaskRef) -> Result<Held, PlaceError> {
     match dest {
-        Dest::Group(_) => Held::process(proc, t.id, t.starttime),
-        Dest::Thread(_) => Held::thread(proc, t.id, t.starttime),
+        Dest::Group(_) => {
+            Held::process(proc, ProcessId::new(t.id), t.starttime.map(StartTime::new))
+        }
+        Dest::Thread(_) => Held::thread(proc, ThreadId::new(t.id), t.starttime.map(StartTime::new)),
     }
 }
 
@@ -108,8 +110,9 @@ pub fn move_held(s: &mut Session, dest: &Dest, targets: Vec<Task>) -> Vec<Moved>
             .into_iter()
             .map(|t| {
                 let id = t.id();
-                let r = held(s, dest, t).and_then(|h| move_to_class(s, &h, class, by));
-                outcome(id, r.map(|p| vec![p]))
+                let r = held(s, dest, t)
+                    .and_then(|h| move_to_class(s, &h, class, by).map(|p| (h.key(), vec![p])));
+                outcome(id, r)
             })
             .collect(),
     }
@@ -140,7 +143,8 @@ fn place_each(
         .into_iter()
         .map(|t| {
             let id = t.id();
-            let r = held(s, dest, t).and_then(|h| place(&mut placer, &h, &mut state));
+            let r = held(s, dest, t)
+                .and_then(|h| place(&mut placer, &h, &mut state).map(|v| (h.key(), v)));
             outcome(id, r)
         })
         .collect();
@@ -148,14 +152,15 @@ fn place_each(
     out
 }
 
-fn outcome(id: u32, r: Result<Vec<ThreadPlace>, PlaceError>) -> Moved {
+fn outcome(id: u32, r: Result<(TaskKey, Vec<ThreadPlace>), PlaceError>) -> Moved {
     match r {
-        Ok(threads) => Moved {
+        Ok((key, threads)) => Moved {
             id,
             ok: true,
             error: None,
             code: None,
             threads,
+            key: Some(key),
         },
         Err(e) => Moved::failed(id, CliError::from(e)),
     }
@@ -177,9 +182,10 @@ fn move_to_class(
     let mut place = placed?;
     // The attributes go to the held thread only (cheap: a poll of its pidfd).
     if !h.still_there(&s.proc) {
-        return Err(PlaceError::Gone(h.id));
+        return Err(PlaceError::Gone(h.id()));
     }
-    crate::classify::apply_class(s, h.tgid, h.id, class, by)?;
+    // The held thread's identity: nothing re-reads its stat.
+    crate::classify::apply_class(s, h.key(), class, by)?;
     place.class = Some(class.name.clone());
     Ok(place)
 }

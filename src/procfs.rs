@@ -12,13 +12,88 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// A process (thread-group) id. The number is private: a process id is made from a number
+/// where a task enters cgqos (a request, an event, a CLI argument) and read back with `get`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct ProcessId(pub u32);
+pub struct ProcessId(u32);
 
+/// A thread id (a process's id is also the id of its main thread).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct ThreadId(pub u32);
+pub struct ThreadId(u32);
+
+/// A task's start time: clock ticks since boot (`/proc/<id>/stat` field 22). With the id it
+/// names one task for good; the id alone may be reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StartTime(u64);
+
+impl ProcessId {
+    pub const fn new(id: u32) -> ProcessId {
+        ProcessId(id)
+    }
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+    /// The process's main thread (same id).
+    pub const fn main_thread(self) -> ThreadId {
+        ThreadId(self.0)
+    }
+}
+
+impl ThreadId {
+    pub const fn new(id: u32) -> ThreadId {
+        ThreadId(id)
+    }
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl StartTime {
+    pub const fn new(ticks: u64) -> StartTime {
+        StartTime(ticks)
+    }
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// One task, resolved once where it enters cgqos and carried down from there: its process,
+/// its own thread id (the process's id for a process) and its start time. Placement,
+/// classification and the state records take it instead of re-reading `/proc/<id>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskKey {
+    pid: ProcessId,
+    tid: ThreadId,
+    start: StartTime,
+}
+
+impl TaskKey {
+    pub const fn new(pid: ProcessId, tid: ThreadId, start: StartTime) -> TaskKey {
+        TaskKey { pid, tid, start }
+    }
+    pub const fn pid(&self) -> ProcessId {
+        self.pid
+    }
+    pub const fn tid(&self) -> ThreadId {
+        self.tid
+    }
+    pub const fn start(&self) -> StartTime {
+        self.start
+    }
+    /// Whether the task is its process's main thread (the process itself).
+    pub const fn is_process(&self) -> bool {
+        self.pid.0 == self.tid.0
+    }
+}
+
+impl fmt::Display for StartTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 impl fmt::Display for ProcessId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -45,6 +120,11 @@ pub struct Stat {
 }
 
 impl Stat {
+    /// The task's start time, typed.
+    pub fn start(&self) -> StartTime {
+        StartTime(self.starttime)
+    }
+
     pub fn is_kernel_thread(&self) -> bool {
         self.flags & PF_KTHREAD != 0
     }

@@ -8,7 +8,7 @@ use crate::cgroupfs::CgroupFs;
 use crate::error::{CliError, CliResult};
 use crate::model::Code;
 use crate::place::{CgroupMap, Placer, ThreadPlace};
-use crate::procfs::Procfs;
+use crate::procfs::{Procfs, TaskKey};
 use crate::state::{State, StateDir};
 
 /// A cgroup tree, the view of it from /proc, and the locked record of what cgqos changed.
@@ -41,6 +41,11 @@ pub struct Moved {
     pub code: Option<Code>,
     #[serde(default)]
     pub threads: Vec<ThreadPlace>,
+    /// The task the move held and moved (after a success): its process and start time
+    /// travel on from here, to the records and the exit watch, without another `/proc`
+    /// read. Not part of any reply.
+    #[serde(skip)]
+    pub key: Option<TaskKey>,
 }
 
 impl Moved {
@@ -52,6 +57,7 @@ impl Moved {
             code: Some(e.code()),
             error: Some(e.message),
             threads: vec![],
+            key: None,
         }
     }
 }

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
+use crate::procfs::{ProcessId, StartTime, TaskKey, ThreadId};
+
 pub const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
 const VERSION: u32 = 1;
@@ -27,8 +29,8 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// The process the task belongs to.
-    pub pid: u32,
-    pub starttime: u64,
+    pub pid: ProcessId,
+    pub starttime: StartTime,
     /// Absolute path of the cgroup directory the task was in before cgqos first moved it.
     pub original: PathBuf,
     /// Whether the whole process was moved (restored through `cgroup.procs`).
@@ -79,8 +81,8 @@ impl State {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttrRecord {
-    pub pid: u32,
-    pub starttime: u64,
+    pub pid: ProcessId,
+    pub starttime: StartTime,
     pub original: crate::sched::TaskAttrs,
     /// The creator whose original this is: the task was born after cgqos changed its
     /// creator and inherited the changed attributes (see `classify::inherit_original`).
@@ -90,8 +92,8 @@ pub struct AttrRecord {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Why {
-    pub pid: u32,
-    pub starttime: u64,
+    pub pid: ProcessId,
+    pub starttime: StartTime,
     /// `rule NAME (file:line)` or `request from uid U (pid P)`.
     pub by: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,6 +104,27 @@ pub struct Why {
     pub attrs: crate::sched::TaskAttrs,
     /// Seconds since the epoch.
     pub at: u64,
+}
+
+impl Record {
+    /// The recorded task's identity, `tid` being the id it is recorded under.
+    pub fn key(&self, tid: ThreadId) -> TaskKey {
+        TaskKey::new(self.pid, tid, self.starttime)
+    }
+}
+
+impl AttrRecord {
+    /// The recorded task's identity, `tid` being the id it is recorded under.
+    pub fn key(&self, tid: ThreadId) -> TaskKey {
+        TaskKey::new(self.pid, tid, self.starttime)
+    }
+}
+
+impl Why {
+    /// The recorded task's identity, `tid` being the id it is recorded under.
+    pub fn key(&self, tid: ThreadId) -> TaskKey {
+        TaskKey::new(self.pid, tid, self.starttime)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -384,7 +407,8 @@ impl StateDir {
 
 impl State {
     /// Remembers where a task was before its first move; later moves keep the first origin.
-    pub fn remember(&mut self, tid: u32, record: Record) {
+    pub fn remember(&mut self, tid: ThreadId, record: Record) {
+        let tid = tid.get();
         match self.tasks.get(&tid) {
             Some(r) if r.starttime == record.starttime => {
                 if record.process && !r.process {
@@ -406,8 +430,8 @@ mod tests {
 
     fn rec(starttime: u64, original: &str) -> Record {
         Record {
-            pid: 10,
-            starttime,
+            pid: ProcessId::new(10),
+            starttime: StartTime::new(starttime),
             original: original.into(),
             process: false,
         }
@@ -416,10 +440,10 @@ mod tests {
     #[test]
     fn first_origin_wins_until_the_id_is_reused() {
         let mut s = State::default();
-        s.remember(10, rec(5, "/a"));
-        s.remember(10, rec(5, "/b"));
+        s.remember(ThreadId::new(10), rec(5, "/a"));
+        s.remember(ThreadId::new(10), rec(5, "/b"));
         assert_eq!(s.tasks[&10].original, PathBuf::from("/a"));
-        s.remember(10, rec(6, "/c"));
+        s.remember(ThreadId::new(10), rec(6, "/c"));
         assert_eq!(s.tasks[&10].original, PathBuf::from("/c"));
     }
 
@@ -428,7 +452,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sd = StateDir::lock(dir.path()).unwrap();
         let mut s = sd.load(Path::new("/cg")).unwrap();
-        s.remember(10, rec(5, "/a"));
+        s.remember(ThreadId::new(10), rec(5, "/a"));
         sd.save(&s).unwrap();
         assert_eq!(sd.load(Path::new("/cg")).unwrap(), s);
         let names: Vec<_> = fs::read_dir(dir.path())
@@ -452,7 +476,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sd = StateDir::lock(dir.path()).unwrap();
         let mut s = sd.load(Path::new("/one")).unwrap();
-        s.remember(10, rec(5, "/a"));
+        s.remember(ThreadId::new(10), rec(5, "/a"));
         sd.save(&s).unwrap();
         assert!(matches!(
             sd.load(Path::new("/two")),

@@ -58,7 +58,7 @@ fn script(cg: &impl CgroupBackend, proc: &impl TaskSource, pid: u32, tid: u32) -
         )
     };
     let at = |id: u32| {
-        let c = proc.cgroup(ProcessId(pid), ThreadId(id)).unwrap();
+        let c = proc.cgroup(ProcessId::new(pid), ThreadId::new(id)).unwrap();
         let root = cg.root().file_name().unwrap().to_str().unwrap().to_string();
         c.split_once(&root)
             .map_or(c.clone(), |(_, rest)| rest.to_string())
@@ -167,7 +167,9 @@ fn the_model_answers_as_the_kernel_does() {
     let mount = root.parent().unwrap().to_path_buf();
     let c = spawn_child();
     let proc = Procfs::new("/proc");
-    let origin = proc.cgroup(ProcessId(c.pid), ThreadId(c.pid)).unwrap();
+    let origin = proc
+        .cgroup(ProcessId::new(c.pid), ThreadId::new(c.pid))
+        .unwrap();
     let origin_dir = mount.join(origin.trim_start_matches('/'));
     std::fs::create_dir(&root).unwrap();
     let real = CgroupFs::new(&root);

@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use cgqos::place::{Held, PlaceError};
-use cgqos::procfs::{Pidfd, Procfs};
+use cgqos::procfs::{Pidfd, ProcessId, Procfs, StartTime, ThreadId};
 
 const OPEN_SOCKET: &str = "socket:\n  mode: \"0666\"\n";
 const HELPER_ENV: &str = "CGQOS_PIDREUSE_HELPER";
@@ -316,19 +316,19 @@ fn a_held_process_is_there_until_it_exits() {
     let proc = Procfs::new("/proc");
     let mut c = Command::new("sleep").arg("60").spawn().unwrap();
     let pid = c.id();
-    let h = Held::process(&proc, pid, None).unwrap();
+    let h = Held::process(&proc, ProcessId::new(pid), None).unwrap();
     assert!(h.still_there(&proc));
     // A wrong start time is refused as a reused id.
     let st = h.stat.starttime;
     assert!(matches!(
-        Held::process(&proc, pid, Some(st + 1)),
+        Held::process(&proc, ProcessId::new(pid), Some(StartTime::new(st + 1))),
         Err(PlaceError::Reused { .. })
     ));
     c.kill().unwrap();
     c.wait().unwrap();
     assert!(!h.still_there(&proc), "the pidfd shows the exit");
     assert!(matches!(
-        Held::process(&proc, pid, Some(st)),
+        Held::process(&proc, ProcessId::new(pid), Some(StartTime::new(st))),
         Err(PlaceError::Gone(_))
     ));
 }
@@ -346,14 +346,14 @@ fn a_thread_is_held_by_its_own_pidfd_or_through_its_process() {
     let tid = tid_rx.recv().unwrap();
     // A thread id is not a process.
     assert!(matches!(
-        Held::process(&proc, tid, None),
+        Held::process(&proc, ProcessId::new(tid), None),
         Err(PlaceError::NotAProcess { .. })
     ));
     let own = Pidfd::thread(tid).is_ok();
-    let by_thread = Held::thread(&proc, tid, None).unwrap();
-    let by_process = Held::thread_with(&proc, tid, None, false).unwrap();
-    assert_eq!(by_thread.tgid, std::process::id());
-    assert_eq!(by_process.tgid, std::process::id());
+    let by_thread = Held::thread(&proc, ThreadId::new(tid), None).unwrap();
+    let by_process = Held::thread_with(&proc, ThreadId::new(tid), None, false).unwrap();
+    assert_eq!(by_thread.tgid(), std::process::id());
+    assert_eq!(by_process.tgid(), std::process::id());
     assert!(by_thread.still_there(&proc) && by_process.still_there(&proc));
     drop(tx);
     t.join().unwrap();

@@ -221,18 +221,18 @@ fn a_rescan_gives_unrecorded_threads_their_creators_original() {
     let proc = cgqos::procfs::Procfs::new("/proc");
     let mut state = cgqos::state::State::default();
     let before: Vec<u32> = proc
-        .threads(cgqos::procfs::ProcessId(pid))
+        .threads(cgqos::procfs::ProcessId::new(pid))
         .unwrap()
         .into_iter()
-        .map(|t| t.0)
+        .map(|t| t.get())
         .collect();
     for &t in &before {
         cgqos::sched::apply(t, &ten).unwrap();
         state.attrs.insert(
             t,
             cgqos::state::AttrRecord {
-                pid,
-                starttime: starttime(t),
+                pid: cgqos::procfs::ProcessId::new(pid),
+                starttime: cgqos::procfs::StartTime::new(starttime(t)),
                 original,
                 inherited_from: None,
             },
@@ -246,7 +246,8 @@ fn a_rescan_gives_unrecorded_threads_their_creators_original() {
     };
     cgqos::sched::apply(tids[1], &own).unwrap();
     assert_eq!(nice(pid, tids[1]), 5);
-    let n = cgqos::classify::inherit_unrecorded(&mut state, &proc, pid);
+    let n =
+        cgqos::classify::inherit_unrecorded(&mut state, &proc, cgqos::procfs::ProcessId::new(pid));
     assert_eq!(n, 1, "{:?}", state.attrs);
     let rec = &state.attrs[&tids[0]];
     assert_eq!(rec.original, original);

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cgqos::cgroupfs::CgroupFs;
-use cgqos::procfs::Procfs;
+use cgqos::procfs::{ProcessId, Procfs, StartTime};
 use cgqos::state::{State, Why};
 use cgqos::top::model::compute;
 use cgqos::top::sample::Sampler;
@@ -188,8 +188,8 @@ fn two_reads_of_a_fake_tree_give_rates_counts_placement_and_caps() {
     state.why.insert(
         101,
         Why {
-            pid: 100,
-            starttime: 51,
+            pid: ProcessId::new(100),
+            starttime: StartTime::new(51),
             by: "rule compositor (/etc/cgqos/rules.d/10.yaml:3)".into(),
             group: Some("chrome/ui".into()),
             class: Some("urgent".into()),

@@ -24,7 +24,7 @@ pub fn run(ctx: &Ctx, args: WhereArgs) -> CliResult<()> {
             let cg = ctx.cgroupfs()?;
             let map = ctx.map(cg.root());
             let proc = ctx.procfs();
-            Placer::new(&cg, &map, &proc).locate(ProcessId(args.pid))?
+            Placer::new(&cg, &map, &proc).locate(ProcessId::new(args.pid))?
         }
     };
     ctx.output(&threads, |ts| {

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::Ctx;
 use crate::error::CliResult;
-use crate::procfs::{ProcessId, ThreadId};
+use crate::procfs::{ProcessId, StartTime, ThreadId};
 use crate::sched::{self, TaskAttrs};
 use crate::state::{AttrRecord, State, Why};
 
@@ -42,7 +42,7 @@ pub fn run(ctx: &Ctx, args: WhyArgs) -> CliResult<()> {
     let proc = ctx.procfs();
     let stat = proc.stat(args.id)?;
     let pid = proc.tgid(args.id)?;
-    let cgroup = proc.cgroup(ProcessId(pid), ThreadId(args.id))?;
+    let cgroup = proc.cgroup(ProcessId::new(pid), ThreadId::new(args.id))?;
     // The state file is replaced atomically, so it can be read without the daemon's lock;
     // its directory is checked as for any other command.
     let state: State = crate::state::read_unlocked(&ctx.g.state_dir)?.unwrap_or_default();
@@ -51,11 +51,11 @@ pub fn run(ctx: &Ctx, args: WhyArgs) -> CliResult<()> {
             .relative(&cgroup)
             .and_then(|r| crate::layout::classify(&r))
     });
-    let fresh = |st: u64, id: u32| proc.stat(id).is_ok_and(|s| s.starttime == st);
+    let fresh = |st: StartTime, id: u32| proc.stat(id).is_ok_and(|s| s.start() == st);
     let why = state
         .why
         .get(&args.id)
-        .filter(|w| w.starttime == stat.starttime)
+        .filter(|w| w.starttime == stat.start())
         .or_else(|| state.why.get(&pid).filter(|w| fresh(w.starttime, pid)))
         .cloned();
     let uclamp = sched::Support::get().uclamp;
@@ -77,7 +77,7 @@ pub fn run(ctx: &Ctx, args: WhyArgs) -> CliResult<()> {
     let original_attrs = state
         .attrs
         .get(&args.id)
-        .filter(|a| a.starttime == stat.starttime)
+        .filter(|a| a.starttime == stat.start())
         .cloned()
         .map(|mut a| {
             a.original = restorable(a.original, uclamp);
@@ -93,7 +93,7 @@ pub fn run(ctx: &Ctx, args: WhyArgs) -> CliResult<()> {
             state
                 .tasks
                 .get(&args.id)
-                .filter(|r| r.starttime == stat.starttime)
+                .filter(|r| r.starttime == stat.start())
         })
         .map(|r| r.original.display().to_string());
     let out = WhyOut {

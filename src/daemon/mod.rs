@@ -69,7 +69,7 @@ pub fn run(paths: Paths, socket: PathBuf, reset_on_exit: bool) -> CliResult<()> 
                     .tasks
                     .iter()
                     .filter(|(_, r)| r.process)
-                    .map(|(&id, r)| (id, r.starttime))
+                    .map(|(&id, r)| (id, r.starttime.get()))
                     .collect();
                 e.watched.extend(list.iter().map(|(p, _)| *p));
                 list

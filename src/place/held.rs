@@ -1,6 +1,6 @@
 //! Holding a target by pidfd from its identity check to the write that moves it.
 
-use crate::procfs::{Pidfd, ProcError, Stat, TaskSource};
+use crate::procfs::{Pidfd, ProcError, ProcessId, StartTime, Stat, TaskKey, TaskSource, ThreadId};
 
 use super::PlaceError;
 
@@ -11,10 +11,10 @@ use super::PlaceError;
 /// read that task, however fast ids are reused (start times tick only every 10 ms).
 #[derive(Debug)]
 pub struct Held {
-    pub id: u32,
-    /// Its process (`id` itself for a process).
-    pub tgid: u32,
-    /// Read while held.
+    /// The held task (for a process, its main thread): resolved once here and carried
+    /// down to the write and the state record, so nothing re-reads its start time.
+    key: TaskKey,
+    /// Read while held (`key`'s start time is this stat's).
     pub stat: Stat,
     /// `None` on kernels without pidfd_open (before 5.3): start times only.
     fd: Option<Pidfd>,
@@ -54,9 +54,10 @@ impl Held {
     /// its threads), and started at `expected` when given.
     pub fn process(
         proc: &impl TaskSource,
-        pid: u32,
-        expected: Option<u64>,
+        pid: ProcessId,
+        expected: Option<StartTime>,
     ) -> Result<Held, PlaceError> {
+        let pid = pid.get();
         let fd = match opened(pid, proc.pidfd(pid, false))? {
             Opened::Fd(fd) => Some(fd),
             Opened::Unsupported => None,
@@ -72,8 +73,7 @@ impl Held {
         };
         let stat = proc.stat(pid)?;
         let held = Held {
-            id: pid,
-            tgid: pid,
+            key: key_of(pid, pid, &stat),
             stat,
             fd,
             via_process: false,
@@ -92,8 +92,8 @@ impl Held {
     /// and its start time in `/proc/<tgid>/task/<tid>/stat`.
     pub fn thread(
         proc: &impl TaskSource,
-        tid: u32,
-        expected: Option<u64>,
+        tid: ThreadId,
+        expected: Option<StartTime>,
     ) -> Result<Held, PlaceError> {
         Held::thread_with(proc, tid, expected, true)
     }
@@ -102,30 +102,19 @@ impl Held {
     /// path with `false`).
     pub fn thread_with(
         proc: &impl TaskSource,
-        tid: u32,
-        expected: Option<u64>,
+        tid: ThreadId,
+        expected: Option<StartTime>,
         thread_pidfd: bool,
     ) -> Result<Held, PlaceError> {
+        let tid = tid.get();
         let own = if thread_pidfd {
             opened(tid, proc.pidfd(tid, true))?
         } else {
             Opened::Invalid
         };
         let held = match own {
-            Opened::Fd(fd) => Held {
-                id: tid,
-                stat: proc.stat(tid)?,
-                tgid: proc.tgid(tid)?,
-                fd: Some(fd),
-                via_process: false,
-            },
-            Opened::Unsupported => Held {
-                id: tid,
-                stat: proc.stat(tid)?,
-                tgid: proc.tgid(tid)?,
-                fd: None,
-                via_process: false,
-            },
+            Opened::Fd(fd) => Held::read(proc, tid, Some(fd))?,
+            Opened::Unsupported => Held::read(proc, tid, None)?,
             Opened::Invalid => {
                 // The process is held, and the thread found in its task list after that.
                 let tgid = proc.tgid(tid)?;
@@ -134,10 +123,10 @@ impl Held {
                     // Its process exited (or the thread moved groups by exec): gone.
                     Opened::Invalid | Opened::Unsupported => return Err(PlaceError::Gone(tid)),
                 };
+                let stat = proc.task_stat(tgid, tid)?;
                 Held {
-                    id: tid,
-                    tgid,
-                    stat: proc.task_stat(tgid, tid)?,
+                    key: key_of(tgid, tid, &stat),
+                    stat,
                     fd: Some(fd),
                     via_process: true,
                 }
@@ -146,24 +135,55 @@ impl Held {
         held.checked(proc, expected)
     }
 
-    fn checked(self, proc: &impl TaskSource, expected: Option<u64>) -> Result<Held, PlaceError> {
+    /// A thread held by its own pidfd (or none): its stat and process read after.
+    fn read(proc: &impl TaskSource, tid: u32, fd: Option<Pidfd>) -> Result<Held, PlaceError> {
+        let stat = proc.stat(tid)?;
+        let tgid = proc.tgid(tid)?;
+        Ok(Held {
+            key: key_of(tgid, tid, &stat),
+            stat,
+            fd,
+            via_process: false,
+        })
+    }
+
+    /// The held task's identity: process, thread, start time.
+    pub fn key(&self) -> TaskKey {
+        self.key
+    }
+
+    /// The held task's own id (the process's, for a process).
+    pub fn id(&self) -> u32 {
+        self.key.tid().get()
+    }
+
+    /// Its process's id.
+    pub fn tgid(&self) -> u32 {
+        self.key.pid().get()
+    }
+
+    fn checked(
+        self,
+        proc: &impl TaskSource,
+        expected: Option<StartTime>,
+    ) -> Result<Held, PlaceError> {
         if self.stat.is_kernel_thread() {
             return Err(PlaceError::KernelThread {
-                id: self.id,
+                id: self.id(),
                 comm: self.stat.comm.clone(),
             });
         }
         if let Some(expected) = expected {
-            if self.stat.starttime != expected {
+            if self.key.start() != expected {
                 return Err(PlaceError::Reused {
-                    id: self.id,
-                    expected,
+                    id: self.id(),
+                    expected: expected.get(),
                     found: self.stat.starttime,
                 });
             }
         }
         if !self.still_there(proc) {
-            return Err(PlaceError::Gone(self.id));
+            return Err(PlaceError::Gone(self.id()));
         }
         Ok(self)
     }
@@ -175,12 +195,20 @@ impl Held {
         match &self.fd {
             Some(fd) if fd.exited() => false,
             Some(_) if self.via_process => proc
-                .task_stat(self.tgid, self.id)
+                .task_stat(self.tgid(), self.id())
                 .is_ok_and(|s| s.starttime == self.stat.starttime),
             Some(_) => true,
             None => proc
-                .stat(self.id)
+                .stat(self.id())
                 .is_ok_and(|s| s.starttime == self.stat.starttime),
         }
     }
+}
+
+fn key_of(tgid: u32, tid: u32, stat: &Stat) -> TaskKey {
+    TaskKey::new(
+        ProcessId::new(tgid),
+        ThreadId::new(tid),
+        StartTime::new(stat.starttime),
+    )
 }

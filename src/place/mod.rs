@@ -199,7 +199,7 @@ impl<'a, B: CgroupBackend, P: TaskSource> Placer<'a, B, P> {
     pub fn locate(&self, pid: ProcessId) -> Result<Vec<ThreadPlace>, PlaceError> {
         let mut out = Vec::new();
         for tid in self.proc.threads(pid)? {
-            let (cgroup, comm) = match (self.proc.cgroup(pid, tid), self.proc.stat(tid.0)) {
+            let (cgroup, comm) = match (self.proc.cgroup(pid, tid), self.proc.stat(tid.get())) {
                 (Ok(c), Ok(s)) => (c, s.comm),
                 // A thread exiting while we look is not an error.
                 (Err(ProcError::Gone(_)), _) | (_, Err(ProcError::Gone(_))) => continue,

@@ -2,7 +2,7 @@
 
 use crate::cgroupfs::{CgroupBackend, FsError, Refusal, files};
 use crate::layout::{self, Placement, Target};
-use crate::procfs::{ProcError, ProcessId, TaskSource, ThreadId};
+use crate::procfs::{ProcError, ProcessId, StartTime, TaskSource, ThreadId};
 use crate::state::{Record, State};
 
 use super::{Held, PlaceError, Placer, ThreadPlace, gone_or_kernel, test_pause};
@@ -13,10 +13,10 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         &mut self,
         pid: ProcessId,
         target: &Target,
-        expected_starttime: Option<u64>,
+        expected: Option<StartTime>,
         state: &mut State,
     ) -> Result<Vec<ThreadPlace>, PlaceError> {
-        let held = Held::process(self.proc, pid.0, expected_starttime)?;
+        let held = Held::process(self.proc, pid, expected)?;
         self.move_held_process(&held, target, state)
     }
 
@@ -27,7 +27,7 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         target: &Target,
         state: &mut State,
     ) -> Result<Vec<ThreadPlace>, PlaceError> {
-        let pid = ProcessId(held.id);
+        let pid = held.key().pid();
         let group = target.path();
         if !self.cg.exists(&group) {
             return Err(PlaceError::NotSetUp(group));
@@ -44,21 +44,24 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         }
         let main_cgroup = before
             .iter()
-            .find(|(t, _)| t.0 == pid.0)
+            .find(|(t, _)| t.get() == pid.get())
             .map(|(_, c)| c.clone())
-            .ok_or(PlaceError::Gone(pid.0))?;
+            .ok_or(PlaceError::Gone(pid.get()))?;
         // The last check before the write: the reads above were of the held process.
         if !held.still_there(self.proc) {
-            return Err(PlaceError::Gone(pid.0));
+            return Err(PlaceError::Gone(pid.get()));
         }
-        test_pause(pid.0);
-        if let Err(e) = self.attach(&self.cg.path(&format!("{group}/{}", files::PROCS)), pid.0) {
+        test_pause(pid.get());
+        if let Err(e) = self.attach(
+            &self.cg.path(&format!("{group}/{}", files::PROCS)),
+            pid.get(),
+        ) {
             return Err(self.refused(held, e));
         }
         if !held.still_there(self.proc) {
             // It exited around the write: what moved may be a stranger with its id.
             self.put_back_stranger(held, &group, true);
-            return Err(PlaceError::Gone(pid.0));
+            return Err(PlaceError::Gone(pid.get()));
         }
         self.record_process(held, &main_cgroup, &before, state);
         self.keep_classes(pid, target, &group, &before)
@@ -72,14 +75,14 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         before: &[(ThreadId, String)],
         state: &mut State,
     ) {
-        let pid = ProcessId(held.id);
+        let pid = held.key().pid();
         // Recorded once the write is known to have hit the held process (in memory; the
         // caller saves before it reports success).
         state.remember(
-            pid.0,
+            pid.main_thread(),
             Record {
-                pid: pid.0,
-                starttime: held.stat.starttime,
+                pid,
+                starttime: held.key().start(),
                 original: self.map.dir_of(main_cgroup),
                 process: true,
             },
@@ -88,14 +91,14 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         // one by one, so teardown can put them back there.
         for (tid, cgroup) in before
             .iter()
-            .filter(|(t, c)| t.0 != pid.0 && c != main_cgroup)
+            .filter(|(t, c)| *t != pid.main_thread() && c != main_cgroup)
         {
-            if let Ok(ts) = self.proc.stat(tid.0) {
+            if let Ok(ts) = self.proc.stat(tid.get()) {
                 state.remember(
-                    tid.0,
+                    *tid,
                     Record {
-                        pid: pid.0,
-                        starttime: ts.starttime,
+                        pid,
+                        starttime: ts.start(),
                         original: self.map.dir_of(cgroup),
                         process: false,
                     },
@@ -142,13 +145,16 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
             };
             if let Some(class) = class {
                 let file = self.cg.path(&format!("{group}/{class}/{}", files::THREADS));
-                match self.attach(&file, tid.0) {
+                match self.attach(&file, tid.get()) {
                     Ok(()) => place.cgroup = format!("{group_cgroup}/{class}"),
                     Err(e) if e.refusal() == Refusal::Gone => continue,
                     // Refused, but no longer a thread of this process: it exited, and the
                     // kernel refused whoever has its id now.
                     Err(_)
-                        if matches!(self.proc.task_stat(pid.0, tid.0), Err(ProcError::Gone(_))) =>
+                        if matches!(
+                            self.proc.task_stat(pid.get(), tid.get()),
+                            Err(ProcError::Gone(_))
+                        ) =>
                     {
                         continue;
                     }
@@ -164,9 +170,9 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
     /// else (a stranger with its id), so the answer is that it exited.
     fn refused(&self, held: &Held, e: FsError) -> PlaceError {
         if held.still_there(self.proc) {
-            gone_or_kernel(held.id)(e)
+            gone_or_kernel(held.id())(e)
         } else {
-            PlaceError::Gone(held.id)
+            PlaceError::Gone(held.id())
         }
     }
 
@@ -177,7 +183,7 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
     /// parent's group, a new thread in its process leader's. Put it back there; nothing is
     /// recorded for it. Best effort: every outcome is logged, the move reports `Gone`.
     fn put_back_stranger(&mut self, held: &Held, dest: &str, process: bool) {
-        let id = held.id;
+        let id = held.id();
         let Ok(st) = self.proc.stat(id) else {
             return; // Nobody has the id: nothing alive was moved.
         };
@@ -186,7 +192,7 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         }
         let Ok(tgid) = self.proc.tgid(id) else { return };
         let dest_cgroup = self.cgroup_path(dest);
-        match self.proc.cgroup(ProcessId(tgid), ThreadId(id)) {
+        match self.proc.cgroup(ProcessId::new(tgid), ThreadId::new(id)) {
             Ok(now) if now == dest_cgroup => {}
             // Not where we wrote: our write did not put it there.
             _ => return,
@@ -198,12 +204,15 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
             (id, files::THREADS)
         };
         let born_in = if moved == tgid {
-            self.proc
-                .stat(tgid)
-                .ok()
-                .and_then(|s| self.proc.cgroup(ProcessId(s.ppid), ThreadId(s.ppid)).ok())
+            self.proc.stat(tgid).ok().and_then(|s| {
+                self.proc
+                    .cgroup(ProcessId::new(s.ppid), ThreadId::new(s.ppid))
+                    .ok()
+            })
         } else {
-            self.proc.cgroup(ProcessId(tgid), ThreadId(tgid)).ok()
+            self.proc
+                .cgroup(ProcessId::new(tgid), ThreadId::new(tgid))
+                .ok()
         };
         let dir = match born_in {
             Some(c) if c == dest_cgroup => return, // Born there: it never moved.
@@ -231,10 +240,10 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         &mut self,
         tid: ThreadId,
         class: Option<&str>,
-        expected_starttime: Option<u64>,
+        expected: Option<StartTime>,
         state: &mut State,
     ) -> Result<ThreadPlace, PlaceError> {
-        let held = Held::thread(self.proc, tid.0, expected_starttime)?;
+        let held = Held::thread(self.proc, tid, expected)?;
         self.move_held_thread(&held, class, state)
     }
 
@@ -245,16 +254,16 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         class: Option<&str>,
         state: &mut State,
     ) -> Result<ThreadPlace, PlaceError> {
-        let tid = ThreadId(held.id);
-        let tgid = held.tgid;
-        let cgroup = self.proc.cgroup(ProcessId(tgid), tid)?;
+        let key = held.key();
+        let (tid, tgid) = (key.tid(), key.pid().get());
+        let cgroup = self.proc.cgroup(key.pid(), tid)?;
         let Some(Placement { group, .. }) = self
             .map
             .relative(&cgroup)
             .and_then(|r| layout::classify(&r))
         else {
             return Err(PlaceError::NotInGroup {
-                tid: tid.0,
+                tid: tid.get(),
                 tgid,
                 cgroup,
             });
@@ -275,21 +284,24 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         };
         // The last check before the write: the cgroup read above was the held thread's.
         if !held.still_there(self.proc) {
-            return Err(PlaceError::Gone(tid.0));
+            return Err(PlaceError::Gone(tid.get()));
         }
-        test_pause(tid.0);
-        if let Err(e) = self.attach(&self.cg.path(&format!("{dest}/{}", files::THREADS)), tid.0) {
+        test_pause(tid.get());
+        if let Err(e) = self.attach(
+            &self.cg.path(&format!("{dest}/{}", files::THREADS)),
+            tid.get(),
+        ) {
             return Err(self.refused(held, e));
         }
         if !held.still_there(self.proc) {
             self.put_back_stranger(held, &dest, false);
-            return Err(PlaceError::Gone(tid.0));
+            return Err(PlaceError::Gone(tid.get()));
         }
         state.remember(
-            tid.0,
+            tid,
             Record {
-                pid: tgid,
-                starttime: held.stat.starttime,
+                pid: key.pid(),
+                starttime: key.start(),
                 original: self.map.dir_of(&cgroup),
                 process: false,
             },

@@ -58,10 +58,10 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
                 .filter(|(_, r)| r.process == process_pass)
             {
                 match self.proc.stat(id) {
-                    Ok(s) if s.starttime == rec.starttime => {}
+                    Ok(s) if s.start() == rec.starttime => {}
                     _ => continue,
                 }
-                if !self.inside(rec.pid, id, group) {
+                if !self.inside(rec.pid.get(), id, group) {
                     continue;
                 }
                 let file = if rec.process {
@@ -103,7 +103,7 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
 
     fn inside(&self, pid: u32, tid: u32, group: &str) -> bool {
         self.proc
-            .cgroup(ProcessId(pid), ThreadId(tid))
+            .cgroup(ProcessId::new(pid), ThreadId::new(tid))
             .ok()
             .and_then(|c| self.map.relative(&c))
             .is_some_and(|r| {

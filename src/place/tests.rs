@@ -7,6 +7,7 @@ use crate::apply::{Outcome, apply};
 use crate::cgroupfs::memory::MemKernel;
 use crate::layout::Target;
 use crate::plan::Plan;
+use crate::procfs::StartTime;
 use crate::state::State;
 use crate::topology::Topology;
 
@@ -94,17 +95,17 @@ fn a_process_move_keeps_each_threads_class() {
     k.spawn_thread(100, 102, "worker");
     let mut state = State::default();
     let mut p = Placer::new(&k, &map, &k);
-    p.move_process(ProcessId(100), &target("foreground"), None, &mut state)
+    p.move_process(ProcessId::new(100), &target("foreground"), None, &mut state)
         .unwrap();
-    p.move_thread(ThreadId(101), Some(layout::URGENT), None, &mut state)
+    p.move_thread(ThreadId::new(101), Some(layout::URGENT), None, &mut state)
         .unwrap();
     let after = p
-        .move_process(ProcessId(100), &target("background"), None, &mut state)
+        .move_process(ProcessId::new(100), &target("background"), None, &mut state)
         .unwrap();
     let class = |tid: u32| {
         after
             .iter()
-            .find(|t| t.tid.0 == tid)
+            .find(|t| t.tid.get() == tid)
             .and_then(|t| t.class.clone())
     };
     assert_eq!(class(101).as_deref(), Some("urgent"));
@@ -123,9 +124,9 @@ fn teardown_restores_processes_before_threads_so_threads_follow_their_process() 
     k.spawn_thread(100, 101, "Compositor");
     let mut state = State::default();
     let mut p = Placer::new(&k, &map, &k);
-    p.move_process(ProcessId(100), &target("ui"), None, &mut state)
+    p.move_process(ProcessId::new(100), &target("ui"), None, &mut state)
         .unwrap();
-    p.move_thread(ThreadId(101), Some(layout::URGENT), None, &mut state)
+    p.move_thread(ThreadId::new(101), Some(layout::URGENT), None, &mut state)
         .unwrap();
     // The thread's own record says "chrome/ui", inside the emptied tree: had it gone
     // first, it would have had no origin and been refused across domains.
@@ -145,7 +146,7 @@ fn evacuate_sends_unrecorded_children_to_their_parents_origin_and_removes_groups
     k.spawn(100, 1, "crosvm", Path::new(USER));
     let mut state = State::default();
     let mut p = Placer::new(&k, &map, &k);
-    p.move_process(ProcessId(100), &target("background"), None, &mut state)
+    p.move_process(ProcessId::new(100), &target("background"), None, &mut state)
         .unwrap();
     // A child forked inside the group: cgqos never moved it.
     k.spawn(200, 100, "child", &dir("chrome/background"));
@@ -170,7 +171,7 @@ fn an_origin_that_is_gone_falls_back_with_a_note() {
     k.spawn(100, 1, "app", Path::new("/mem/tmp"));
     let mut state = State::default();
     let mut p = Placer::new(&k, &map, &k);
-    p.move_process(ProcessId(100), &target("foreground"), None, &mut state)
+    p.move_process(ProcessId::new(100), &target("foreground"), None, &mut state)
         .unwrap();
     k.rmdir("../tmp").unwrap();
     let mut report = TeardownReport::default();
@@ -190,9 +191,9 @@ fn a_thread_recorded_in_another_domain_is_refused_and_reported_not_lost() {
     k.spawn_thread(100, 101, "t");
     let mut state = State::default();
     let mut p = Placer::new(&k, &map, &k);
-    p.move_process(ProcessId(100), &target("ui"), None, &mut state)
+    p.move_process(ProcessId::new(100), &target("ui"), None, &mut state)
         .unwrap();
-    p.move_thread(ThreadId(101), Some(layout::URGENT), None, &mut state)
+    p.move_thread(ThreadId::new(101), Some(layout::URGENT), None, &mut state)
         .unwrap();
     // Restoring only the urgent class: its record's origin (chrome/ui) is inside the
     // domain, the fallbacks are other domains, which take no single thread.
@@ -204,8 +205,8 @@ fn a_thread_recorded_in_another_domain_is_refused_and_reported_not_lost() {
     stranded.tasks.insert(
         101,
         crate::state::Record {
-            pid: 100,
-            starttime: k.starttime(101).unwrap(),
+            pid: ProcessId::new(100),
+            starttime: StartTime::new(k.starttime(101).unwrap()),
             original: PathBuf::from(USER),
             process: false,
         },
@@ -225,7 +226,12 @@ fn a_thread_outside_the_groups_cannot_take_a_class() {
     k.spawn_thread(100, 101, "t");
     let mut p = Placer::new(&k, &map, &k);
     let e = p
-        .move_thread(ThreadId(101), Some("urgent"), None, &mut State::default())
+        .move_thread(
+            ThreadId::new(101),
+            Some("urgent"),
+            None,
+            &mut State::default(),
+        )
         .unwrap_err();
     assert!(matches!(e, PlaceError::NotInGroup { tid: 101, .. }), "{e}");
 }
@@ -239,16 +245,16 @@ fn a_vanished_task_is_gone_and_nothing_is_recorded() {
     let mut state = State::default();
     let mut p = Placer::new(&k, &map, &k);
     let e = p
-        .move_process(ProcessId(555), &target("ui"), None, &mut state)
+        .move_process(ProcessId::new(555), &target("ui"), None, &mut state)
         .unwrap_err();
     assert!(matches!(e, PlaceError::Gone(555)), "{e}");
     let e = p
-        .move_thread(ThreadId(101), None, None, &mut state)
+        .move_thread(ThreadId::new(101), None, None, &mut state)
         .unwrap_err();
     assert!(matches!(e, PlaceError::Gone(101)), "{e}");
     assert!(state.tasks.is_empty());
     // A recorded task that exited is skipped on teardown.
-    p.move_process(ProcessId(100), &target("ui"), None, &mut state)
+    p.move_process(ProcessId::new(100), &target("ui"), None, &mut state)
         .unwrap();
     k.exit(100);
     let mut report = TeardownReport::default();
@@ -270,15 +276,20 @@ fn identity_checks_refuse_reused_ids_kernel_threads_and_thread_ids() {
     let mut p = Placer::new(&k, &map, &k);
     let ui = target("ui");
     let e = p
-        .move_process(ProcessId(100), &ui, Some(start + 1), &mut state)
+        .move_process(
+            ProcessId::new(100),
+            &ui,
+            Some(StartTime::new(start + 1)),
+            &mut state,
+        )
         .unwrap_err();
     assert!(matches!(e, PlaceError::Reused { id: 100, .. }), "{e}");
     let e = p
-        .move_process(ProcessId(50), &ui, None, &mut state)
+        .move_process(ProcessId::new(50), &ui, None, &mut state)
         .unwrap_err();
     assert!(matches!(e, PlaceError::KernelThread { id: 50, .. }), "{e}");
     let e = p
-        .move_process(ProcessId(101), &ui, None, &mut state)
+        .move_process(ProcessId::new(101), &ui, None, &mut state)
         .unwrap_err();
     assert!(
         matches!(
@@ -291,8 +302,13 @@ fn identity_checks_refuse_reused_ids_kernel_threads_and_thread_ids() {
         "{e}"
     );
     assert!(state.tasks.is_empty());
-    p.move_process(ProcessId(100), &ui, Some(start), &mut state)
-        .unwrap();
+    p.move_process(
+        ProcessId::new(100),
+        &ui,
+        Some(StartTime::new(start)),
+        &mut state,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -302,7 +318,7 @@ fn a_group_not_set_up_and_the_no_internal_process_rule_are_errors() {
     let mut state = State::default();
     let mut p = Placer::new(&k, &map, &k);
     let e = p
-        .move_process(ProcessId(100), &target("vm:termina"), None, &mut state)
+        .move_process(ProcessId::new(100), &target("vm:termina"), None, &mut state)
         .unwrap_err();
     assert!(matches!(e, PlaceError::NotSetUp(_)), "{e}");
     // `vms` enables controllers for its children: the kernel refuses it tasks.
@@ -312,7 +328,7 @@ fn a_group_not_set_up_and_the_no_internal_process_rule_are_errors() {
         .attach(&mut Attacher::new(), &dir("vms/cgroup.procs"), 100)
         .unwrap_err();
     assert_eq!(err.refusal(), Refusal::Busy, "{err}");
-    p.move_process(ProcessId(100), &target("vm:termina"), None, &mut state)
+    p.move_process(ProcessId::new(100), &target("vm:termina"), None, &mut state)
         .unwrap();
     assert_eq!(k.cgroup_of(100).unwrap(), "/cgqos/vms/termina");
 }
@@ -324,14 +340,19 @@ fn where_reports_each_threads_group_and_class() {
     k.spawn_thread(100, 101, "t");
     let mut state = State::default();
     let mut p = Placer::new(&k, &map, &k);
-    p.move_process(ProcessId(100), &target("ui"), None, &mut state)
+    p.move_process(ProcessId::new(100), &target("ui"), None, &mut state)
         .unwrap();
-    p.move_thread(ThreadId(101), Some(layout::NON_URGENT), None, &mut state)
-        .unwrap();
-    let places = p.locate(ProcessId(100)).unwrap();
+    p.move_thread(
+        ThreadId::new(101),
+        Some(layout::NON_URGENT),
+        None,
+        &mut state,
+    )
+    .unwrap();
+    let places = p.locate(ProcessId::new(100)).unwrap();
     let got: Vec<_> = places
         .iter()
-        .map(|t| (t.tid.0, t.comm.as_str(), t.class.as_deref()))
+        .map(|t| (t.tid.get(), t.comm.as_str(), t.class.as_deref()))
         .collect();
     assert_eq!(
         got,

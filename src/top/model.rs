@@ -241,14 +241,18 @@ fn task_cpu(prev: Option<&TaskSnap>, cur: &TaskSnap, elapsed_usec: u64, clk_tck:
 
 /// The newest record for the thread, else for its process, when it is still the same task.
 fn placed_by(state: &State, t: &TaskSnap, tasks: &HashMap<u32, TaskSnap>) -> Option<String> {
-    if let Some(w) = state.why.get(&t.tid).filter(|w| w.starttime == t.starttime) {
+    if let Some(w) = state
+        .why
+        .get(&t.tid)
+        .filter(|w| w.starttime.get() == t.starttime)
+    {
         return Some(w.by.clone());
     }
     let process_start = tasks.get(&t.pid)?.starttime;
     state
         .why
         .get(&t.pid)
-        .filter(|w| w.starttime == process_start)
+        .filter(|w| w.starttime.get() == process_start)
         .map(|w| w.by.clone())
 }
 
@@ -407,8 +411,8 @@ mod tests {
     #[test]
     fn placed_by_comes_from_the_thread_then_its_process_when_still_the_same_task() {
         let why = |pid: u32, starttime: u64, by: &str| Why {
-            pid,
-            starttime,
+            pid: crate::procfs::ProcessId::new(pid),
+            starttime: crate::procfs::StartTime::new(starttime),
             by: by.into(),
             group: None,
             class: None,

@@ -168,13 +168,13 @@ impl Sampler {
         let root = self.proc.root();
         let mut tasks: HashMap<u32, TaskSnap> = HashMap::new();
         for &pid in &w.pids {
-            let Ok(tids) = self.proc.threads(ProcessId(pid)) else {
+            let Ok(tids) = self.proc.threads(ProcessId::new(pid)) else {
                 continue;
             };
             for tid in tids {
-                let path = root.join(format!("{pid}/task/{}/stat", tid.0));
-                if let Some(t) = read_task(&path, tid.0, pid) {
-                    tasks.insert(tid.0, t);
+                let path = root.join(format!("{pid}/task/{}/stat", tid.get()));
+                if let Some(t) = read_task(&path, tid.get(), pid) {
+                    tasks.insert(tid.get(), t);
                 }
             }
         }

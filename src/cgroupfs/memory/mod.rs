@@ -560,19 +560,19 @@ impl TaskSource for MemKernel {
 
     fn threads(&self, pid: ProcessId) -> Result<Vec<ThreadId>, ProcError> {
         let m = self.model.borrow();
-        if m.tasks.get(&pid.0).is_none_or(|t| t.tgid != pid.0) {
-            return Err(ProcError::Gone(pid.0));
+        if m.tasks.get(&pid.get()).is_none_or(|t| t.tgid != pid.get()) {
+            return Err(ProcError::Gone(pid.get()));
         }
         Ok(m.tasks
             .iter()
-            .filter(|(_, t)| t.tgid == pid.0)
-            .map(|(&id, _)| ThreadId(id))
+            .filter(|(_, t)| t.tgid == pid.get())
+            .map(|(&id, _)| ThreadId::new(id))
             .collect())
     }
 
     fn cgroup(&self, pid: ProcessId, tid: ThreadId) -> Result<String, ProcError> {
-        self.task_stat(pid.0, tid.0)?;
-        Ok(self.cgroup_of(tid.0).expect("checked"))
+        self.task_stat(pid.get(), tid.get())?;
+        Ok(self.cgroup_of(tid.get()).expect("checked"))
     }
 
     /// The model has no pidfds: placement checks start times, as on kernels before 5.3.

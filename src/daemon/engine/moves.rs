@@ -79,16 +79,16 @@ impl Engine {
     ) -> CliResult<Value> {
         // Acknowledged means recorded: the state is on disk before the reply leaves.
         self.session.save()?;
+        // Each moved task's process is known from its hold: no `/proc` read here.
         for m in moved.iter().filter(|m| m.ok) {
-            let pid = match self.session.proc.tgid(m.id) {
-                Ok(p) => p,
-                Err(_) => continue,
+            let Some(pid) = m.key.map(|k| k.pid().get()) else {
+                continue;
             };
             if let (false, Some(rec)) = (
                 self.watched.contains(&pid),
                 self.session.state.tasks.get(&pid),
             ) {
-                watch.push((pid, rec.starttime));
+                watch.push((pid, rec.starttime.get()));
                 self.watched.insert(pid);
             }
         }

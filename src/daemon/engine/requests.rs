@@ -61,7 +61,7 @@ impl Engine {
     fn where_(&self, caller: &Caller, pid: u32) -> CliResult<Value> {
         self.authorize(caller, &Action::Read)?;
         let placer = Placer::new(&self.session.cg, &self.session.map, &self.session.proc);
-        let t = placer.locate(ProcessId(pid)).map_err(CliError::from)?;
+        let t = placer.locate(ProcessId::new(pid)).map_err(CliError::from)?;
         Ok(value(&t))
     }
 
@@ -162,7 +162,10 @@ impl Engine {
                     .iter()
                     .filter_map(|t| {
                         let r = self.session.state.attrs.get(&t.id)?;
-                        Some((t.id, (r.starttime, policy::Sched::recorded(&r.original)?)))
+                        Some((
+                            t.id,
+                            (r.starttime.get(), policy::Sched::recorded(&r.original)?),
+                        ))
                     })
                     .collect()
             })
@@ -172,7 +175,7 @@ impl Engine {
         move |t: &TaskRef| -> CliResult<()> {
             let tgid = proc.tgid(t.id).map_err(proc_fail)?;
             let cgroup = proc
-                .cgroup(ProcessId(tgid), ThreadId(t.id))
+                .cgroup(ProcessId::new(tgid), ThreadId::new(t.id))
                 .map_err(proc_fail)?;
             let group = map
                 .relative(&cgroup)

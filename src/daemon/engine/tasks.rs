@@ -1,6 +1,8 @@
 //! What the engine does on its own: process events, rescans, and forgetting tasks that
 //! exited.
 
+use crate::procfs::{ProcessId, ThreadId};
+
 use super::Engine;
 
 /// One process event, decoded.
@@ -35,10 +37,11 @@ impl Engine {
     /// from their likely creator's record (`classify::inherit_unrecorded`).
     pub fn rescan(&mut self) {
         self.forget_exited();
-        let pids: Vec<u32> = std::fs::read_dir(self.session.proc.root())
+        let pids: Vec<ProcessId> = std::fs::read_dir(self.session.proc.root())
             .into_iter()
             .flatten()
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .map(ProcessId::new)
             .collect();
         let mut inherited = 0;
         let mut classified = 0;
@@ -67,10 +70,15 @@ impl Engine {
             // process's parent, so its creator is inferred within its process.
             if let Event::Fork { pid, tgid, parent } = *ev {
                 let s = &mut self.session;
-                let inherited = if pid == tgid {
-                    crate::classify::inherit_original(&mut s.state, &s.proc, parent, pid, tgid)
+                let (tid, tgid, parent) = (
+                    ThreadId::new(pid),
+                    ProcessId::new(tgid),
+                    ThreadId::new(parent),
+                );
+                let inherited = if tid == tgid.main_thread() {
+                    crate::classify::inherit_original(&mut s.state, &s.proc, parent, tid, tgid)
                 } else {
-                    crate::classify::inherit_thread(&mut s.state, &s.proc, pid, tgid)
+                    crate::classify::inherit_thread(&mut s.state, &s.proc, tid, tgid)
                 };
                 touched += usize::from(inherited);
             }
@@ -87,12 +95,12 @@ impl Engine {
                 // A new process, an exec, or a rename of a main thread: the whole process
                 // (its match may have changed).
                 Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } if pid == tgid => {
-                    touched += self.classify(tgid, None)
+                    touched += self.classify(ProcessId::new(tgid), None)
                 }
-                Event::Exec { tgid, .. } => touched += self.classify(tgid, None),
+                Event::Exec { tgid, .. } => touched += self.classify(ProcessId::new(tgid), None),
                 // A new or renamed thread.
                 Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } => {
-                    touched += self.classify(tgid, Some(pid))
+                    touched += self.classify(ProcessId::new(tgid), Some(ThreadId::new(pid)))
                 }
             }
         }
@@ -102,7 +110,7 @@ impl Engine {
     }
 
     /// Classifies a process (or one of its threads); a task that is gone is not an error.
-    fn classify(&mut self, pid: u32, tid: Option<u32>) -> usize {
+    fn classify(&mut self, pid: ProcessId, tid: Option<ThreadId>) -> usize {
         let rules = std::mem::take(&mut self.loaded.rules);
         let r = match tid {
             None => crate::classify::classify_process(&mut self.session, &rules, pid)
@@ -115,7 +123,8 @@ impl Engine {
             Ok(n) => n,
             Err(crate::place::PlaceError::Gone(_)) => 0,
             Err(e) => {
-                tracing::warn!(pid, tid = tid.unwrap_or(pid), "rule not applied: {e}");
+                let tid = tid.unwrap_or(pid.main_thread());
+                tracing::warn!(pid = pid.get(), tid = tid.get(), "rule not applied: {e}");
                 0
             }
         }
@@ -130,7 +139,8 @@ impl Engine {
     /// Drops state records of tasks that exited (bounded memory, whatever the history).
     pub fn forget_exited(&mut self) {
         let proc = &self.session.proc;
-        let alive = |id: u32, st: u64| proc.stat(id).is_ok_and(|s| s.starttime == st);
+        let alive =
+            |id: u32, st: crate::procfs::StartTime| proc.stat(id).is_ok_and(|s| s.start() == st);
         let state = &mut self.session.state;
         state.tasks.retain(|&id, r| alive(id, r.starttime));
         state.attrs.retain(|&id, r| alive(id, r.starttime));
@@ -146,9 +156,9 @@ impl Engine {
         }
         let state = &mut self.session.state;
         let before = state.tasks.len() + state.attrs.len() + state.why.len();
-        state.tasks.retain(|_, r| !pids.contains(&r.pid));
-        state.attrs.retain(|_, r| !pids.contains(&r.pid));
-        state.why.retain(|_, r| !pids.contains(&r.pid));
+        state.tasks.retain(|_, r| !pids.contains(&r.pid.get()));
+        state.attrs.retain(|_, r| !pids.contains(&r.pid.get()));
+        state.why.retain(|_, r| !pids.contains(&r.pid.get()));
         if state.tasks.len() + state.attrs.len() + state.why.len() != before {
             self.save_quietly();
         }
