@@ -221,6 +221,51 @@ const KEYS: &[&str] = &[
 /// ```
 pub fn parse_description(file: &str, text: &str) -> Result<Topology, yaml::YamlError> {
     let doc = yaml::parse(file, text)?;
+    check_keys(&doc)?;
+    let required = |key: &str| {
+        doc.get(key)
+            .ok_or_else(|| doc.error(format!("`{key}` is missing")))
+    };
+    let possible = cpulist(required("possible")?, "possible")?;
+    if possible.is_empty() {
+        return Err(required("possible")?.error("possible: expected at least one CPU"));
+    }
+    let little = little_cpus(required("little")?, &possible)?;
+    let source_node = required("source")?;
+    let source = parse_source(source_node)?;
+    if source.is_none() != little.is_empty() {
+        return Err(source_node.error("source: `none` exactly when `little` is empty"));
+    }
+
+    let mut cpus: Vec<Cpu> = possible
+        .iter()
+        .map(|cpu| Cpu {
+            cpu,
+            value: None,
+            online: true,
+            isolated: false,
+            readings: BTreeMap::new(),
+        })
+        .collect();
+    read_attributes(&doc, &possible, &mut cpus)?;
+    let shown = shown_attribute(source);
+    for c in &mut cpus {
+        c.value = shown.and_then(|a| c.readings.get(a.file()).copied());
+    }
+    Ok(Topology {
+        source,
+        hybrid: !little.is_empty() && little != possible,
+        little,
+        all: possible.clone(),
+        possible,
+        isolated: CpuList::new(),
+        cpus,
+        warnings: Vec::new(),
+    })
+}
+
+/// The description is a mapping of known keys only.
+fn check_keys(doc: &Node) -> Result<(), yaml::YamlError> {
     let Some(entries) = doc.as_map() else {
         return Err(doc.error(format!(
             "a CPU description must be a mapping, found {}",
@@ -236,49 +281,41 @@ pub fn parse_description(file: &str, text: &str) -> Result<Topology, yaml::YamlE
             )));
         }
     }
-    let required = |key: &str| {
-        doc.get(key)
-            .ok_or_else(|| doc.error(format!("`{key}` is missing")))
-    };
-    let possible = cpulist(required("possible")?, "possible")?;
-    if possible.is_empty() {
-        return Err(required("possible")?.error("possible: expected at least one CPU"));
-    }
-    let little_node = required("little")?;
-    let little = cpulist(little_node, "little")?;
-    if !little.is_subset(&possible) {
-        return Err(little_node.error(format!(
+    Ok(())
+}
+
+/// `little`: a CPU list within `possible` (possibly empty).
+fn little_cpus(node: &Node, possible: &CpuList) -> Result<CpuList, yaml::YamlError> {
+    let little = cpulist(node, "little")?;
+    if !little.is_subset(possible) {
+        return Err(node.error(format!(
             "little: CPUs {} are not in possible ({possible})",
-            little.difference(&possible)
+            little.difference(possible)
         )));
     }
-    let source_node = required("source")?;
-    let source = match source_node.as_str().unwrap_or_default() {
-        "cpu_capacity" => Some(Source::CpuCapacity),
-        "cpuinfo_max_freq" => Some(Source::CpuinfoMaxFreq),
-        "acpi_cppc" => Some(Source::AcpiCppc),
-        "cpu_atom" => Some(Source::CpuAtom),
-        "none" => None,
-        other => {
-            return Err(source_node.error(format!(
-                "source: expected cpu_capacity, cpuinfo_max_freq, acpi_cppc, cpu_atom or none, found {other:?}"
-            )));
-        }
-    };
-    if source.is_none() != little.is_empty() {
-        return Err(source_node.error("source: `none` exactly when `little` is empty"));
-    }
+    Ok(little)
+}
 
-    let mut cpus: Vec<Cpu> = possible
-        .iter()
-        .map(|cpu| Cpu {
-            cpu,
-            value: None,
-            online: true,
-            isolated: false,
-            readings: BTreeMap::new(),
-        })
-        .collect();
+/// `source`: the attribute that tells the CPUs apart, none for `none`.
+fn parse_source(node: &Node) -> Result<Option<Source>, yaml::YamlError> {
+    match node.as_str().unwrap_or_default() {
+        "cpu_capacity" => Ok(Some(Source::CpuCapacity)),
+        "cpuinfo_max_freq" => Ok(Some(Source::CpuinfoMaxFreq)),
+        "acpi_cppc" => Ok(Some(Source::AcpiCppc)),
+        "cpu_atom" => Ok(Some(Source::CpuAtom)),
+        "none" => Ok(None),
+        other => Err(node.error(format!(
+            "source: expected cpu_capacity, cpuinfo_max_freq, acpi_cppc, cpu_atom or none, found {other:?}"
+        ))),
+    }
+}
+
+/// Each attribute key given (`{0-5: 415, 6-7: 1024}`) becomes a reading of its CPUs.
+fn read_attributes(
+    doc: &Node,
+    possible: &CpuList,
+    cpus: &mut [Cpu],
+) -> Result<(), yaml::YamlError> {
     for (key, attr) in [
         ("cpu_capacity", Attribute::CpuCapacity),
         ("cpuinfo_max_freq", Attribute::CpuinfoMaxFreq),
@@ -293,47 +330,43 @@ pub fn parse_description(file: &str, text: &str) -> Result<Topology, yaml::YamlE
         };
         for (k, v) in values {
             let list = cpulist(k, key)?;
-            if !list.is_subset(&possible) {
+            if !list.is_subset(possible) {
                 return Err(k.error(format!(
                     "{key}: CPUs {} are not in possible ({possible})",
-                    list.difference(&possible)
+                    list.difference(possible)
                 )));
             }
-            let value = v
-                .as_str()
-                .and_then(|s| s.parse::<u64>().ok())
-                .filter(|&n| n > 0)
-                .ok_or_else(|| {
-                    v.error(format!(
-                        "{key}: expected a positive whole number, found {:?}",
-                        v.as_str().unwrap_or_default()
-                    ))
-                })?;
+            let value = positive(v, key)?;
             for c in cpus.iter_mut().filter(|c| list.contains(c.cpu)) {
                 c.readings.insert(attr.file(), value);
             }
         }
     }
-    // As detection reports it: the winning attribute's value (max_freq for cpu_atom).
-    let shown = match source {
+    Ok(())
+}
+
+/// An attribute's value: a positive whole number.
+fn positive(v: &Node, key: &str) -> Result<u64, yaml::YamlError> {
+    v.as_str()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            v.error(format!(
+                "{key}: expected a positive whole number, found {:?}",
+                v.as_str().unwrap_or_default()
+            ))
+        })
+}
+
+/// The attribute whose value a CPU shows, as detection reports it: the winning attribute's
+/// (max_freq for cpu_atom).
+fn shown_attribute(source: Option<Source>) -> Option<Attribute> {
+    match source {
         Some(Source::CpuCapacity) => Some(Attribute::CpuCapacity),
         Some(Source::CpuinfoMaxFreq | Source::CpuAtom) => Some(Attribute::CpuinfoMaxFreq),
         Some(Source::AcpiCppc) => Some(Attribute::AcpiCppc),
         _ => None,
-    };
-    for c in &mut cpus {
-        c.value = shown.and_then(|a| c.readings.get(a.file()).copied());
     }
-    Ok(Topology {
-        source,
-        hybrid: !little.is_empty() && little != possible,
-        little,
-        all: possible.clone(),
-        possible,
-        isolated: CpuList::new(),
-        cpus,
-        warnings: Vec::new(),
-    })
 }
 
 fn cpulist(node: &Node, key: &str) -> Result<CpuList, yaml::YamlError> {

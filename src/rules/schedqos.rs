@@ -88,90 +88,7 @@ pub fn qos_mappings(doc: &Node, set: &mut RuleSet) -> Result<(), YamlError> {
             tag.error(format!("unknown QoS tag {written:?} (expected {TAG_LIST})"))
         })?;
         let &(_, class, policy) = TAGS.iter().find(|t| t.0 == name).expect("a known tag");
-        let m = map(def, written)?.only(written, &MAPPING_KEYS)?;
-        let key = |k: &str| format!("{written}.{k}");
-        let mut attrs = TaskAttrs {
-            policy: Some(policy),
-            nice: Some(0),
-            uclamp_min: Some(0),
-            uclamp_max: Some(1024),
-            ..TaskAttrs::default()
-        };
-        if let Some(n) = m.get("sched_policy") {
-            let s = schema::json_string(n, &key("sched_policy"))?;
-            if s == "SCHED_DEADLINE" {
-                return Err(n.error(format!(
-                    "{}: SCHED_DEADLINE is not supported by cgqos (use SCHED_NORMAL, SCHED_BATCH, SCHED_IDLE, SCHED_FIFO or SCHED_RR)",
-                    key("sched_policy")
-                )));
-            }
-            attrs.policy = Some(schema::keyword(
-                n,
-                &key("sched_policy"),
-                "SCHED_NORMAL, SCHED_OTHER, SCHED_BATCH, SCHED_IDLE, SCHED_FIFO or SCHED_RR",
-                &POLICIES,
-            )?);
-        }
-        if let Some(n) = m.get("sched_nice") {
-            attrs.nice = Some(schema::plain_int_in(n, &key("sched_nice"), -20, 19)?);
-        }
-        let rt = attrs.policy.is_some_and(sched::is_realtime);
-        match m.get("sched_priority") {
-            Some(n) => {
-                let p = schema::plain_int_in(n, &key("sched_priority"), 0u32, 99)?;
-                match (rt, p) {
-                    (true, 0) | (false, 1..) => {
-                        return Err(n.error(format!(
-                            "{}: a priority 1-99 goes with SCHED_FIFO or SCHED_RR, and only with them",
-                            key("sched_priority")
-                        )));
-                    }
-                    (true, p) => attrs.priority = Some(p),
-                    (false, _) => {}
-                }
-            }
-            None if rt => {
-                return Err(def.error(format!(
-                    "{}: SCHED_FIFO and SCHED_RR need a sched_priority 1-99",
-                    key("sched_policy")
-                )));
-            }
-            None => {}
-        }
-        if let Some(n) = m.get("sched_runtime") {
-            // A fair task's slice request; 0 keeps the kernel's default slice. EEVDF takes
-            // 0.1 ms to 100 ms.
-            let r = schema::plain_int_in(n, &key("sched_runtime"), 0u64, 100_000_000)?;
-            if r != 0 && r < 100_000 {
-                return Err(schema::expected(
-                    n,
-                    &key("sched_runtime"),
-                    "0 or nanoseconds 100000-100000000",
-                    &r.to_string(),
-                ));
-            }
-            attrs.runtime_ns = (r != 0).then_some(r);
-        }
-        // Deadline parameters: schedqos passes them on, the kernel reads them only for
-        // SCHED_DEADLINE, which cgqos refuses above. Checked, no effect.
-        for k in ["sched_deadline", "sched_period"] {
-            if let Some(n) = m.get(k) {
-                schema::plain_int_in(n, &key(k), 0u64, u64::MAX)?;
-            }
-        }
-        if let Some(n) = m.get("sched_util_min") {
-            attrs.uclamp_min = Some(schema::plain_int_in(n, &key("sched_util_min"), 0, 1024)?);
-        }
-        if let Some(n) = m.get("sched_util_max") {
-            attrs.uclamp_max = Some(schema::plain_int_in(n, &key("sched_util_max"), 0, 1024)?);
-        }
-        if let (Some(lo), Some(hi)) = (attrs.uclamp_min, attrs.uclamp_max) {
-            if lo > hi {
-                return Err(def.error(format!(
-                    "{written}: sched_util_min {lo} is above sched_util_max {hi}"
-                )));
-            }
-        }
+        let attrs = mapping_attrs(def, written, policy)?;
         if let Some(prev) = set.classes.0.iter().find(|c| c.name == name) {
             return Err(tag.error(format!(
                 "{written}: {name} is already defined at {}",
@@ -190,6 +107,114 @@ pub fn qos_mappings(doc: &Node, set: &mut RuleSet) -> Result<(), YamlError> {
         });
     }
     Ok(())
+}
+
+/// One tag's mapping `def` (written as `written`): the tag's compiled-in `policy`, nice 0
+/// and both clamps, overlaid by the keys given. Checked in this order: policy, nice,
+/// priority, runtime, deadline parameters, clamps.
+fn mapping_attrs(def: &Node, written: &str, policy: u32) -> Result<TaskAttrs, YamlError> {
+    let m = map(def, written)?.only(written, &MAPPING_KEYS)?;
+    let key = |k: &str| format!("{written}.{k}");
+    let mut attrs = TaskAttrs {
+        policy: Some(policy),
+        nice: Some(0),
+        uclamp_min: Some(0),
+        uclamp_max: Some(1024),
+        ..TaskAttrs::default()
+    };
+    if let Some(n) = m.get("sched_policy") {
+        attrs.policy = Some(sched_policy(n, &key("sched_policy"))?);
+    }
+    if let Some(n) = m.get("sched_nice") {
+        attrs.nice = Some(schema::plain_int_in(n, &key("sched_nice"), -20, 19)?);
+    }
+    let rt = attrs.policy.is_some_and(sched::is_realtime);
+    attrs.priority = sched_priority(def, m.get("sched_priority"), rt, written)?;
+    if let Some(n) = m.get("sched_runtime") {
+        attrs.runtime_ns = sched_runtime(n, &key("sched_runtime"))?;
+    }
+    // Deadline parameters: schedqos passes them on, the kernel reads them only for
+    // SCHED_DEADLINE, which cgqos refuses above. Checked, no effect.
+    for k in ["sched_deadline", "sched_period"] {
+        if let Some(n) = m.get(k) {
+            schema::plain_int_in(n, &key(k), 0u64, u64::MAX)?;
+        }
+    }
+    if let Some(n) = m.get("sched_util_min") {
+        attrs.uclamp_min = Some(schema::plain_int_in(n, &key("sched_util_min"), 0, 1024)?);
+    }
+    if let Some(n) = m.get("sched_util_max") {
+        attrs.uclamp_max = Some(schema::plain_int_in(n, &key("sched_util_max"), 0, 1024)?);
+    }
+    if let (Some(lo), Some(hi)) = (attrs.uclamp_min, attrs.uclamp_max) {
+        if lo > hi {
+            return Err(def.error(format!(
+                "{written}: sched_util_min {lo} is above sched_util_max {hi}"
+            )));
+        }
+    }
+    Ok(attrs)
+}
+
+/// `sched_policy` (named `what` in errors): one of schedqos's policy names but
+/// SCHED_DEADLINE, which cgqos refuses.
+fn sched_policy(n: &Node, what: &str) -> Result<u32, YamlError> {
+    let s = schema::json_string(n, what)?;
+    if s == "SCHED_DEADLINE" {
+        return Err(n.error(format!(
+            "{what}: SCHED_DEADLINE is not supported by cgqos (use SCHED_NORMAL, SCHED_BATCH, SCHED_IDLE, SCHED_FIFO or SCHED_RR)"
+        )));
+    }
+    schema::keyword(
+        n,
+        what,
+        "SCHED_NORMAL, SCHED_OTHER, SCHED_BATCH, SCHED_IDLE, SCHED_FIFO or SCHED_RR",
+        &POLICIES,
+    )
+}
+
+/// `sched_priority`: 1-99 exactly when the policy is realtime (`rt`), which needs one; a 0
+/// for a fair policy is accepted and means none.
+fn sched_priority(
+    def: &Node,
+    given: Option<&Node>,
+    rt: bool,
+    written: &str,
+) -> Result<Option<u32>, YamlError> {
+    let key = |k: &str| format!("{written}.{k}");
+    match given {
+        Some(n) => {
+            let p = schema::plain_int_in(n, &key("sched_priority"), 0u32, 99)?;
+            match (rt, p) {
+                (true, 0) | (false, 1..) => Err(n.error(format!(
+                    "{}: a priority 1-99 goes with SCHED_FIFO or SCHED_RR, and only with them",
+                    key("sched_priority")
+                ))),
+                (true, p) => Ok(Some(p)),
+                (false, _) => Ok(None),
+            }
+        }
+        None if rt => Err(def.error(format!(
+            "{}: SCHED_FIFO and SCHED_RR need a sched_priority 1-99",
+            key("sched_policy")
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// `sched_runtime` (named `what` in errors): a fair task's slice request; 0 keeps the
+/// kernel's default slice (none). EEVDF takes 0.1 ms to 100 ms.
+fn sched_runtime(n: &Node, what: &str) -> Result<Option<u64>, YamlError> {
+    let r = schema::plain_int_in(n, what, 0u64, 100_000_000)?;
+    if r != 0 && r < 100_000 {
+        return Err(schema::expected(
+            n,
+            what,
+            "0 or nanoseconds 100000-100000000",
+            &r.to_string(),
+        ));
+    }
+    Ok((r != 0).then_some(r))
 }
 
 /// `sched_profiles.json`: schedqos's debugfs and cpufreq profiles. cgqos sets neither; the

@@ -122,91 +122,26 @@ pub fn parent(path: &str) -> Option<&str> {
 /// Rows for every group of `cur`, with rates measured from `prev`.
 pub fn compute(prev: &Snapshot, cur: &Snapshot, state: &State, clk_tck: u64) -> Vec<GroupRow> {
     let elapsed_usec = cur.at_usec.saturating_sub(prev.at_usec);
-    let index: HashMap<&str, usize> = cur
-        .groups
-        .iter()
-        .enumerate()
-        .map(|(i, g)| (g.path.as_str(), i))
-        .collect();
     let prev_usage: HashMap<&str, Option<u64>> = prev
         .groups
         .iter()
         .map(|g| (g.path.as_str(), g.usage_usec))
         .collect();
-
-    // Each listed thread counts in its group and every ancestor shown.
-    let mut members: Vec<Vec<u32>> = vec![Vec::new(); cur.groups.len()];
-    let mut where_: HashMap<u32, &str> = HashMap::new();
-    for g in &cur.groups {
-        for &tid in &g.threads {
-            where_.insert(tid, g.path.as_str());
-            let mut p = Some(g.path.as_str());
-            while let Some(path) = p {
-                if let Some(&i) = index.get(path) {
-                    members[i].push(tid);
-                }
-                p = parent(path);
-            }
-        }
-    }
-
-    let task_row = |tid: u32| -> Option<TaskRow> {
-        let t = cur.tasks.get(&tid)?;
-        Some(TaskRow {
-            tid,
-            pid: t.pid,
-            comm: t.comm.clone(),
-            cgroup: where_.get(&tid).map_or(String::new(), |s| s.to_string()),
-            cpu_percent: task_cpu(prev.tasks.get(&tid), t, elapsed_usec, clk_tck),
-            placed_by: placed_by(state, t, &cur.tasks),
-        })
-    };
-    let rows_of_tasks: HashMap<u32, TaskRow> = where_
-        .keys()
-        .filter_map(|&tid| task_row(tid).map(|r| (tid, r)))
-        .collect();
+    let (members, where_) = subtree_members(cur);
+    let rows_of_tasks = task_rows(prev, cur, state, clk_tck, &where_);
 
     let mut eff: HashMap<&str, (f64, f64)> = HashMap::new();
     let mut out = Vec::with_capacity(cur.groups.len());
     for (i, g) in cur.groups.iter().enumerate() {
-        let above = parent(&g.path)
-            .and_then(|p| eff.get(p).copied())
-            .or(cur.parent_uclamp)
-            .unwrap_or((100.0, 100.0));
-        let uclamp_min_effective = g.uclamp_min.map(|min| {
-            let max = g.uclamp_max.unwrap_or(100.0).min(above.1);
-            // The kernel caps a group's protection by its limit, both after its parent's.
-            let e = (min.min(above.0).min(max), max);
-            eff.insert(g.path.as_str(), e);
-            e.0
-        });
-        let mut tasks: Vec<TaskRow> = members[i]
-            .iter()
-            .filter_map(|tid| rows_of_tasks.get(tid).cloned())
-            .collect();
-        tasks.sort_by(|a, b| {
-            b.cpu_percent
-                .total_cmp(&a.cpu_percent)
-                .then(a.tid.cmp(&b.tid))
-        });
+        let uclamp_min_effective = effective_uclamp_min(g, cur.parent_uclamp, &mut eff);
+        let tasks = busiest_first(&members[i], &rows_of_tasks);
         let processes = tasks.iter().map(|t| t.pid).collect::<HashSet<_>>().len();
-        let cpu_percent = match (
-            prev_usage.get(g.path.as_str()).copied().flatten(),
-            g.usage_usec,
-        ) {
-            (Some(a), Some(b)) if b >= a && elapsed_usec > 0 => {
-                Some(round2((b - a) as f64 * 100.0 / elapsed_usec as f64))
-            }
-            _ => None,
-        };
+        let before = prev_usage.get(g.path.as_str()).copied().flatten();
+        let cpu_percent = group_cpu_percent(before, g.usage_usec, elapsed_usec);
         let placement = layout::classify(&g.path);
         out.push(GroupRow {
             path: g.path.clone(),
-            depth: if g.path.is_empty() {
-                0
-            } else {
-                g.path.split('/').count()
-            },
+            depth: depth(&g.path),
             kind: g.kind.clone(),
             group: placement.as_ref().map(|p| p.group.clone()),
             class: placement.and_then(|p| p.class),
@@ -222,6 +157,112 @@ pub fn compute(prev: &Snapshot, cur: &Snapshot, state: &State, clk_tck: u64) -> 
         });
     }
     out
+}
+
+/// Per group of `cur` (by index), the threads of its subtree; and each thread's own group.
+/// Each listed thread counts in its group and every ancestor shown.
+fn subtree_members(cur: &Snapshot) -> (Vec<Vec<u32>>, HashMap<u32, &str>) {
+    let index: HashMap<&str, usize> = cur
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.path.as_str(), i))
+        .collect();
+    let mut members: Vec<Vec<u32>> = vec![Vec::new(); cur.groups.len()];
+    let mut where_: HashMap<u32, &str> = HashMap::new();
+    for g in &cur.groups {
+        for &tid in &g.threads {
+            where_.insert(tid, g.path.as_str());
+            let mut p = Some(g.path.as_str());
+            while let Some(path) = p {
+                if let Some(&i) = index.get(path) {
+                    members[i].push(tid);
+                }
+                p = parent(path);
+            }
+        }
+    }
+    (members, where_)
+}
+
+/// A row for every listed thread still in `cur`'s tasks, keyed by thread id.
+fn task_rows(
+    prev: &Snapshot,
+    cur: &Snapshot,
+    state: &State,
+    clk_tck: u64,
+    where_: &HashMap<u32, &str>,
+) -> HashMap<u32, TaskRow> {
+    let elapsed_usec = cur.at_usec.saturating_sub(prev.at_usec);
+    let task_row = |tid: u32| -> Option<TaskRow> {
+        let t = cur.tasks.get(&tid)?;
+        Some(TaskRow {
+            tid,
+            pid: t.pid,
+            comm: t.comm.clone(),
+            cgroup: where_.get(&tid).map_or(String::new(), |s| s.to_string()),
+            cpu_percent: task_cpu(prev.tasks.get(&tid), t, elapsed_usec, clk_tck),
+            placed_by: placed_by(state, t, &cur.tasks),
+        })
+    };
+    where_
+        .keys()
+        .filter_map(|&tid| task_row(tid).map(|r| (tid, r)))
+        .collect()
+}
+
+/// The uclamp.min the kernel enforces for `g`, recording its effective (min, max) in `eff`
+/// for its children. Parents come before children in the snapshot, so `eff` holds them.
+fn effective_uclamp_min<'a>(
+    g: &'a GroupSnap,
+    parent_uclamp: Option<(f64, f64)>,
+    eff: &mut HashMap<&'a str, (f64, f64)>,
+) -> Option<f64> {
+    let above = parent(&g.path)
+        .and_then(|p| eff.get(p).copied())
+        .or(parent_uclamp)
+        .unwrap_or((100.0, 100.0));
+    g.uclamp_min.map(|min| {
+        let max = g.uclamp_max.unwrap_or(100.0).min(above.1);
+        // The kernel caps a group's protection by its limit, both after its parent's.
+        let e = (min.min(above.0).min(max), max);
+        eff.insert(g.path.as_str(), e);
+        e.0
+    })
+}
+
+/// The rows of `tids`, busiest first, then by thread id.
+fn busiest_first(tids: &[u32], rows: &HashMap<u32, TaskRow>) -> Vec<TaskRow> {
+    let mut tasks: Vec<TaskRow> = tids
+        .iter()
+        .filter_map(|tid| rows.get(tid).cloned())
+        .collect();
+    tasks.sort_by(|a, b| {
+        b.cpu_percent
+            .total_cmp(&a.cpu_percent)
+            .then(a.tid.cmp(&b.tid))
+    });
+    tasks
+}
+
+/// Percent of one CPU a group used between two `usage_usec` reads; none when either is
+/// missing, the counter went back or no time passed.
+fn group_cpu_percent(before: Option<u64>, now: Option<u64>, elapsed_usec: u64) -> Option<f64> {
+    match (before, now) {
+        (Some(a), Some(b)) if b >= a && elapsed_usec > 0 => {
+            Some(round2((b - a) as f64 * 100.0 / elapsed_usec as f64))
+        }
+        _ => None,
+    }
+}
+
+/// Components below the root (`""` is 0).
+fn depth(path: &str) -> usize {
+    if path.is_empty() {
+        0
+    } else {
+        path.split('/').count()
+    }
 }
 
 /// Percent of one CPU a task used between two reads. A task not seen at the first read (or
