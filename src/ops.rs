@@ -15,7 +15,7 @@ use crate::error::{CliError, CliResult, Exit, Kind};
 use crate::layout::{self, Target, validate_vm_name};
 use crate::model::{Code, RestrictState, TaskRef};
 use crate::place::{Held, PlaceError, Placer, TeardownReport, ThreadPlace};
-use crate::plan::{Op, Plan, Tree, join, vm_steps};
+use crate::plan::{Op, Plan, Step, Tree, join, vm_steps};
 use crate::procfs::{ProcessId, Procfs, StartTime, TaskKey, ThreadId};
 use crate::rules::{ClassDef, Classes};
 use crate::state::{Restriction, State};
@@ -413,69 +413,8 @@ pub struct Status {
 }
 
 pub fn status(cg: &CgroupFs, board: &Board, plan: &Plan) -> Status {
-    let mut steps: Vec<_> = plan
-        .steps
-        .iter()
-        .filter(|s| s.tree == Tree::Cgroup)
-        .cloned()
-        .collect();
-    // VM groups added at run time are part of the tree too.
-    for vm in cg.children(layout::VMS) {
-        if !crate::plan::plans_vm(plan, &vm) {
-            let (weight, uclamp) = vm_settings(board, plan, &vm);
-            steps.extend(vm_steps(&vm, weight, uclamp));
-        }
-    }
-    let mut groups: Vec<GroupStatus> = Vec::new();
-    for step in &steps {
-        let (dir, file) = match step.op {
-            Op::Mkdir => (step.path.as_str(), None),
-            Op::Write => {
-                let (d, f) = step.split();
-                (d, Some(f))
-            }
-        };
-        if groups.iter().all(|g| g.path != dir) {
-            groups.push(group_status(cg, dir));
-        }
-        let Some(file) = file else { continue };
-        let g = groups
-            .iter_mut()
-            .find(|g| g.path == dir)
-            .expect("pushed above");
-        let requested = step.value.clone().unwrap_or_default();
-        let current = cg.read(&step.path).ok().map(|v| v.trim().to_string());
-        let state = match (&current, g.exists) {
-            (_, false) => "missing",
-            (None, true) if file == files::CPU_UCLAMP_MIN && cg.is_hierarchy_root(dir) => continue,
-            (None, true) => "unsupported",
-            (Some(c), true) if file == files::SUBTREE_CONTROL => {
-                let available = cg.read(&join(dir, files::CONTROLLERS)).unwrap_or_default();
-                let wanted: Vec<&str> = requested
-                    .split_whitespace()
-                    .map(|c| c.trim_start_matches('+'))
-                    .collect();
-                if wanted.iter().all(|w| c.split_whitespace().any(|x| x == *w)) {
-                    "ok"
-                } else if wanted
-                    .iter()
-                    .any(|w| !available.split_whitespace().any(|x| x == *w))
-                {
-                    "unsupported"
-                } else {
-                    "differs"
-                }
-            }
-            (Some(c), true) if same_value(file, c, &requested) => "ok",
-            (Some(_), true) => "differs",
-        };
-        g.settings.push(SettingStatus {
-            file: file.to_string(),
-            requested,
-            current,
-            state: state.into(),
-        });
-    }
+    let steps = status_steps(cg, board, plan);
+    let groups = groups_status(cg, &steps);
     let unsupported: Vec<String> = groups
         .iter()
         .flat_map(|g| {
@@ -497,6 +436,108 @@ pub fn status(cg: &CgroupFs, board: &Board, plan: &Plan) -> Status {
         in_sync,
         unsupported,
         groups,
+    }
+}
+
+/// The cgroup steps `status` compares: the plan's, plus those of VM groups added at run
+/// time (they are part of the tree too).
+fn status_steps(cg: &CgroupFs, board: &Board, plan: &Plan) -> Vec<Step> {
+    let mut steps: Vec<_> = plan
+        .steps
+        .iter()
+        .filter(|s| s.tree == Tree::Cgroup)
+        .cloned()
+        .collect();
+    for vm in cg.children(layout::VMS) {
+        if !crate::plan::plans_vm(plan, &vm) {
+            let (weight, uclamp) = vm_settings(board, plan, &vm);
+            steps.extend(vm_steps(&vm, weight, uclamp));
+        }
+    }
+    steps
+}
+
+/// One entry per group the steps name, in step order, each with the state of the files
+/// the steps write in it.
+fn groups_status(cg: &CgroupFs, steps: &[Step]) -> Vec<GroupStatus> {
+    let mut groups: Vec<GroupStatus> = Vec::new();
+    for step in steps {
+        let (dir, file) = match step.op {
+            Op::Mkdir => (step.path.as_str(), None),
+            Op::Write => {
+                let (d, f) = step.split();
+                (d, Some(f))
+            }
+        };
+        if groups.iter().all(|g| g.path != dir) {
+            groups.push(group_status(cg, dir));
+        }
+        let Some(file) = file else { continue };
+        let g = groups
+            .iter_mut()
+            .find(|g| g.path == dir)
+            .expect("pushed above");
+        let requested = step.value.clone().unwrap_or_default();
+        let current = cg.read(&step.path).ok().map(|v| v.trim().to_string());
+        let Some(state) = setting_state(cg, dir, file, &requested, current.as_deref(), g.exists)
+        else {
+            continue;
+        };
+        g.settings.push(SettingStatus {
+            file: file.to_string(),
+            requested,
+            current,
+            state: state.into(),
+        });
+    }
+    groups
+}
+
+/// How a file of group `dir` compares with the value the plan requests: "missing",
+/// "unsupported", "differs" or "ok"; `None` for a setting not to report (uclamp on the
+/// hierarchy root, which has no such file).
+fn setting_state(
+    cg: &CgroupFs,
+    dir: &str,
+    file: &str,
+    requested: &str,
+    current: Option<&str>,
+    exists: bool,
+) -> Option<&'static str> {
+    Some(match (current, exists) {
+        (_, false) => "missing",
+        (None, true) if file == files::CPU_UCLAMP_MIN && cg.is_hierarchy_root(dir) => {
+            return None;
+        }
+        (None, true) => "unsupported",
+        (Some(c), true) if file == files::SUBTREE_CONTROL => {
+            subtree_control_state(cg, dir, c, requested)
+        }
+        (Some(c), true) if same_value(file, c, requested) => "ok",
+        (Some(_), true) => "differs",
+    })
+}
+
+/// cgroup.subtree_control holds at least the requested controllers ("ok"); or cannot, as
+/// the kernel does not offer one of them here ("unsupported"); or does not yet ("differs").
+fn subtree_control_state(cg: &CgroupFs, dir: &str, current: &str, requested: &str) -> &'static str {
+    let available = cg.read(&join(dir, files::CONTROLLERS)).unwrap_or_default();
+    let wanted: Vec<&str> = requested
+        .split_whitespace()
+        .map(|c| c.trim_start_matches('+'))
+        .collect();
+    if wanted
+        .iter()
+        .all(|w| current.split_whitespace().any(|x| x == *w))
+    {
+        "ok"
+    } else if wanted
+        .iter()
+        .any(|w| !available.split_whitespace().any(|x| x == *w))
+    {
+        "unsupported"
+    } else {
+        "differs"
     }
 }
 

@@ -113,96 +113,132 @@ pub async fn reload_request(shared: &Arc<Shared>, caller: &Caller, id: Value) ->
 /// Reloads when a file in the configuration directory is written, renamed into place,
 /// created or removed (editors replace files by rename), after a short quiet period.
 pub fn config_watch(shared: Arc<Shared>, dir: &Path) {
-    use inotify::{Inotify, WatchMask};
-    let ino = match Inotify::init() {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::warn!("inotify unavailable ({e}): configuration changes need SIGHUP");
-            return;
-        }
+    let Some(ino) = watch_config_dir(dir) else {
+        return;
     };
-    let mask = WatchMask::CLOSE_WRITE
+    // Rules live one level down; a rules.d created later is picked up when it appears.
+    let rules_dir = dir.join(crate::rules::load::RULES_DIR);
+    if rules_dir.is_dir() {
+        watch_rules_dir(&mut ino.watches(), &rules_dir);
+    }
+    tracing::info!("watching {} for configuration changes", dir.display());
+    let watches = ino.watches();
+    tokio::spawn(config_events(shared, ino, watches, rules_dir));
+}
+
+/// The inotify events that can change the configuration.
+fn config_mask() -> inotify::WatchMask {
+    use inotify::WatchMask;
+    WatchMask::CLOSE_WRITE
         | WatchMask::MOVED_TO
         | WatchMask::MOVED_FROM
         | WatchMask::CREATE
-        | WatchMask::DELETE;
-    if let Err(e) = ino.watches().add(dir, mask) {
+        | WatchMask::DELETE
+}
+
+/// An inotify instance watching `dir`; `None` (logged) when there is none: changes then
+/// need SIGHUP.
+fn watch_config_dir(dir: &Path) -> Option<inotify::Inotify> {
+    let ino = match inotify::Inotify::init() {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!("inotify unavailable ({e}): configuration changes need SIGHUP");
+            return None;
+        }
+    };
+    if let Err(e) = ino.watches().add(dir, config_mask()) {
         tracing::warn!(
             "cannot watch {} ({e}): configuration changes need SIGHUP",
             dir.display()
         );
+        return None;
+    }
+    Some(ino)
+}
+
+/// Adds the rules directory to the watch; a failure is logged (rule changes then need
+/// SIGHUP).
+fn watch_rules_dir(watches: &mut inotify::Watches, rules_dir: &Path) {
+    if let Err(e) = watches.add(rules_dir, config_mask()) {
+        tracing::warn!(
+            "cannot watch {} ({e}): rule changes need SIGHUP",
+            rules_dir.display()
+        );
+    }
+}
+
+/// The watch's task: reads events, watches a rules directory that appears, and reloads
+/// after a burst of relevant events. Ends when the descriptor fails.
+async fn config_events(
+    shared: Arc<Shared>,
+    ino: inotify::Inotify,
+    mut watches: inotify::Watches,
+    rules_dir: std::path::PathBuf,
+) {
+    let Ok(mut afd) = async_fd(ino, Interest::READABLE) else {
         return;
-    }
-    // Rules live one level down; a rules.d created later is picked up when it appears.
-    let rules_dir = dir.join(crate::rules::load::RULES_DIR);
-    if rules_dir.is_dir() {
-        if let Err(e) = ino.watches().add(&rules_dir, mask) {
-            tracing::warn!(
-                "cannot watch {} ({e}): rule changes need SIGHUP",
-                rules_dir.display()
-            );
-        }
-    }
-    tracing::info!("watching {} for configuration changes", dir.display());
-    let mut watches = ino.watches();
-    tokio::spawn(async move {
-        let Ok(mut afd) = async_fd(ino, Interest::READABLE) else {
+    };
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok(mut guard) = afd.readable_mut().await else {
             return;
         };
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let Ok(mut guard) = afd.readable_mut().await else {
+        let seen = match guard.get_inner_mut().read_events(&mut buf) {
+            Ok(events) => {
+                let seen =
+                    Seen::of(events.map(|ev| ev.name.and_then(|n| n.to_str()).unwrap_or("")));
+                guard.clear_ready();
+                seen
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                guard.clear_ready();
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("inotify: {e}");
                 return;
-            };
-            let mut relevant = false;
-            let mut new_rules_dir = false;
-            match guard.get_inner_mut().read_events(&mut buf) {
-                Ok(events) => {
-                    for ev in events {
-                        let name = ev.name.and_then(|n| n.to_str()).unwrap_or("");
-                        if name == crate::rules::load::RULES_DIR {
-                            new_rules_dir = true;
-                            relevant = true;
-                        }
-                        // Editors' temporary files (.swp, ~, .#x) are not configuration.
-                        if name.ends_with(".yaml")
-                            || name.ends_with(".yml")
-                            || name.ends_with(".json")
-                        {
-                            relevant = true;
-                        }
-                    }
-                    guard.clear_ready();
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    guard.clear_ready();
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!("inotify: {e}");
-                    return;
-                }
             }
-            if new_rules_dir && rules_dir.is_dir() {
-                if let Err(e) = watches.add(&rules_dir, mask) {
-                    tracing::warn!(
-                        "cannot watch {} ({e}): rule changes need SIGHUP",
-                        rules_dir.display()
-                    );
-                }
+        };
+        if seen.new_rules_dir && rules_dir.is_dir() {
+            watch_rules_dir(&mut watches, &rules_dir);
+        }
+        if seen.relevant {
+            // Coalesce a burst (write + rename) into one reload.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while afd
+                .get_mut()
+                .read_events(&mut buf)
+                .is_ok_and(|mut e| e.next().is_some())
+            {}
+            reload_quietly(&shared, "configuration changed").await;
+        }
+    }
+}
+
+/// What a batch of inotify events names.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Seen {
+    /// A configuration file, or the rules directory: worth a reload.
+    relevant: bool,
+    /// The rules directory itself (created or renamed into place): to be watched.
+    new_rules_dir: bool,
+}
+
+impl Seen {
+    fn of<'a>(names: impl Iterator<Item = &'a str>) -> Seen {
+        let mut seen = Seen::default();
+        for name in names {
+            if name == crate::rules::load::RULES_DIR {
+                seen.new_rules_dir = true;
+                seen.relevant = true;
             }
-            if relevant {
-                // Coalesce a burst (write + rename) into one reload.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                while afd
-                    .get_mut()
-                    .read_events(&mut buf)
-                    .is_ok_and(|mut e| e.next().is_some())
-                {}
-                reload_quietly(&shared, "configuration changed").await;
+            // Editors' temporary files (.swp, ~, .#x) are not configuration.
+            if name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json") {
+                seen.relevant = true;
             }
         }
-    });
+        seen
+    }
 }
 
 /// Reloads on SIGHUP.
@@ -300,5 +336,29 @@ pub fn notify_ready() {
     };
     if let Err(e) = r {
         tracing::warn!("sd_notify: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Seen;
+
+    #[test]
+    fn configuration_files_and_rules_d_are_relevant_editor_files_are_not() {
+        let of = |names: &[&str]| Seen::of(names.iter().copied());
+        let none = Seen::default();
+        assert_eq!(of(&[".model.yaml.swp", "model.yaml~", ".#model", ""]), none);
+        for name in ["model.yaml", "x.yml", "qos_mappings.json"] {
+            let want = Seen {
+                relevant: true,
+                new_rules_dir: false,
+            };
+            assert_eq!(of(&[".x.swp", name]), want, "{name}");
+        }
+        let rules = Seen {
+            relevant: true,
+            new_rules_dir: true,
+        };
+        assert_eq!(of(&[crate::rules::load::RULES_DIR, "model.yaml"]), rules);
     }
 }
