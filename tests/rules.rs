@@ -5,9 +5,9 @@ mod common;
 use common::daemon::*;
 use common::*;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 const CHILD: &str = "CGQOS_RULES_CHILD";
@@ -66,44 +66,8 @@ fn program(tag: &str) -> Program {
     program_copy("cq", tag)
 }
 
-struct Running {
-    child: Child,
-    tids: Vec<u32>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-// The child is reaped by Running's Drop, on every path that returns it.
-#[allow(clippy::zombie_processes)]
 fn run_program(p: &Program, threads: usize) -> Running {
-    let mut child = Command::new(&p.path)
-        .args([
-            "--exact",
-            "rules_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, threads.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "child died");
-        if let Some(t) = line.split("TIDS ").nth(1) {
-            let tids = t.split_whitespace().map(|s| s.parse().unwrap()).collect();
-            return Running { child, tids };
-        }
-    }
+    run_child_program(p, "rules_child", CHILD, threads)
 }
 
 fn nice(pid: u32, tid: u32) -> i32 {

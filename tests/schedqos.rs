@@ -8,9 +8,6 @@ mod common;
 use common::daemon::*;
 use common::*;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use cgqos::rules::RuleSet;
 use cgqos::rules::load::{load_dir, load_texts};
 use cgqos::sched;
@@ -350,44 +347,8 @@ fn schedqos_child() {
     std::process::exit(0);
 }
 
-struct Running {
-    child: Child,
-    tids: Vec<u32>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-// The child is reaped by Running's Drop, on every path that returns it.
-#[allow(clippy::zombie_processes)]
 fn run_program(p: &Program, threads: usize) -> Running {
-    let mut child = Command::new(&p.path)
-        .args([
-            "--exact",
-            "schedqos_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, threads.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "child died");
-        if let Some(t) = line.split("TIDS ").nth(1) {
-            let tids = t.split_whitespace().map(|s| s.parse().unwrap()).collect();
-            return Running { child, tids };
-        }
-    }
+    run_child_program(p, "schedqos_child", CHILD, threads)
 }
 
 /// (nice, policy, rt_priority) of one thread, from /proc/PID/task/TID/stat.

@@ -202,3 +202,48 @@ pub fn program_copy(prefix: &str, tag: &str) -> Program {
         name,
     }
 }
+
+/// A running copy of the test binary that runs one ignored test (`child_test`) as a
+/// multi-threaded program: it starts `threads` threads, prints `TIDS t1 t2 ...` and waits on
+/// stdin. Killed and reaped on drop.
+pub struct Running {
+    pub child: std::process::Child,
+    pub tids: Vec<u32>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// The child is reaped by Running's Drop, on every path that returns it.
+#[allow(clippy::zombie_processes)]
+pub fn run_child_program(p: &Program, child_test: &str, env: &str, threads: usize) -> Running {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(&p.path)
+        .args([
+            "--exact",
+            child_test,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(env, threads.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "child died");
+        if let Some(t) = line.split("TIDS ").nth(1) {
+            let tids = t.split_whitespace().map(|s| s.parse().unwrap()).collect();
+            return Running { child, tids };
+        }
+    }
+}
