@@ -84,20 +84,7 @@ impl Drop for Running {
 }
 
 fn start(p: &Program, threads: usize) -> Running {
-    let mut child = Command::new(&p.path)
-        .args([
-            "--exact",
-            "undo_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, threads.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (child, mut out) = spawn_child_test(&p.path, "undo_child", CHILD, threads);
     // Every thread the program has before it is asked for more exists once it says so.
     let mut line = String::new();
     while !line.contains("READY") {

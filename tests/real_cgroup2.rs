@@ -61,20 +61,8 @@ impl Env {
     }
 
     fn spawn(&mut self, threads: usize) -> u32 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "child_with_threads",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, threads.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let exe = std::env::current_exe().unwrap();
+        let (child, mut out) = spawn_child_test(&exe, "child_with_threads", CHILD_ENV, threads);
         let mut line = String::new();
         loop {
             line.clear();

@@ -218,12 +218,19 @@ impl Drop for Running {
     }
 }
 
-// The child is reaped by Running's Drop, on every path that returns it.
-#[allow(clippy::zombie_processes)]
-pub fn run_child_program(p: &Program, child_test: &str, env: &str, threads: usize) -> Running {
-    use std::io::{BufRead, BufReader};
+/// Starts `exe` running only its ignored test `child_test` (a helper program inside a test
+/// binary), with `env=threads`, stdin and stdout piped; returns it and its stdout.
+pub fn spawn_child_test(
+    exe: &Path,
+    child_test: &str,
+    env: &str,
+    threads: usize,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
     use std::process::Stdio;
-    let mut child = Command::new(&p.path)
+    let mut child = Command::new(exe)
         .args([
             "--exact",
             child_test,
@@ -236,7 +243,15 @@ pub fn run_child_program(p: &Program, child_test: &str, env: &str, threads: usiz
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    (child, out)
+}
+
+// The child is reaped by Running's Drop, on every path that returns it.
+#[allow(clippy::zombie_processes)]
+pub fn run_child_program(p: &Program, child_test: &str, env: &str, threads: usize) -> Running {
+    use std::io::BufRead;
+    let (child, mut out) = spawn_child_test(&p.path, child_test, env, threads);
     let mut line = String::new();
     loop {
         line.clear();
