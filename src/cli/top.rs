@@ -1,8 +1,6 @@
 //! `cgqos top`: a live view of the hierarchy, or one sample with `--once` / `--json`.
 
-use std::fs::File;
-use std::io::{IsTerminal, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -10,14 +8,11 @@ use clap::Args;
 
 use super::Ctx;
 use crate::error::{CliError, CliResult, Exit};
-use crate::state::{STATE_FILE, State};
+use crate::state::State;
 use crate::top::model::{Sample, Snapshot, compute};
 use crate::top::render;
 use crate::top::sample::Sampler;
 use crate::top::term;
-
-/// The state file is read for `placed by` only; a larger one is not ours.
-const STATE_MAX_BYTES: u64 = 64 << 20;
 
 #[derive(Args, Debug)]
 pub struct TopArgs {
@@ -55,19 +50,14 @@ pub fn run(ctx: &Ctx, args: TopArgs) -> CliResult<()> {
             root.display()
         )));
     }
-    if !ctx.g.allow_non_cgroupfs && !super::is_cgroup2(&root) {
-        return Err(CliError::bad_input(format!(
-            "{} is not on a cgroup2 filesystem (pass --cgroup-root inside a cgroup2 mount)",
-            root.display()
-        )));
-    }
+    ctx.check_cgroup2(&root)?;
     let sampler = Sampler::new(cg, ctx.procfs());
-    let state_path = ctx.g.state_dir.join(STATE_FILE);
+    let state_dir = ctx.g.state_dir.clone();
     let clk_tck = clock_ticks();
     let start = Instant::now();
     let snapshot = || sampler.snapshot(start.elapsed().as_micros() as u64);
     let build = |prev: &Snapshot, cur: &Snapshot| -> Sample {
-        let (state, mut warnings) = read_state(&state_path);
+        let (state, mut warnings) = read_state(&state_dir);
         warnings.splice(0..0, cur.warnings.iter().cloned());
         Sample {
             root: root.display().to_string(),
@@ -96,44 +86,17 @@ pub fn run(ctx: &Ctx, args: TopArgs) -> CliResult<()> {
     Ok(())
 }
 
-/// The state file, for `placed by`: a missing file is an empty state; anything else that
-/// keeps it from being read is a warning, since the rest of the view does not need it. Read
-/// without the lock (it is replaced atomically), not through a symlink, only a regular file,
-/// at most [`STATE_MAX_BYTES`].
-fn read_state(path: &Path) -> (State, Vec<String>) {
-    let warn = |what: String| {
-        (
+/// The state, for `placed by`, read as every command reads it without the lock
+/// (`state::read_unlocked`: the directory checked, no symlink followed, a regular file of
+/// bounded size, its version known). A missing file is an empty state; anything else is a
+/// warning, since the rest of the view does not need it.
+fn read_state(dir: &Path) -> (State, Vec<String>) {
+    match crate::state::read_unlocked(dir) {
+        Ok(s) => (s.unwrap_or_default(), vec![]),
+        Err(e) => (
             State::default(),
-            vec![format!(
-                "{}: {what}; placed-by is not shown",
-                path.display()
-            )],
-        )
-    };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path);
-    let mut file: File = match file {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (State::default(), vec![]),
-        Err(e) => return warn(e.to_string()),
-    };
-    match file.metadata() {
-        Ok(m) if !m.is_file() => return warn("not a regular file".into()),
-        Ok(m) if m.len() > STATE_MAX_BYTES => {
-            return warn(format!("larger than {STATE_MAX_BYTES} bytes"));
-        }
-        Ok(_) => {}
-        Err(e) => return warn(e.to_string()),
-    }
-    let mut bytes = Vec::new();
-    if let Err(e) = (&mut file).take(STATE_MAX_BYTES).read_to_end(&mut bytes) {
-        return warn(e.to_string());
-    }
-    match serde_json::from_slice::<State>(&bytes) {
-        Ok(s) => (s, vec![]),
-        Err(e) => warn(format!("not a cgqos state file ({e})")),
+            vec![format!("{e}; placed-by is not shown")],
+        ),
     }
 }
 
