@@ -209,10 +209,14 @@ impl Procfs {
 
     fn read(&self, rel: &str, id: u32) -> Result<String, ProcError> {
         let path = self.root.join(rel);
-        fs::read_to_string(&path).map_err(|source| match source.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ESRCH) => ProcError::Gone(id),
-            _ => ProcError::Io { path, source },
-        })
+        // Lossy: a thread may name itself with any bytes, and a name that is not UTF-8 must
+        // not make its task unplaceable.
+        fs::read(&path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map_err(|source| match source.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ESRCH) => ProcError::Gone(id),
+                _ => ProcError::Io { path, source },
+            })
     }
 
     /// `/proc/<id>/stat`; for a thread id this is the thread's own stat.
@@ -249,22 +253,25 @@ impl Procfs {
         })
     }
 
-    /// Supplementary groups of a task (`Groups:` of its status).
-    pub fn groups(&self, id: u32) -> Result<Vec<u32>, ProcError> {
-        self.status_ids(id, "Groups:")
+    /// Supplementary groups of a task, only while its effective uid is `euid`, from one read
+    /// of its status: `None` when the id now names a task of another user (reused).
+    pub fn groups_of_euid(&self, id: u32, euid: u32) -> Result<Option<Vec<u32>>, ProcError> {
+        let rel = format!("{id}/status");
+        let text = self.read(&rel, id)?;
+        let uids =
+            status_field(&text, "Uid:").ok_or_else(|| ProcError::Format(self.root.join(&rel)))?;
+        if uids.get(1) != Some(&euid) {
+            return Ok(None);
+        }
+        status_field(&text, "Groups:")
+            .map(Some)
+            .ok_or_else(|| ProcError::Format(self.root.join(rel)))
     }
 
     fn status_ids(&self, id: u32, field: &str) -> Result<Vec<u32>, ProcError> {
         let rel = format!("{id}/status");
         let text = self.read(&rel, id)?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(field))
-            .map(|v| {
-                v.split_whitespace()
-                    .filter_map(|n| n.parse().ok())
-                    .collect()
-            })
-            .ok_or_else(|| ProcError::Format(self.root.join(rel)))
+        status_field(&text, field).ok_or_else(|| ProcError::Format(self.root.join(rel)))
     }
 
     /// Thread ids of a process. The kernel's readdir of `task/` can skip a live thread
@@ -362,9 +369,45 @@ impl From<Pidfd> for OwnedFd {
     }
 }
 
+/// The numbers of one `Name:` line of a status file.
+fn status_field(text: &str, field: &str) -> Option<Vec<u32>> {
+    text.lines().find_map(|l| l.strip_prefix(field)).map(|v| {
+        v.split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_count_only_while_the_task_runs_as_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("9")).unwrap();
+        std::fs::write(
+            dir.path().join("9/status"),
+            "Name:\tx\nUid:\t1000\t1000\t1000\t1000\nGroups:\t20 27 \n",
+        )
+        .unwrap();
+        let p = Procfs::new(dir.path());
+        assert_eq!(p.groups_of_euid(9, 1000).unwrap(), Some(vec![20, 27]));
+        assert_eq!(p.groups_of_euid(9, 1001).unwrap(), None);
+    }
+
+    #[test]
+    fn a_thread_named_with_bytes_that_are_not_utf8_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("77")).unwrap();
+        let mut stat =
+            b"77 (a\xff\xfeb) S 1 77 77 0 -1 4194560 0 0 0 0 1 2 0 0 20 0 1 0 4242 0 0".to_vec();
+        stat.push(b'\n');
+        std::fs::write(dir.path().join("77/stat"), stat).unwrap();
+        let st = Procfs::new(dir.path()).stat(77).unwrap();
+        assert_eq!(st.comm, "a\u{fffd}\u{fffd}b");
+        assert_eq!(st.starttime, 4242);
+    }
 
     #[test]
     fn stat_with_spaces_and_parens_in_comm() {

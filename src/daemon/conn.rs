@@ -184,8 +184,10 @@ fn caller_of(stream: &UnixStream, shared: &Shared) -> io::Result<Caller> {
     let cred = stream.peer_cred()?;
     let pid = cred.pid().map(|p| p as u32);
     let mut gids = vec![cred.gid()];
-    // Not through the engine: its lock may be held by a long request.
-    if let Some(Ok(g)) = pid.map(|p| shared.proc.groups(p)) {
+    // Not through the engine: its lock may be held by a long request. The groups count only
+    // while the peer pid still runs as the connecting user (it may have exited and its id
+    // been reused since connect).
+    if let Some(Ok(Some(g))) = pid.map(|p| shared.proc.groups_of_euid(p, cred.uid())) {
         gids.extend(g);
     }
     Ok(Caller {
