@@ -65,7 +65,7 @@ pub struct UserConnections {
 
 /// Runs `f` on what `m` holds, catching a panic inside while the lock is held: the mutex is
 /// not poisoned by it, and the panic is logged and returned.
-fn run_caught<E, T>(m: &Mutex<E>, f: impl FnOnce(&mut E) -> T) -> Result<T, Panicked> {
+pub(super) fn run_caught<E, T>(m: &Mutex<E>, f: impl FnOnce(&mut E) -> T) -> Result<T, Panicked> {
     let mut e = m.lock().unwrap_or_else(|p| {
         // Only a panic outside `catch_unwind` below could poison it.
         tracing::error!("the engine's lock was poisoned by a panic; carrying on");

@@ -154,16 +154,20 @@ pub fn listen(shared: Arc<Shared>, rcvbuf: usize) {
                         break;
                     }
                 }
-                let shared = shared.clone();
-                let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
                 if lost {
                     tracing::warn!(
                         "process events were lost (receive buffer overflow): rescanning /proc"
                     );
-                    e.rescan();
-                } else {
-                    e.events(&events);
                 }
+                // A panic in one batch is logged (by `run_caught`) and the thread goes on: rules
+                // keep applying to what starts next.
+                let _ = super::core::run_caught(&shared.engine, |e| {
+                    if lost {
+                        e.rescan();
+                    } else {
+                        e.events(&events);
+                    }
+                });
             }
         })
         .expect("spawn the events thread");
