@@ -42,7 +42,10 @@ fn rules_d_files(config_dir: &Path) -> Result<Vec<(String, String)>, YamlError> 
                     && (n.ends_with(".yaml") || n.ends_with(".yml") || n.ends_with(".json"))
             })
             .collect(),
-        Err(_) => return Ok(Vec::new()),
+        // No rules.d is no rules; one that cannot be listed is an error (on a reload the
+        // old rules stay), not an empty set.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(schema::file_error(&dir, e.to_string())),
     };
     names.sort();
     let mut files = Vec::new();
@@ -336,6 +339,18 @@ fn matcher(mm: &Node) -> Result<Matcher, YamlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rules_d_that_cannot_be_listed_is_an_error_not_an_empty_set() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            load_dir(dir.path()).unwrap().rules.is_empty(),
+            "no rules.d: no rules"
+        );
+        std::fs::write(dir.path().join(RULES_DIR), "not a directory").unwrap();
+        let e = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("rules.d"), "{e}");
+    }
     use crate::rules::ProcessInfo;
 
     #[test]
