@@ -199,6 +199,21 @@ fn a_board_preview_says_so_and_the_machine_can_still_be_asked() {
     );
 }
 
+/// A FIFO named cpus.yaml in a boards directory blocked `plan` in open(2).
+#[test]
+fn a_fifo_as_a_cpu_description_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("trogdor")).unwrap();
+    let fifo = dir.path().join("trogdor/cpus.yaml");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let r = run(cgqos()
+        .args(["plan", "--board", "trogdor", "--boards-dir"])
+        .arg(dir.path()));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not a regular file"), "{}", r.stderr);
+}
+
 #[test]
 fn installed_cpu_descriptions_override_and_bad_ones_are_refused_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();

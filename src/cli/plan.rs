@@ -6,7 +6,6 @@
 //! plan is made against the description and the output says so. `--cpus` forces either.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
@@ -179,25 +178,21 @@ fn description(ctx: &Ctx, board: &Board) -> CliResult<Option<(String, Topology)>
     Ok(Some((file, topo)))
 }
 
-/// Reads a description; `None` if the file does not exist.
+/// Reads a description; `None` if the file does not exist. Through the one safe reader: a
+/// regular file only (a FIFO in `--boards-dir` never blocks), bounded.
 fn read_small(path: &std::path::Path) -> Result<Option<String>, String> {
-    use std::io::Read;
-    let f = match fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
-    };
-    let mut text = String::new();
-    f.take(MAX_DESCRIPTION + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    if text.len() as u64 > MAX_DESCRIPTION {
+    use crate::config_read::{self, Trust};
+    let text = config_read::read_optional(path, Trust::Any).map_err(|e| e.to_string())?;
+    if text
+        .as_ref()
+        .is_some_and(|t| t.len() as u64 > MAX_DESCRIPTION)
+    {
         return Err(format!(
             "{}: larger than {MAX_DESCRIPTION} bytes: not a CPU description",
             path.display()
         ));
     }
-    Ok(Some(text))
+    Ok(text)
 }
 
 const KEYS: &[&str] = &[
