@@ -2,6 +2,7 @@
 //! fixtures, build fake cgroup trees.
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod daemon;
 pub mod root_only;
 
