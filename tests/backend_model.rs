@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use cgqos::cgroupfs::memory::MemKernel;
 use cgqos::cgroupfs::{Attacher, CgroupBackend, CgroupFs, FsError};
@@ -127,14 +127,7 @@ struct Child2 {
 }
 
 fn spawn_child() -> Child2 {
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "model_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let child = common::child_test_command(&std::env::current_exe().unwrap(), "model_child")
         .env(CHILD_ENV, "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -190,14 +190,7 @@ fn an_unprivileged_caller_may_place_its_own_processes_only() {
         return;
     };
     let foreign = d.sleeper();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "unprivileged_client",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let out = child_test_command(&std::env::current_exe().unwrap(), "unprivileged_client")
         .env("CGQOS_TEST_SOCKET", d.socket())
         .env("CGQOS_TEST_FOREIGN", foreign.to_string())
         .uid(UNPRIV_UID)

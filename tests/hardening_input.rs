@@ -294,14 +294,7 @@ fn hardening_client() {
 }
 
 fn unprivileged_request(d: &Daemon, line: &str) -> String {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "hardening_client",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let out = child_test_command(&std::env::current_exe().unwrap(), "hardening_client")
         .env("CGQOS_TEST_SOCKET", d.socket())
         .env("CGQOS_TEST_REQUEST", line)
         .uid(UNPRIV_UID)

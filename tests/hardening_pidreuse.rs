@@ -224,9 +224,7 @@ fn helper_thread_reuse() {
     let Some(d) = helper_daemon() else { return };
     for attempt in 0..ATTEMPTS {
         // The thread's process, and a shell that starts the stranger when told the id.
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "thread_child", "--ignored", "--nocapture"])
-            .args(["--test-threads=1"])
+        let mut child = child_test_command(&std::env::current_exe().unwrap(), "thread_child")
             .env(THREAD_CHILD_ENV, "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -60,16 +60,9 @@ impl Step {
 /// sleeping process of its own: `move:GROUP`, `threads:CLASS` (through the daemon),
 /// `renice:N` and `fifo:P` (the caller itself, with setpriority / sched_setscheduler).
 fn as_caller(d: &Daemon, nice_limit: u64, steps: &[&str]) -> Vec<Step> {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "caller",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("CGQOS_TEST_SOCKET", d.socket())
-    .env("CGQOS_TEST_STEPS", steps.join(","));
+    let mut cmd = child_test_command(&std::env::current_exe().unwrap(), "caller");
+    cmd.env("CGQOS_TEST_SOCKET", d.socket())
+        .env("CGQOS_TEST_STEPS", steps.join(","));
     // SAFETY: only async-signal-safe calls (setrlimit, setgroups, setgid, setuid) between
     // fork and exec. The limit is set while still root: an unprivileged process cannot
     // raise its hard limit; then the identity is dropped, groups first, uid last.

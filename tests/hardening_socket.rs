@@ -27,17 +27,8 @@ const LIMITED: &str =
 
 /// Runs one of the `#[ignore]`d client helpers below as `uid`.
 fn helper(name: &str, uid: u32, socket: &Path) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([
-        "--exact",
-        name,
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("CGQOS_TEST_SOCKET", socket)
-    .uid(uid)
-    .gid(uid);
+    let mut c = child_test_command(&std::env::current_exe().unwrap(), name);
+    c.env("CGQOS_TEST_SOCKET", socket).uid(uid).gid(uid);
     c
 }
 

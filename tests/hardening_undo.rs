@@ -9,7 +9,7 @@ use common::*;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -335,24 +335,6 @@ fn commands_keep_to_the_recorded_root() {
     let _ = sleeper.wait();
 }
 
-/// A copy of the trogdor sysfs with ChromeOS's cpu_boost parameter set to `value`.
-fn sysfs_with_input_boost(value: &str) -> (tempfile::TempDir, PathBuf) {
-    let sysfs = tempfile::tempdir().unwrap();
-    let st = Command::new("cp")
-        .arg("-r")
-        .arg(fixture("trogdor").join("devices"))
-        .arg(sysfs.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let param = sysfs
-        .path()
-        .join("module/cpu_boost/parameters/input_boost_freq_percent");
-    std::fs::create_dir_all(param.parent().unwrap()).unwrap();
-    std::fs::write(&param, value).unwrap();
-    (sysfs, param)
-}
-
 fn fake_cmd(sub: &str, sysfs: &Path, root: &Path, state: &Path) -> Run {
     run(cgqos()
         .args([
@@ -369,23 +351,9 @@ fn fake_cmd(sub: &str, sysfs: &Path, root: &Path, state: &Path) -> Run {
         .arg(state))
 }
 
-/// A fake tree with the groups a trogdor plan creates, as a kernel that had them shows them.
-fn fake_with_groups() -> FakeCgroup {
-    let f = FakeCgroup::new(&["cpu", "cpuset"], true);
-    let r = run(cgqos()
-        .args(["plan", "--json", "--board", "trogdor", "--sysfs-root"])
-        .arg(fixture("trogdor")));
-    for s in json(&r)["steps"].as_array().unwrap() {
-        if s["op"] == "mkdir" {
-            f.group(s["path"].as_str().unwrap(), false);
-        }
-    }
-    f
-}
-
 #[test]
 fn teardown_restores_the_input_boost_setup_wrote() {
-    let f = fake_with_groups();
+    let f = fake_with_groups(&["cpu", "cpuset"], true);
     let state = tempfile::tempdir().unwrap();
     let (sysfs, param) = sysfs_with_input_boost("20\n");
     let r = fake_cmd("setup", sysfs.path(), f.root(), state.path());

@@ -86,13 +86,7 @@ impl Drop for Env {
         if self.root.exists() {
             let _ = self.cmd(&["teardown"]);
             // Last resort: remove what is left, deepest first.
-            let _ = Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "find '{}' -depth -type d -exec rmdir {{}} \\; 2>/dev/null",
-                    self.root.display()
-                ))
-                .status();
+            remove_tree(&self.root);
         }
     }
 }

@@ -5,21 +5,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
-
-/// The groups a plan creates, pre-made as a kernel that had them would show them.
-fn fake_with_groups(controllers: &[&'static str], uclamp: bool) -> FakeCgroup {
-    let f = FakeCgroup::new(controllers, uclamp);
-    let r = run(cgqos()
-        .args(["plan", "--json", "--board", "trogdor", "--sysfs-root"])
-        .arg(fixture("trogdor")));
-    for s in json(&r)["steps"].as_array().unwrap() {
-        if s["op"] == "mkdir" {
-            f.group(s["path"].as_str().unwrap(), false);
-        }
-    }
-    f
-}
 
 fn setup(f: &FakeCgroup, state: &std::path::Path, extra: &[&str]) -> Run {
     run(cgqos()
@@ -371,20 +356,7 @@ fn kernel_threads_are_refused() {
 fn input_boost_is_written_where_the_cpu_boost_module_exists() {
     let f = fake_with_groups(&["cpu", "cpuset"], true);
     let state = tempfile::tempdir().unwrap();
-    // A copy of the trogdor sysfs with ChromeOS's cpu_boost module parameter.
-    let sysfs = tempfile::tempdir().unwrap();
-    let st = Command::new("cp")
-        .arg("-r")
-        .arg(fixture("trogdor").join("devices"))
-        .arg(sysfs.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let param = sysfs
-        .path()
-        .join("module/cpu_boost/parameters/input_boost_freq_percent");
-    std::fs::create_dir_all(param.parent().unwrap()).unwrap();
-    std::fs::write(&param, "0\n").unwrap();
+    let (sysfs, param) = sysfs_with_input_boost("0\n");
     let r = run(cgqos()
         .args([
             "setup",

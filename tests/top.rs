@@ -589,13 +589,7 @@ impl Drop for RealEnv {
         }
         if self.root.exists() {
             let _ = self.cmd(&["teardown"]);
-            let _ = Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "find '{}' -depth -type d -exec rmdir {{}} \\; 2>/dev/null",
-                    self.root.display()
-                ))
-                .status();
+            remove_tree(&self.root);
         }
     }
 }
@@ -612,14 +606,7 @@ fn a_busy_process_in_a_real_group_shows_its_tasks_cpu_and_placement() {
         child: None,
     };
     assert_eq!(env.cmd(&["setup"]).code, 0);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "busy_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = child_test_command(&std::env::current_exe().unwrap(), "busy_child")
         .env(CHILD_ENV, "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

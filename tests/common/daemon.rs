@@ -160,13 +160,7 @@ impl Drop for Daemon {
             .arg("--state-dir")
             .arg(self.state()));
         if self.root.exists() {
-            let _ = Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "find '{}' -depth -type d -exec rmdir {{}} \\; 2>/dev/null",
-                    self.root.display()
-                ))
-                .status();
+            super::remove_tree(&self.root);
         }
     }
 }

@@ -219,6 +219,68 @@ impl Drop for Running {
     }
 }
 
+/// `exe` (a test binary) set to run only its ignored test `name`: a helper program that lives
+/// inside the test binary (started again as a child, often as another uid).
+pub fn child_test_command(exe: &Path, name: &str) -> Command {
+    let mut c = Command::new(exe);
+    c.args([
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    c
+}
+
+/// Removes what is left of a test's cgroup sub-root, deepest first (cgroupfs directories go
+/// with `rmdir`, never recursively). The last resort after `teardown`; errors are ignored.
+pub fn remove_tree(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&e.path());
+        }
+    }
+    let _ = fs::remove_dir(root);
+}
+
+/// The groups a trogdor plan creates, pre-made in a fake tree as a kernel that had them
+/// would show them.
+pub fn fake_with_groups(controllers: &[&'static str], uclamp: bool) -> FakeCgroup {
+    let f = FakeCgroup::new(controllers, uclamp);
+    let r = run(cgqos()
+        .args(["plan", "--json", "--board", "trogdor", "--sysfs-root"])
+        .arg(fixture("trogdor")));
+    for s in json(&r)["steps"].as_array().unwrap() {
+        if s["op"] == "mkdir" {
+            f.group(s["path"].as_str().unwrap(), false);
+        }
+    }
+    f
+}
+
+/// A copy of the trogdor sysfs with ChromeOS's cpu_boost parameter set to `value`; returns
+/// the tree and the parameter's path.
+pub fn sysfs_with_input_boost(value: &str) -> (tempfile::TempDir, PathBuf) {
+    let sysfs = tempfile::tempdir().unwrap();
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(fixture("trogdor").join("devices"))
+        .arg(sysfs.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let param = sysfs
+        .path()
+        .join("module/cpu_boost/parameters/input_boost_freq_percent");
+    fs::create_dir_all(param.parent().unwrap()).unwrap();
+    fs::write(&param, value).unwrap();
+    (sysfs, param)
+}
+
 /// Starts `exe` running only its ignored test `child_test` (a helper program inside a test
 /// binary), with `env=threads`, stdin and stdout piped; returns it and its stdout.
 pub fn spawn_child_test(
@@ -231,14 +293,7 @@ pub fn spawn_child_test(
     std::io::BufReader<std::process::ChildStdout>,
 ) {
     use std::process::Stdio;
-    let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            child_test,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = child_test_command(exe, child_test)
         .env(env, threads.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
