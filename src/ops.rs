@@ -247,7 +247,7 @@ pub fn vm_add(
             s.cg.path(layout::VMS).display()
         )));
     }
-    let (weight, uclamp) = vm_settings(board, plan, name);
+    let (weight, uclamp) = crate::plan::vm_settings(board, &plan.derived, name);
     let report = apply(&vm_steps(name, weight, uclamp), &s.cg, sysfs, false)?;
     s.state.vms.insert(name.to_string());
     let group = layout::vm_path(name);
@@ -279,10 +279,6 @@ pub fn vm_add(
 }
 
 /// cpu.weight and uclamp of a VM's group, from the layout's VM table.
-fn vm_settings(board: &Board, plan: &Plan, name: &str) -> (u32, Option<f64>) {
-    crate::plan::vm_settings(board, &plan.derived, name)
-}
-
 pub fn vm_remove(s: &mut Session, name: &str) -> CliResult<TeardownReport> {
     validate_vm_name(name).map_err(CliError::bad_input)?;
     let group = layout::vm_path(name);
@@ -307,10 +303,6 @@ pub fn vm_remove(s: &mut Session, name: &str) -> CliResult<TeardownReport> {
 }
 
 /// The full-speed `cpu.weight` of a group, as the board configures it.
-fn full_weight(board: &Board, group: &str) -> u32 {
-    layout::full_weight(board, group)
-}
-
 /// Period of `cpu.max` quotas, in microseconds (the kernel's default).
 pub const CPU_MAX_PERIOD: u64 = 100_000;
 
@@ -345,7 +337,7 @@ pub fn restrict(
             )));
         }
     }
-    let full = full_weight(board, &path);
+    let full = layout::full_weight(board, &path);
     let r = Restriction {
         weight: match state {
             RestrictState::Foreground => full,
@@ -450,7 +442,7 @@ fn status_steps(cg: &CgroupFs, board: &Board, plan: &Plan) -> Vec<Step> {
         .collect();
     for vm in cg.children(layout::VMS) {
         if !crate::plan::plans_vm(plan, &vm) {
-            let (weight, uclamp) = vm_settings(board, plan, &vm);
+            let (weight, uclamp) = crate::plan::vm_settings(board, &plan.derived, &vm);
             steps.extend(vm_steps(&vm, weight, uclamp));
         }
     }
