@@ -68,6 +68,28 @@ pub const SCHED_FIFO: u32 = 1;
 pub const SCHED_RR: u32 = 2;
 pub const SCHED_BATCH: u32 = 3;
 pub const SCHED_IDLE: u32 = 5;
+/// SCHED_DEADLINE: never set by cgqos, only seen (and left alone).
+pub const SCHED_DEADLINE: u32 = 6;
+
+/// The policies a class may set, by the names configuration files use; the first name of
+/// each policy is the one cgqos prints.
+pub const POLICY_NAMES: [(&str, u32); 6] = [
+    ("normal", SCHED_OTHER),
+    ("other", SCHED_OTHER),
+    ("batch", SCHED_BATCH),
+    ("idle", SCHED_IDLE),
+    ("fifo", SCHED_FIFO),
+    ("rr", SCHED_RR),
+];
+
+/// The name cgqos prints for a policy (`policy N` for one it does not know).
+pub fn policy_name(policy: u32) -> std::borrow::Cow<'static, str> {
+    match POLICY_NAMES.iter().find(|(_, p)| *p == policy) {
+        Some((name, _)) => (*name).into(),
+        None if policy == SCHED_DEADLINE => "deadline".into(),
+        None => format!("policy {policy}").into(),
+    }
+}
 pub const SCHED_FLAG_RESET_ON_FORK: u64 = 0x01;
 pub const SCHED_FLAG_UTIL_CLAMP_MAX: u64 = 0x40;
 

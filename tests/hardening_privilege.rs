@@ -215,7 +215,7 @@ fn without_a_grant_a_caller_gets_only_what_it_could_do_itself() {
     // A rules.d class with policy fifo 50: refused, and the thread did not become FIFO.
     let rt = s[3].denial();
     assert!(
-        rt.starts_with("class rt50 goes beyond what uid 54321 may do to this thread itself: policy fifo (the thread is other; RLIMIT_RTPRIO 0 allows no real-time policy)"),
+        rt.starts_with("class rt50 goes beyond what uid 54321 may do to this thread itself: policy fifo (the thread is normal; RLIMIT_RTPRIO 0 allows no real-time policy)"),
         "{rt}"
     );
     assert!(

@@ -182,17 +182,6 @@ fn restorable(mut a: TaskAttrs, uclamp: bool) -> TaskAttrs {
     a
 }
 
-fn policy_name(p: u32) -> String {
-    match p {
-        sched::SCHED_OTHER => "normal".into(),
-        sched::SCHED_FIFO => "fifo".into(),
-        sched::SCHED_RR => "rr".into(),
-        sched::SCHED_BATCH => "batch".into(),
-        sched::SCHED_IDLE => "idle".into(),
-        other => format!("policy {other}"),
-    }
-}
-
 /// uclamp as the kernel's raw value (0-1024) and in percent.
 fn uclamp_text(v: u32) -> String {
     format!("{v} ({:.1}%)", v as f64 * 100.0 / 1024.0)
@@ -201,7 +190,7 @@ fn uclamp_text(v: u32) -> String {
 fn attrs_text(a: &TaskAttrs) -> String {
     let mut parts = Vec::new();
     if let Some(p) = a.policy {
-        parts.push(format!("policy {}", policy_name(p)));
+        parts.push(format!("policy {}", sched::policy_name(p)));
         if sched::is_realtime(p) {
             if let Some(prio) = a.priority {
                 parts.push(format!("priority {prio}"));

@@ -154,15 +154,6 @@ const CGROUP_CLASSES: [(&str, CgroupClass); 3] = [
     ("non-urgent", CgroupClass::NonUrgent),
 ];
 
-const POLICIES: [(&str, u32); 6] = [
-    ("other", sched::SCHED_OTHER),
-    ("normal", sched::SCHED_OTHER),
-    ("batch", sched::SCHED_BATCH),
-    ("idle", sched::SCHED_IDLE),
-    ("fifo", sched::SCHED_FIFO),
-    ("rr", sched::SCHED_RR),
-];
-
 fn class_def(name: &str, def: &Node) -> Result<ClassDef, YamlError> {
     let what = format!("classes.{name}");
     let m = map(def, &what)?.only(&what, &CLASS_KEYS)?;
@@ -193,8 +184,8 @@ fn class_attrs(m: Map, def: &Node, what: &str) -> Result<TaskAttrs, YamlError> {
         attrs.policy = Some(schema::keyword(
             n,
             &key("policy"),
-            "other, batch, idle, fifo or rr",
-            &POLICIES,
+            "normal (or other), batch, idle, fifo or rr",
+            &sched::POLICY_NAMES,
         )?);
     }
     if let Some(n) = m.get("priority") {

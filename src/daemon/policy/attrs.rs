@@ -108,17 +108,6 @@ impl Sched {
     }
 }
 
-fn policy_name(p: u32) -> &'static str {
-    match p {
-        crate::sched::SCHED_OTHER => "other",
-        crate::sched::SCHED_FIFO => "fifo",
-        crate::sched::SCHED_RR => "rr",
-        crate::sched::SCHED_BATCH => "batch",
-        crate::sched::SCHED_IDLE => "idle",
-        _ => "deadline",
-    }
-}
-
 /// Whether a task that has `task` may be given `new` by an unprivileged owner with `limits`:
 /// the kernel's rule for `sched_setattr` without CAP_SYS_NICE (user_check_sched_setscheduler
 /// in kernel/sched/syscalls.c), plus the boosts the kernel leaves unchecked for an owner,
@@ -139,8 +128,8 @@ pub fn beyond_task(new: &Sched, task: &Sched, limits: Limits, uclamp: bool) -> R
         if new.policy != task.policy && limits.rtprio == 0 {
             return Err(format!(
                 "policy {} (the thread is {}; RLIMIT_RTPRIO 0 allows no real-time policy)",
-                policy_name(new.policy),
-                policy_name(task.policy)
+                crate::sched::policy_name(new.policy),
+                crate::sched::policy_name(task.policy)
             ));
         }
         if new.priority > task.priority && u64::from(new.priority) > limits.rtprio {
@@ -153,7 +142,7 @@ pub fn beyond_task(new: &Sched, task: &Sched, limits: Limits, uclamp: bool) -> R
     if task.policy == SCHED_IDLE && new.policy != SCHED_IDLE && !limits.nice_allowed(task.nice) {
         return Err(format!(
             "policy {} (the thread is idle, which counts as nice 20; leaving it for nice {} needs RLIMIT_NICE {})",
-            policy_name(new.policy),
+            crate::sched::policy_name(new.policy),
             task.nice,
             20 - i64::from(task.nice)
         ));
@@ -267,7 +256,7 @@ mod tests {
         };
         assert_eq!(
             beyond_own(&fifo(50), &normal, None, none, false).unwrap_err(),
-            "policy fifo (the thread is other; RLIMIT_RTPRIO 0 allows no real-time policy)"
+            "policy fifo (the thread is normal; RLIMIT_RTPRIO 0 allows no real-time policy)"
         );
         let rt10 = Limits {
             nice: 0,
