@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::cgroupfs::{CgroupBackend, FsError, Refusal, files, write_existing};
+use crate::cgroupfs::{CgroupBackend, FsError, Refusal, files, parent_of, write_existing};
 use crate::cpulist::CpuList;
 use crate::plan::{Op, Step, Tree};
 
@@ -124,10 +124,6 @@ struct Converger<'a, B: CgroupBackend> {
 
 fn words(s: &str) -> Vec<String> {
     s.split_whitespace().map(String::from).collect()
-}
-
-fn parent_of(group: &str) -> &str {
-    group.rsplit_once('/').map_or("", |(p, _)| p)
 }
 
 impl<B: CgroupBackend> Converger<'_, B> {

@@ -105,6 +105,11 @@ pub fn join(group: &str, file: &str) -> String {
     }
 }
 
+/// The group above `group` (`""`, the root, for a top-level group and for the root itself).
+pub fn parent_of(group: &str) -> &str {
+    group.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
 /// `root/rel`, keeping only the plain names of `rel`: a relative group path never leaves the
 /// root, whatever it holds (`Path::join` would let an absolute `rel` replace the root and a
 /// `..` climb out of it).

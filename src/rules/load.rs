@@ -31,23 +31,38 @@ pub fn load_dir(config_dir: &Path) -> Result<RuleSet, YamlError> {
 }
 
 /// The (path, text) of each rule file of `<config_dir>/rules.d`, in name order.
+/// The names in `dir` ending in one of `suffixes`, sorted, hidden files left out; `None` when
+/// `dir` does not exist.
+pub(super) fn config_names(
+    dir: &Path,
+    suffixes: &[&str],
+) -> Result<Option<Vec<String>>, YamlError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(schema::file_error(
+                dir,
+                format!("cannot read the directory: {e}"),
+            ));
+        }
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.') && suffixes.iter().any(|s| n.ends_with(s)))
+        .collect();
+    names.sort();
+    Ok(Some(names))
+}
+
 fn rules_d_files(config_dir: &Path) -> Result<Vec<(String, String)>, YamlError> {
     let dir = config_dir.join(RULES_DIR);
-    let mut names: Vec<String> = match fs::read_dir(&dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| {
-                !n.starts_with('.')
-                    && (n.ends_with(".yaml") || n.ends_with(".yml") || n.ends_with(".json"))
-            })
-            .collect(),
-        // No rules.d is no rules; one that cannot be listed is an error (on a reload the
-        // old rules stay), not an empty set.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(schema::file_error(&dir, e.to_string())),
+    // No rules.d is no rules; one that cannot be listed is an error (on a reload the old
+    // rules stay), not an empty set.
+    let Some(names) = config_names(&dir, &[".yaml", ".yml", ".json"])? else {
+        return Ok(Vec::new());
     };
-    names.sort();
     let mut files = Vec::new();
     trusted(&dir)?;
     for n in names {

@@ -4,7 +4,6 @@
 //! no scheduler profiles). A `schedqos: DIR` key in daemon.yaml names an installation read in
 //! place (`DIR/app_configs/*.json`, `DIR/qos_mappings.json`).
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::{CgroupClass, ClassDef, Glob, Matcher, Rule, RuleSet, default_classes};
@@ -344,21 +343,7 @@ pub fn dir_files(dir: &Path) -> Result<Vec<(String, String)>, YamlError> {
     schema::trusted(dir)?;
     let apps = dir.join(APP_CONFIGS);
     let mut out = Vec::new();
-    let mut names: Vec<String> = match fs::read_dir(&apps) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| !n.starts_with('.') && n.ends_with(".json"))
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => {
-            return Err(schema::file_error(
-                &apps,
-                format!("cannot read the directory: {e}"),
-            ));
-        }
-    };
-    names.sort();
+    let names = super::load::config_names(&apps, &[".json"])?.unwrap_or_default();
     if !names.is_empty() {
         schema::trusted(&apps)?;
     }

@@ -115,7 +115,7 @@ pub fn parent(path: &str) -> Option<&str> {
     if path.is_empty() {
         None
     } else {
-        Some(path.rsplit_once('/').map_or("", |(p, _)| p))
+        Some(crate::cgroupfs::parent_of(path))
     }
 }
 

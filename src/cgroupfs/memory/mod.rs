@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-use super::{Attacher, CgroupBackend, FsError, files};
+use super::{Attacher, CgroupBackend, FsError, files, join, parent_of};
 use crate::procfs::{Pidfd, ProcError, ProcessId, Stat, TaskSource, ThreadId};
 
 /// The cgroup2 controllers a kernel can have.
@@ -77,18 +77,6 @@ fn errno(op: &'static str, path: &Path, value: Option<&str>, code: i32) -> FsErr
     }
 }
 
-fn parent_key(key: &str) -> &str {
-    key.rsplit_once('/').map_or("", |(p, _)| p)
-}
-
-fn join_key(group: &str, name: &str) -> String {
-    if group.is_empty() {
-        name.to_string()
-    } else {
-        format!("{group}/{name}")
-    }
-}
-
 impl Model {
     fn is_thread_root(&self, key: &str) -> bool {
         let g = &self.groups[key];
@@ -98,7 +86,7 @@ impl Model {
     fn child_keys<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a String> + 'a {
         self.groups
             .keys()
-            .filter(move |k| !k.is_empty() && parent_key(k) == key && k.as_str() != key)
+            .filter(move |k| !k.is_empty() && parent_of(k) == key && k.as_str() != key)
     }
 
     fn kind(&self, key: &str) -> &'static str {
@@ -106,7 +94,7 @@ impl Model {
             return "threaded";
         }
         if !key.is_empty() {
-            let parent = parent_key(key);
+            let parent = parent_of(key);
             if self.groups[parent].threaded || self.is_thread_root(parent) {
                 return "domain invalid";
             }
@@ -121,7 +109,7 @@ impl Model {
     /// The threaded domain a group belongs to (itself for a domain).
     fn domain<'a>(&self, mut key: &'a str) -> &'a str {
         while self.groups[key].threaded && !key.is_empty() {
-            key = parent_key(key);
+            key = parent_of(key);
         }
         key
     }
@@ -130,7 +118,7 @@ impl Model {
         if key.is_empty() {
             self.available.clone()
         } else {
-            self.groups[parent_key(key)].subtree.clone()
+            self.groups[parent_of(key)].subtree.clone()
         }
     }
 
@@ -319,7 +307,7 @@ impl MemKernel {
         let mut m = self.model.borrow_mut();
         let mut acc = String::new();
         for part in key.split('/').filter(|p| !p.is_empty()) {
-            acc = join_key(&acc, part);
+            acc = join(&acc, part);
             m.groups.entry(acc.clone()).or_default();
         }
     }
@@ -482,7 +470,7 @@ impl CgroupBackend for MemKernel {
         if m.groups.contains_key(&key) {
             return Ok(());
         }
-        if !m.groups.contains_key(parent_key(&key)) {
+        if !m.groups.contains_key(parent_of(&key)) {
             return Err(errno("mkdir", &path, None, libc::ENOENT));
         }
         m.groups.insert(key, Group::default());
