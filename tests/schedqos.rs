@@ -70,7 +70,7 @@ fn schedqos_shaped_files_load_with_every_key_schedqos_reads() {
     // The cgroup class of each tag stays as it was.
     assert_eq!(
         bg.cgroup_class,
-        cgqos::rules::CgroupClass::NonUrgent,
+        cgqos::rules::CgroupClass::parse("non-urgent").unwrap(),
         "QOS_BACKGROUND stays non-urgent"
     );
     assert_eq!(
@@ -78,7 +78,7 @@ fn schedqos_shaped_files_load_with_every_key_schedqos_reads() {
             .get("QOS_USER_INTERACTIVE")
             .unwrap()
             .cgroup_class,
-        cgqos::rules::CgroupClass::Urgent
+        cgqos::rules::CgroupClass::parse("urgent").unwrap()
     );
     assert_eq!(
         set.classes.get("QOS_DEFAULT").unwrap().attrs.nice,

@@ -33,9 +33,7 @@ fn text(set: &RuleSet) -> String {
         s.push_str(&format!(
             "  {:<14} {:<10} {:<58} {}\n",
             c.name,
-            format!("{:?}", c.cgroup_class)
-                .to_lowercase()
-                .replace("nonurgent", "non-urgent"),
+            c.cgroup_class.name(),
             serde_json::to_string(&c.attrs).unwrap_or_default(),
             c.at
         ));

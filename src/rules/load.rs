@@ -163,24 +163,20 @@ const CLASS_KEYS: [&str; 7] = [
     "slice-us",
 ];
 
-const CGROUP_CLASSES: [(&str, CgroupClass); 3] = [
-    ("urgent", CgroupClass::Urgent),
-    ("default", CgroupClass::Default),
-    ("non-urgent", CgroupClass::NonUrgent),
-];
-
 fn class_def(name: &str, def: &Node) -> Result<ClassDef, YamlError> {
     let what = format!("classes.{name}");
     let m = map(def, &what)?.only(&what, &CLASS_KEYS)?;
     let key = |k: &str| format!("{what}.{k}");
     let cgroup_class = match m.get("cgroup-class") {
-        None => CgroupClass::Default,
-        Some(n) => schema::keyword(
-            n,
-            &key("cgroup-class"),
-            "urgent, default or non-urgent",
-            &CGROUP_CLASSES,
-        )?,
+        None => CgroupClass::DEFAULT,
+        Some(n) => n.as_str().and_then(CgroupClass::parse).ok_or_else(|| {
+            schema::expected(
+                n,
+                &key("cgroup-class"),
+                &CgroupClass::words(),
+                &schema::quoted(n),
+            )
+        })?,
     };
     let attrs = class_attrs(m, def, &what)?;
     Ok(ClassDef {

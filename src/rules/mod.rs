@@ -17,23 +17,58 @@ use crate::layout::Target;
 use crate::matcher::{Mode, TooLong, Wildcard};
 use crate::sched::TaskAttrs;
 
-/// Where a class puts a thread inside its process group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CgroupClass {
-    Urgent,
-    Default,
-    NonUrgent,
-}
+/// Where a class puts a thread inside its process group: one of the layout's thread classes
+/// ([`crate::layout::BROWSER_CLASSES`]), or the process group itself. Derived from the layout
+/// table: a class added there is a `cgroup-class` rules may name, with no change here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupClass(Option<&'static str>);
 
 impl CgroupClass {
+    /// The process group itself (`default`).
+    pub const DEFAULT: CgroupClass = CgroupClass(None);
+    const URGENT: CgroupClass = CgroupClass(Some(crate::layout::URGENT));
+    const NON_URGENT: CgroupClass = CgroupClass(Some(crate::layout::NON_URGENT));
+
+    /// A `cgroup-class` word as a rules file writes it: a thread class of the layout, one of
+    /// its aliases, or `default`.
+    pub fn parse(word: &str) -> Option<CgroupClass> {
+        if word == crate::layout::DEFAULT_CLASS {
+            return Some(CgroupClass::DEFAULT);
+        }
+        crate::layout::BROWSER_CLASSES
+            .iter()
+            .find(|c| c.name == word || c.aliases.contains(&word))
+            .map(|c| CgroupClass(Some(c.name)))
+    }
+
+    /// The words `parse` takes, for error messages: `urgent, default or non-urgent`.
+    pub fn words() -> String {
+        let mut words: Vec<&str> = crate::layout::BROWSER_CLASSES
+            .iter()
+            .map(|c| c.name)
+            .collect();
+        words.insert(1.min(words.len()), crate::layout::DEFAULT_CLASS);
+        match words.split_last() {
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        }
+    }
+
     /// The layout's class name (`None`: the group's default).
     pub fn layout_class(self) -> Option<&'static str> {
-        match self {
-            CgroupClass::Urgent => Some(crate::layout::URGENT),
-            CgroupClass::Default => None,
-            CgroupClass::NonUrgent => Some(crate::layout::NON_URGENT),
-        }
+        self.0
+    }
+
+    /// The name rules files and `cgqos rules` use for it.
+    pub fn name(self) -> &'static str {
+        self.0.unwrap_or(crate::layout::DEFAULT_CLASS)
+    }
+}
+
+impl Serialize for CgroupClass {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 
@@ -82,12 +117,12 @@ pub fn default_classes() -> Vec<ClassDef> {
         at: "built-in".into(),
     };
     vec![
-        c("urgent-bursty", CgroupClass::Urgent, -8, Some(BOOSTED_MIN)),
-        c("urgent", CgroupClass::Urgent, -8, Some(BOOSTED_MIN)),
-        c("balanced", CgroupClass::Default, 0, Some(0)),
-        c("eco", CgroupClass::NonUrgent, 0, Some(0)),
-        c("utility", CgroupClass::NonUrgent, 1, Some(0)),
-        c("background", CgroupClass::NonUrgent, 10, Some(0)),
+        c("urgent-bursty", CgroupClass::URGENT, -8, Some(BOOSTED_MIN)),
+        c("urgent", CgroupClass::URGENT, -8, Some(BOOSTED_MIN)),
+        c("balanced", CgroupClass::DEFAULT, 0, Some(0)),
+        c("eco", CgroupClass::NON_URGENT, 0, Some(0)),
+        c("utility", CgroupClass::NON_URGENT, 1, Some(0)),
+        c("background", CgroupClass::NON_URGENT, 10, Some(0)),
     ]
 }
 
@@ -322,7 +357,7 @@ mod tests {
         assert_eq!(c.get("default").unwrap().name, "balanced");
         assert_eq!(
             c.get("non-urgent").unwrap().cgroup_class,
-            CgroupClass::NonUrgent
+            CgroupClass::NON_URGENT
         );
         assert!(c.get("nope").is_none());
     }

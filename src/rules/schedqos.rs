@@ -97,7 +97,7 @@ pub fn qos_mappings(doc: &Node, set: &mut RuleSet) -> Result<(), YamlError> {
         let cgroup_class = builtin
             .iter()
             .find(|c| c.name == class)
-            .map_or(CgroupClass::Default, |c| c.cgroup_class);
+            .map_or(CgroupClass::DEFAULT, |c| c.cgroup_class);
         set.classes.0.push(ClassDef {
             name: name.to_string(),
             cgroup_class,
