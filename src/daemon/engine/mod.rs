@@ -9,6 +9,7 @@ mod load;
 mod moves;
 mod requests;
 mod tasks;
+mod vms;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -59,6 +60,8 @@ pub struct Engine {
     pub session: Session,
     /// Processes with a pidfd exit watch.
     pub watched: HashSet<u32>,
+    /// VM monitors attached with `vm_attach`, whose new threads are placed as they appear.
+    pub vms: vms::Attachments,
 }
 
 impl Engine {
@@ -80,6 +83,7 @@ impl Engine {
                 state,
             },
             watched: HashSet::new(),
+            vms: Default::default(),
         };
         if !crate::sched::Support::get().uclamp {
             tracing::warn!(

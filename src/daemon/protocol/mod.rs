@@ -45,6 +45,17 @@ pub enum Request {
     VmRemove {
         name: String,
     },
+    /// A running VM monitor into its VM's groups, each thread by its name; threads created or
+    /// renamed later are placed as they appear.
+    VmAttach {
+        name: String,
+        pid: u32,
+        #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+        vm_type: Option<String>,
+        /// vCPU thread name patterns replacing the type's.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        vcpu_threads: Vec<String>,
+    },
     /// Foreground / background CPU share of a VM or a browser process group, and an optional
     /// CPU quota (concierge's SetVmCpuRestriction).
     Restrict {
@@ -70,6 +81,7 @@ impl Request {
             Request::MoveThreads { .. } => "move_threads",
             Request::VmAdd { .. } => "vm_add",
             Request::VmRemove { .. } => "vm_remove",
+            Request::VmAttach { .. } => "vm_attach",
             Request::Restrict { .. } => "restrict",
             Request::Reload => "reload",
             Request::Reset => "reset",
@@ -275,6 +287,18 @@ mod tests {
             },
             Request::VmRemove {
                 name: "termina".into(),
+            },
+            Request::VmAttach {
+                name: "termina".into(),
+                pid: 9,
+                vm_type: Some("crosvm".into()),
+                vcpu_threads: vec!["vcpu*".into()],
+            },
+            Request::VmAttach {
+                name: "t".into(),
+                pid: 9,
+                vm_type: None,
+                vcpu_threads: vec![],
             },
             Request::Restrict {
                 group: "vm:arcvm".into(),

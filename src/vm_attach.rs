@@ -1,0 +1,380 @@
+//! Attaching a running VM monitor to its VM's groups: the process into `vms/<name>` (the
+//! VM's thread root), each vCPU thread into `vms/<name>/vcpu` and every other thread into
+//! `vms/<name>/io`, told apart by thread name. The command line runs it once; the daemon also
+//! places threads created or renamed later (`daemon/engine/vms.rs`).
+//!
+//! A VM type is one row of [`VM_TYPES`]: the monitor's program names (to detect the type from
+//! `/proc/<pid>/exe`, else its comm) and the names of its vCPU threads. A caller may replace
+//! the vCPU patterns for one attach (`--vcpu-threads`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CliError, CliResult, Exit};
+use crate::layout::{self, Target, validate_vm_name};
+use crate::matcher::{MAX_PATTERN, Mode, Wildcard};
+use crate::ops::{self, Session};
+use crate::place::{Held, PlaceError};
+use crate::procfs::{ProcessId, Procfs, ThreadId};
+
+/// A kind of VM monitor and how it names its vCPU threads.
+#[derive(Debug)]
+pub struct VmType {
+    pub name: &'static str,
+    /// Globs of the monitor's program name (the basename of its exe, else its comm).
+    pub monitors: &'static [&'static str],
+    /// Globs of its vCPU threads' names (comm: at most 15 bytes).
+    pub vcpu_threads: &'static [&'static str],
+}
+
+/// The VM types that ship. QEMU names its vCPU threads `CPU <n>/<accelerator>` only with
+/// `-name <vm>,debug-threads=on`; without it every thread is `qemu-system-*` and goes to io.
+pub const VM_TYPES: &[VmType] = &[
+    VmType {
+        name: "qemu",
+        monitors: &["qemu-system-*", "qemu-kvm"],
+        vcpu_threads: &["CPU */KVM", "CPU */TCG", "CPU */HVF", "CPU */WHPX"],
+    },
+    VmType {
+        name: "crosvm",
+        monitors: &["crosvm"],
+        vcpu_threads: &["crosvm_vcpu*"],
+    },
+];
+
+/// Most `--vcpu-threads` patterns in one attach.
+pub const MAX_VCPU_PATTERNS: usize = 16;
+
+/// How one attached VM's threads are told apart.
+#[derive(Debug, Clone)]
+pub struct ThreadNames {
+    /// The VM type (`custom` for patterns given without a type).
+    pub vm_type: String,
+    pub patterns: Vec<String>,
+    compiled: Vec<Wildcard>,
+}
+
+impl ThreadNames {
+    /// The patterns of a type, or the given ones (which replace the type's).
+    pub fn new(vm_type: &str, patterns: &[String]) -> Result<ThreadNames, String> {
+        let known = VM_TYPES.iter().find(|t| t.name == vm_type);
+        let patterns: Vec<String> = match (known, patterns.is_empty()) {
+            (_, false) => patterns.to_vec(),
+            (Some(t), true) => t.vcpu_threads.iter().map(|p| p.to_string()).collect(),
+            (None, true) => return Err(unknown_type(vm_type)),
+        };
+        if patterns.len() > MAX_VCPU_PATTERNS {
+            return Err(format!(
+                "{} vCPU thread patterns; at most {MAX_VCPU_PATTERNS}",
+                patterns.len()
+            ));
+        }
+        let compiled = patterns
+            .iter()
+            .map(|p| match Wildcard::bounded(p, Mode::Name) {
+                Ok(w) if !p.is_empty() => Ok(w),
+                Ok(_) => Err("an empty vCPU thread pattern matches no thread".to_string()),
+                Err(e) => Err(format!("vCPU thread pattern: {e} (at most {MAX_PATTERN})")),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ThreadNames {
+            vm_type: vm_type.to_string(),
+            patterns,
+            compiled,
+        })
+    }
+
+    /// The VM part a thread of this name belongs in: `vcpu` or `io`.
+    pub fn part(&self, thread_name: &str) -> &'static str {
+        if self.compiled.iter().any(|w| w.matches(thread_name)) {
+            layout::VCPU
+        } else {
+            layout::IO
+        }
+    }
+}
+
+fn unknown_type(name: &str) -> String {
+    let names: Vec<&str> = VM_TYPES.iter().map(|t| t.name).collect();
+    format!(
+        "unknown VM type {name:?}: expected one of {} (or give --vcpu-threads)",
+        names.join(", ")
+    )
+}
+
+/// The VM type of a monitor, from its program's name (`/proc/<pid>/exe`, else its comm).
+pub fn detect(proc: &Procfs, pid: ProcessId, comm: &str) -> Option<&'static VmType> {
+    let exe = std::fs::read_link(proc.root().join(format!("{}/exe", pid.get()))).ok();
+    let exe_name = exe.as_ref().and_then(|p| p.file_name()).map(|n| {
+        n.to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_string()
+    });
+    let is = |name: &str| {
+        VM_TYPES.iter().find(|t| {
+            t.monitors
+                .iter()
+                .any(|m| Wildcard::new(m, Mode::Name).matches(name))
+        })
+    };
+    exe_name.as_deref().and_then(is).or_else(|| is(comm))
+}
+
+/// The thread names of the VM whose monitor is `held`: the asked type, else the detected one.
+pub fn thread_names(
+    proc: &Procfs,
+    held: &Held,
+    asked: Option<&str>,
+    vcpu_threads: &[String],
+) -> CliResult<ThreadNames> {
+    let vm_type = match asked {
+        Some(t) => t.to_string(),
+        None => match detect(proc, held.key().pid(), &held.stat.comm) {
+            Some(t) => t.name.to_string(),
+            None if !vcpu_threads.is_empty() => "custom".to_string(),
+            None => {
+                return Err(CliError::bad_input(format!(
+                    "cannot tell the VM type of process {} ({}): give --type ({})",
+                    held.id(),
+                    held.stat.comm,
+                    VM_TYPES
+                        .iter()
+                        .map(|t| t.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        },
+    };
+    ThreadNames::new(&vm_type, vcpu_threads).map_err(CliError::bad_input)
+}
+
+/// One thread of an attached VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmThread {
+    pub tid: u32,
+    pub name: String,
+    /// `vcpu` or `io`.
+    pub part: String,
+    /// Why it is not there (it stays in the VM's group), if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What `vm attach` did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attached {
+    pub name: String,
+    pub pid: u32,
+    pub vm_type: String,
+    pub vcpu_threads: Vec<String>,
+    /// The VM's group (a directory).
+    pub group: String,
+    /// Whether the attach created the VM's groups (`vm add`).
+    pub created: bool,
+    pub dry_run: bool,
+    pub threads: Vec<VmThread>,
+    /// Threads that exited while they were being placed.
+    pub exited: usize,
+}
+
+impl Attached {
+    /// The exit status: a thread the kernel refused is a failure of the attach.
+    pub fn exit(&self) -> Exit {
+        if self.threads.iter().any(|t| t.error.is_some()) {
+            Exit::KernelRefused
+        } else {
+            Exit::Ok
+        }
+    }
+}
+
+/// The VM's groups, created as `vm add` would if missing. Whether they were created.
+pub type EnsureGroups<'a> = &'a mut dyn FnMut(&mut Session) -> CliResult<bool>;
+
+impl Attached {
+    fn new(name: &str, group: String, process: &Held, names: &ThreadNames, dry_run: bool) -> Self {
+        Attached {
+            name: name.to_string(),
+            pid: process.id(),
+            vm_type: names.vm_type.clone(),
+            vcpu_threads: names.patterns.clone(),
+            group,
+            created: false,
+            dry_run,
+            threads: Vec::new(),
+            exited: 0,
+        }
+    }
+}
+
+/// What an attach would do: each thread's part by its name; nothing is written.
+pub fn preview(
+    proc: &Procfs,
+    group_dir: &std::path::Path,
+    name: &str,
+    process: &Held,
+    names: &ThreadNames,
+) -> CliResult<Attached> {
+    validate_vm_name(name).map_err(CliError::bad_input)?;
+    let group = group_dir.join(layout::vm_path(name)).display().to_string();
+    let mut out = Attached::new(name, group, process, names, true);
+    let pid = process.key().pid();
+    for tid in proc.threads(pid).map_err(PlaceError::from)? {
+        match proc.task_stat(pid.get(), tid.get()) {
+            Ok(st) => out.threads.push(VmThread {
+                tid: tid.get(),
+                part: names.part(&st.comm).to_string(),
+                name: st.comm,
+                error: None,
+            }),
+            Err(_) => out.exited += 1,
+        }
+    }
+    if !process.still_there(proc) {
+        return Err(PlaceError::Gone(process.id()).into());
+    }
+    Ok(out)
+}
+
+/// Attaches the held monitor process to VM `name`: its groups made if missing (`ensure`),
+/// the process moved into the VM's group, each thread into its part by name.
+pub fn attach(
+    s: &mut Session,
+    ensure: EnsureGroups<'_>,
+    name: &str,
+    process: &Held,
+    names: &ThreadNames,
+) -> CliResult<Attached> {
+    validate_vm_name(name).map_err(CliError::bad_input)?;
+    let group = layout::vm_path(name);
+    let mut out = Attached::new(
+        name,
+        s.cg.path(&group).display().to_string(),
+        process,
+        names,
+        false,
+    );
+    out.created = ensure(s)?;
+    let target = Target::Vm {
+        name: name.to_string(),
+        part: None,
+    };
+    let mut state = std::mem::take(&mut s.state);
+    let moved = s.placer().move_held_process(process, &target, &mut state);
+    s.state = state;
+    moved?;
+    for tid in s
+        .proc
+        .threads(process.key().pid())
+        .map_err(PlaceError::from)?
+    {
+        match place_thread(s, tid, names) {
+            Ok(t) => out.threads.push(t),
+            Err(PlaceError::Gone(_)) => out.exited += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+/// Places one thread of an attached VM by its name. A refusal by the kernel is reported in
+/// the thread's `error` (it stays where it is); a thread that is gone is `Gone`.
+pub fn place_thread(
+    s: &mut Session,
+    tid: ThreadId,
+    names: &ThreadNames,
+) -> Result<VmThread, PlaceError> {
+    let held = Held::thread(&s.proc, tid, None)?;
+    let part = names.part(&held.stat.comm);
+    let mut state = std::mem::take(&mut s.state);
+    let placed = s.placer().move_held_thread(&held, Some(part), &mut state);
+    s.state = state;
+    let error = match placed {
+        Ok(_) => None,
+        Err(PlaceError::Gone(id)) => return Err(PlaceError::Gone(id)),
+        Err(e) => Some(e.to_string()),
+    };
+    Ok(VmThread {
+        tid: tid.get(),
+        name: held.stat.comm.clone(),
+        part: part.to_string(),
+        error,
+    })
+}
+
+/// The VM's groups as `vm add` makes them, if `vms/<name>` is missing.
+pub fn ensure_groups(
+    s: &mut Session,
+    board: &crate::board::Board,
+    plan: &crate::plan::Plan,
+    sysfs: &std::path::Path,
+    name: &str,
+) -> CliResult<bool> {
+    if s.cg.exists(&layout::vm_path(name)) {
+        return Ok(false);
+    }
+    ops::vm_add(s, board, plan, sysfs, name)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_and_crosvm_threads_go_to_their_parts() {
+        let qemu = ThreadNames::new("qemu", &[]).unwrap();
+        for (name, part) in [
+            ("CPU 0/TCG", "vcpu"),
+            ("CPU 11/KVM", "vcpu"),
+            ("CPU 1/HVF", "vcpu"),
+            ("qemu-system-x86", "io"),
+            ("call_rcu", "io"),
+            ("IO mon_iothread", "io"),
+            ("worker", "io"),
+            ("CPU 0/KVMx", "io"),
+        ] {
+            assert_eq!(qemu.part(name), part, "{name}");
+        }
+        let crosvm = ThreadNames::new("crosvm", &[]).unwrap();
+        assert_eq!(crosvm.part("crosvm_vcpu0"), "vcpu");
+        assert_eq!(crosvm.part("crosvm_vcpu12"), "vcpu");
+        assert_eq!(crosvm.part("crosvm"), "io");
+        assert_eq!(crosvm.part("v_balloon"), "io");
+        // Patterns given replace the type's.
+        let custom = ThreadNames::new("qemu", &["vcpu-*".into()]).unwrap();
+        assert_eq!(custom.part("vcpu-3"), "vcpu");
+        assert_eq!(custom.part("CPU 0/TCG"), "io");
+    }
+
+    #[test]
+    fn bad_types_and_patterns_are_refused_clearly() {
+        let e = ThreadNames::new("vbox", &[]).unwrap_err();
+        assert_eq!(
+            e,
+            "unknown VM type \"vbox\": expected one of qemu, crosvm (or give --vcpu-threads)"
+        );
+        assert!(ThreadNames::new("custom", &["x*".into()]).is_ok());
+        let long = "a".repeat(MAX_PATTERN + 1);
+        let e = ThreadNames::new("qemu", &[long]).unwrap_err();
+        assert!(e.contains("longer than the limit"), "{e}");
+        let e = ThreadNames::new("qemu", &[String::new()]).unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+        let many: Vec<String> = (0..=MAX_VCPU_PATTERNS).map(|i| i.to_string()).collect();
+        assert!(
+            ThreadNames::new("qemu", &many)
+                .unwrap_err()
+                .contains("at most 16")
+        );
+    }
+
+    #[test]
+    fn monitors_are_detected_by_program_name() {
+        let proc = Procfs::new("/nonexistent-proc");
+        let pid = ProcessId::new(1);
+        // No exe to read: the comm decides (kept to 15 bytes by the kernel).
+        assert_eq!(detect(&proc, pid, "qemu-system-x86").unwrap().name, "qemu");
+        assert_eq!(detect(&proc, pid, "crosvm").unwrap().name, "crosvm");
+        assert!(detect(&proc, pid, "bash").is_none());
+    }
+}
