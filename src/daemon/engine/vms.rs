@@ -37,8 +37,10 @@ pub struct AttachAsk<'a> {
 }
 
 impl Engine {
-    /// `vm_attach`: the policy of `vm_add` for the VM's groups and of a move into the VM and
-    /// both its parts; the monitor held by a pidfd while its owner is checked and it moves.
+    /// `vm_attach`: the policy of `vm_add` if the VM's groups are to be made, and of a move
+    /// into the VM and both its parts; the monitor held by a pidfd while its owner is checked
+    /// (a caller not root places only its own processes unless the policy says more) and
+    /// while it moves.
     pub(super) fn vm_attach(
         &mut self,
         caller: &Caller,
@@ -47,7 +49,10 @@ impl Engine {
     ) -> CliResult<Value> {
         layout::validate_vm_name(ask.name).map_err(CliError::bad_input)?;
         let group = layout::vm_path(ask.name);
-        self.authorize(caller, &Action::ChangeGroup { group: &group })?;
+        // Making the VM's groups is `vm_add`'s permission; placing into them a move's.
+        if !self.session.cg.exists(&group) {
+            self.authorize(caller, &Action::ChangeGroup { group: &group })?;
+        }
         for (g, class) in [
             (group.clone(), None),
             (group.clone(), Some(layout::VCPU)),
