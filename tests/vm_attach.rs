@@ -370,3 +370,85 @@ fn the_daemon_places_threads_created_or_renamed_after_the_attach() {
     drop(child);
     assert!(!d.log().contains("panicked"), "{}", d.log());
 }
+
+/// Not a test: the unprivileged client of `an_unprivileged_caller_attaches_its_own_monitor_only`,
+/// run as uid 54321: attaches a process of its own, then the foreign one, then its own to a VM
+/// whose groups do not exist yet.
+#[test]
+#[ignore = "helper process for the vm attach tests"]
+fn unprivileged_attacher() {
+    let Ok(socket) = std::env::var("CGQOS_TEST_SOCKET") else {
+        return;
+    };
+    let foreign = std::env::var("CGQOS_TEST_FOREIGN").unwrap();
+    let mut own = Command::new("sleep").arg("30").spawn().unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let attach = |s: &mut std::os::unix::net::UnixStream, vm: &str, pid: &str| {
+        request(
+            s,
+            &format!(r#"{{"v":1,"op":"vm_attach","name":"{vm}","pid":{pid},"type":"crosvm"}}"#),
+        )
+    };
+    let mine = attach(&mut s, "u", &own.id().to_string());
+    let theirs = attach(&mut s, "u", &foreign);
+    let new_vm = attach(&mut s, "other", &own.id().to_string());
+    println!("MINE {mine}THEIRS {theirs}NEW {new_vm}");
+    own.kill().unwrap();
+    own.wait().unwrap();
+}
+
+#[test]
+fn an_unprivileged_caller_attaches_its_own_monitor_only() {
+    let Some(mut d) = Daemon::new("vmattach-u", OPEN_SOCKET, None) else {
+        return;
+    };
+    let r = d.cli(&["vm", "add", "u"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let foreign = d.sleeper();
+    let foreign_before = cgroup_of(foreign);
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "unprivileged_attacher",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CGQOS_TEST_SOCKET", d.socket())
+        .env("CGQOS_TEST_FOREIGN", foreign.to_string())
+        .uid(UNPRIV_UID)
+        .gid(UNPRIV_UID)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = |tag: &str| {
+        text.split(tag)
+            .nth(1)
+            .and_then(|r| r.lines().next())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {tag} in {text} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+            .to_string()
+    };
+    let mine = line("MINE ");
+    assert!(
+        mine.contains("\"ok\":true") && mine.contains("\"part\":\"io\""),
+        "{mine}"
+    );
+    let theirs = line("THEIRS ");
+    assert!(
+        theirs.contains("\"code\":\"denied\"")
+            && theirs.contains("uid 54321 may only place its own processes"),
+        "{theirs}"
+    );
+    assert_eq!(cgroup_of(foreign), foreign_before);
+    let new_vm = line("NEW ");
+    assert!(
+        new_vm.contains("\"code\":\"denied\"") && new_vm.contains("changing vms/other is for root"),
+        "{new_vm}"
+    );
+    assert!(!d.root.join("vms/other").exists());
+}

@@ -364,6 +364,30 @@ mod tests {
     }
 
     #[test]
+    fn vm_attach_fields_are_checked() {
+        let (c, m) =
+            p(r#"{"v":1,"op":"vm_attach","name":"t","pid":1,"vcpu_threads":"CPU*"}"#).unwrap_err();
+        assert_eq!(c, Code::BadRequest);
+        assert!(m.contains("expected a sequence"), "{m}");
+        let (c, m) = p(r#"{"v":1,"op":"vm_attach","name":"t","pid":1,"kind":"qemu"}"#).unwrap_err();
+        assert_eq!(c, Code::BadRequest);
+        assert!(m.contains("unknown field `kind`"), "{m}");
+        assert_eq!(
+            p(r#"{"v":1,"op":"vm_attach","name":"t"}"#).unwrap_err().0,
+            Code::BadRequest
+        );
+        assert_eq!(
+            p(r#"{"v":1,"op":"vm_attach","name":"t","pid":1,"type":"qemu"}"#).unwrap(),
+            Request::VmAttach {
+                name: "t".into(),
+                pid: 1,
+                vm_type: Some("qemu".into()),
+                vcpu_threads: vec![],
+            }
+        );
+    }
+
+    #[test]
     fn operations_without_fields_refuse_fields() {
         let (c, m) = p(r#"{"v":1,"op":"ping","extra":1}"#).unwrap_err();
         assert_eq!(c, Code::BadRequest);
