@@ -235,6 +235,27 @@ fn bad_attach_requests_are_refused_before_anything_moves() {
         assert!(r.stderr.contains(message), "{args:?}: {}", r.stderr);
         assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
     }
+    // A bad vm-types.yaml: its file, line and column, and nothing moves.
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(conf.path().join("vm-types.yaml"), "qemu:\n  vcpu: [x]\n").unwrap();
+    let dir = conf.path().to_str().unwrap();
+    let r = tree.run(&[
+        "vm",
+        "attach",
+        "t",
+        &p,
+        "--type",
+        "qemu",
+        "--config-dir",
+        dir,
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("vm-types.yaml:2:3: qemu: unknown key `vcpu`"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(cgroup_of(sleeper.id()), before);
     assert!(!tree.root.join("vms/t").exists());
     sleeper.kill().unwrap();
@@ -315,7 +336,15 @@ fn in_part(pid: u32, tid: u32, vm: &str, part: &str) -> bool {
 
 #[test]
 fn the_daemon_places_threads_created_or_renamed_after_the_attach() {
-    let Some(d) = Daemon::new("vmattach", OPEN_SOCKET, None) else {
+    // A VM type of the configuration: the test program as its monitor.
+    let types = "testvmm:\n  monitors: [\"vmac*\"]\n  vcpu-threads: [\"crosvm_vcpu*\"]\n";
+    let Some(d) = Daemon::with(
+        "vmattach",
+        OPEN_SOCKET,
+        None,
+        &[("vm-types.yaml", types)],
+        &[],
+    ) else {
         return;
     };
     // QEMU through the daemon: the same placement as directly.
@@ -335,8 +364,9 @@ fn the_daemon_places_threads_created_or_renamed_after_the_attach() {
     let mut child = run_child_program(&prog, "vm_child", CHILD, 2);
     let pid = child.child.id();
     let before = cgroups(pid);
-    let r = d.cli(&["vm", "attach", "c", &pid.to_string(), "--type", "crosvm"]);
+    let r = d.cli(&["vm", "attach", "c", &pid.to_string(), "--json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stderr, d.log());
+    assert_eq!(json(&r)["vm_type"], "testvmm", "detected by vm-types.yaml");
     let crosvm_vcpu = |n: &str| n.starts_with("crosvm_vcpu");
     assert_placed(pid, "c", crosvm_vcpu);
     let worker0 = child.tids[0];

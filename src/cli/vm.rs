@@ -138,15 +138,13 @@ fn attach(
         }
     };
     layout::validate_vm_name(name).map_err(CliError::bad_input)?;
-    if let Some(t) = &vm_type {
-        // The same check the operation makes, before anything is held or asked.
-        vm_attach::ThreadNames::new(t, &vcpu_threads).map_err(CliError::bad_input)?;
-    }
     let out: Attached = if dry_run {
         // Reads only: no daemon, no state lock.
         let proc = ctx.procfs();
+        let types = vm_types(ctx)?;
         let held = Held::process(&proc, pid, None)?;
-        let names = vm_attach::thread_names(&proc, &held, vm_type.as_deref(), &vcpu_threads)?;
+        let names =
+            vm_attach::thread_names(&types, &proc, &held, vm_type.as_deref(), &vcpu_threads)?;
         vm_attach::preview(&proc, &ctx.cgroup_root()?, name, &held, &names)?
     } else {
         match ctx.daemon()? {
@@ -175,9 +173,10 @@ fn attach_direct(
     vcpu_threads: &[String],
 ) -> CliResult<Attached> {
     let (_topo, board, plan) = ctx.plan()?;
+    let types = vm_types(ctx)?;
     let mut s = ctx.session()?;
     let held = Held::process(&s.proc, pid, None)?;
-    let names = vm_attach::thread_names(&s.proc, &held, vm_type, vcpu_threads)?;
+    let names = vm_attach::thread_names(&types, &s.proc, &held, vm_type, vcpu_threads)?;
     let sysfs = ctx.g.sysfs_root.clone();
     let mut ensure =
         |s: &mut ops::Session| vm_attach::ensure_groups(s, &board, &plan, &sysfs, name);
@@ -185,6 +184,11 @@ fn attach_direct(
     // What moved is recorded, whatever failed after.
     s.save()?;
     r
+}
+
+/// The VM types: `vm-types.yaml` of the configuration directory over the shipped ones.
+fn vm_types(ctx: &Ctx) -> CliResult<vm_attach::VmTypes> {
+    vm_attach::VmTypes::load(&ctx.g.config_dir).map_err(|e| CliError::bad_input(e.to_string()))
 }
 
 fn attached_text(a: &Attached) -> String {

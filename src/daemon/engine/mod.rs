@@ -52,6 +52,8 @@ pub struct Loaded {
     pub board: Board,
     pub topology: Topology,
     pub plan: Plan,
+    /// `vm-types.yaml` over the shipped VM types (`vm_attach`).
+    pub vm_types: crate::vm_attach::VmTypes,
 }
 
 pub struct Engine {

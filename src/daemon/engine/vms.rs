@@ -72,7 +72,13 @@ impl Engine {
         });
         let held = self.check_target(caller, &dest, &target)?;
         let s = &mut self.session;
-        let names = vm_attach::thread_names(&s.proc, &held, ask.vm_type, ask.vcpu_threads)?;
+        let names = vm_attach::thread_names(
+            &self.loaded.vm_types,
+            &s.proc,
+            &held,
+            ask.vm_type,
+            ask.vcpu_threads,
+        )?;
         let (board, plan, sysfs) = (&self.loaded.board, &self.loaded.plan, &self.paths.sysfs);
         let mut ensure =
             |s: &mut ops::Session| vm_attach::ensure_groups(s, board, plan, sysfs, ask.name);

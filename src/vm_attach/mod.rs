@@ -3,46 +3,23 @@
 //! `vms/<name>/io`, told apart by thread name. The command line runs it once; the daemon also
 //! places threads created or renamed later (`daemon/engine/vms.rs`).
 //!
-//! A VM type is one row of [`VM_TYPES`]: the monitor's program names (to detect the type from
-//! `/proc/<pid>/exe`, else its comm) and the names of its vCPU threads. A caller may replace
-//! the vCPU patterns for one attach (`--vcpu-threads`).
+//! A VM type ([`VmTypes`]: two ship, `vm-types.yaml` in the configuration directory changes
+//! or adds them) is the monitor's program names (to detect the type from `/proc/<pid>/exe`,
+//! else its comm) and the names of its vCPU threads. A caller may replace the vCPU patterns
+//! for one attach (`--vcpu-threads`).
+
+mod types;
 
 use serde::{Deserialize, Serialize};
 
+pub use types::{FILE as TYPES_FILE, MAX_PATTERNS, VmType, VmTypes};
+
 use crate::error::{CliError, CliResult, Exit};
 use crate::layout::{self, Target, validate_vm_name};
-use crate::matcher::{MAX_PATTERN, Mode, Wildcard};
+use crate::matcher::{Mode, Wildcard};
 use crate::ops::{self, Session};
 use crate::place::{Held, PlaceError};
 use crate::procfs::{ProcessId, Procfs, ThreadId};
-
-/// A kind of VM monitor and how it names its vCPU threads.
-#[derive(Debug)]
-pub struct VmType {
-    pub name: &'static str,
-    /// Globs of the monitor's program name (the basename of its exe, else its comm).
-    pub monitors: &'static [&'static str],
-    /// Globs of its vCPU threads' names (comm: at most 15 bytes).
-    pub vcpu_threads: &'static [&'static str],
-}
-
-/// The VM types that ship. QEMU names its vCPU threads `CPU <n>/<accelerator>` only with
-/// `-name <vm>,debug-threads=on`; without it every thread is `qemu-system-*` and goes to io.
-pub const VM_TYPES: &[VmType] = &[
-    VmType {
-        name: "qemu",
-        monitors: &["qemu-system-*", "qemu-kvm"],
-        vcpu_threads: &["CPU */KVM", "CPU */TCG", "CPU */HVF", "CPU */WHPX"],
-    },
-    VmType {
-        name: "crosvm",
-        monitors: &["crosvm"],
-        vcpu_threads: &["crosvm_vcpu*"],
-    },
-];
-
-/// Most `--vcpu-threads` patterns in one attach.
-pub const MAX_VCPU_PATTERNS: usize = 16;
 
 /// How one attached VM's threads are told apart.
 #[derive(Debug, Clone)]
@@ -54,26 +31,24 @@ pub struct ThreadNames {
 }
 
 impl ThreadNames {
-    /// The patterns of a type, or the given ones (which replace the type's).
-    pub fn new(vm_type: &str, patterns: &[String]) -> Result<ThreadNames, String> {
-        let known = VM_TYPES.iter().find(|t| t.name == vm_type);
-        let patterns: Vec<String> = match (known, patterns.is_empty()) {
+    /// The vCPU patterns of type `vm_type`, or the given ones (which replace the type's).
+    pub fn new(types: &VmTypes, vm_type: &str, patterns: &[String]) -> Result<ThreadNames, String> {
+        let patterns: Vec<String> = match (types.get(vm_type), patterns.is_empty()) {
             (_, false) => patterns.to_vec(),
-            (Some(t), true) => t.vcpu_threads.iter().map(|p| p.to_string()).collect(),
-            (None, true) => return Err(unknown_type(vm_type)),
+            (Some(t), true) => t.vcpu_threads.clone(),
+            (None, true) => return Err(unknown_type(types, vm_type)),
         };
-        if patterns.len() > MAX_VCPU_PATTERNS {
+        if patterns.len() > MAX_PATTERNS {
             return Err(format!(
-                "{} vCPU thread patterns; at most {MAX_VCPU_PATTERNS}",
+                "{} vCPU thread patterns; at most {MAX_PATTERNS}",
                 patterns.len()
             ));
         }
         let compiled = patterns
             .iter()
-            .map(|p| match Wildcard::bounded(p, Mode::Name) {
-                Ok(w) if !p.is_empty() => Ok(w),
-                Ok(_) => Err("an empty vCPU thread pattern matches no thread".to_string()),
-                Err(e) => Err(format!("vCPU thread pattern: {e} (at most {MAX_PATTERN})")),
+            .map(|p| {
+                types::check_pattern(p)
+                    .map_err(|why| format!("vCPU thread pattern {p:?}: expected {why}"))
             })
             .collect::<Result<_, _>>()?;
         Ok(ThreadNames {
@@ -93,16 +68,21 @@ impl ThreadNames {
     }
 }
 
-fn unknown_type(name: &str) -> String {
-    let names: Vec<&str> = VM_TYPES.iter().map(|t| t.name).collect();
+fn unknown_type(types: &VmTypes, name: &str) -> String {
     format!(
-        "unknown VM type {name:?}: expected one of {} (or give --vcpu-threads)",
-        names.join(", ")
+        "unknown VM type {name:?}: expected one of {} (or give --vcpu-threads; types are added in {})",
+        types.names().join(", "),
+        TYPES_FILE
     )
 }
 
 /// The VM type of a monitor, from its program's name (`/proc/<pid>/exe`, else its comm).
-pub fn detect(proc: &Procfs, pid: ProcessId, comm: &str) -> Option<&'static VmType> {
+pub fn detect<'t>(
+    types: &'t VmTypes,
+    proc: &Procfs,
+    pid: ProcessId,
+    comm: &str,
+) -> Option<&'t VmType> {
     let exe = std::fs::read_link(proc.root().join(format!("{}/exe", pid.get()))).ok();
     let exe_name = exe.as_ref().and_then(|p| p.file_name()).map(|n| {
         n.to_string_lossy()
@@ -110,7 +90,7 @@ pub fn detect(proc: &Procfs, pid: ProcessId, comm: &str) -> Option<&'static VmTy
             .to_string()
     });
     let is = |name: &str| {
-        VM_TYPES.iter().find(|t| {
+        types.0.iter().find(|t| {
             t.monitors
                 .iter()
                 .any(|m| Wildcard::new(m, Mode::Name).matches(name))
@@ -121,6 +101,7 @@ pub fn detect(proc: &Procfs, pid: ProcessId, comm: &str) -> Option<&'static VmTy
 
 /// The thread names of the VM whose monitor is `held`: the asked type, else the detected one.
 pub fn thread_names(
+    types: &VmTypes,
     proc: &Procfs,
     held: &Held,
     asked: Option<&str>,
@@ -128,24 +109,20 @@ pub fn thread_names(
 ) -> CliResult<ThreadNames> {
     let vm_type = match asked {
         Some(t) => t.to_string(),
-        None => match detect(proc, held.key().pid(), &held.stat.comm) {
-            Some(t) => t.name.to_string(),
+        None => match detect(types, proc, held.key().pid(), &held.stat.comm) {
+            Some(t) => t.name.clone(),
             None if !vcpu_threads.is_empty() => "custom".to_string(),
             None => {
                 return Err(CliError::bad_input(format!(
                     "cannot tell the VM type of process {} ({}): give --type ({})",
                     held.id(),
                     held.stat.comm,
-                    VM_TYPES
-                        .iter()
-                        .map(|t| t.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    types.names().join(", ")
                 )));
             }
         },
     };
-    ThreadNames::new(&vm_type, vcpu_threads).map_err(CliError::bad_input)
+    ThreadNames::new(types, &vm_type, vcpu_threads).map_err(CliError::bad_input)
 }
 
 /// One thread of an attached VM.
@@ -321,9 +298,14 @@ pub fn ensure_groups(
 mod tests {
     use super::*;
 
+    fn names(t: &str, patterns: &[&str]) -> Result<ThreadNames, String> {
+        let p: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();
+        ThreadNames::new(&VmTypes::default(), t, &p)
+    }
+
     #[test]
     fn qemu_and_crosvm_threads_go_to_their_parts() {
-        let qemu = ThreadNames::new("qemu", &[]).unwrap();
+        let qemu = names("qemu", &[]).unwrap();
         for (name, part) in [
             ("CPU 0/TCG", "vcpu"),
             ("CPU 11/KVM", "vcpu"),
@@ -336,45 +318,45 @@ mod tests {
         ] {
             assert_eq!(qemu.part(name), part, "{name}");
         }
-        let crosvm = ThreadNames::new("crosvm", &[]).unwrap();
+        let crosvm = names("crosvm", &[]).unwrap();
         assert_eq!(crosvm.part("crosvm_vcpu0"), "vcpu");
         assert_eq!(crosvm.part("crosvm_vcpu12"), "vcpu");
         assert_eq!(crosvm.part("crosvm"), "io");
         assert_eq!(crosvm.part("v_balloon"), "io");
         // Patterns given replace the type's.
-        let custom = ThreadNames::new("qemu", &["vcpu-*".into()]).unwrap();
+        let custom = names("qemu", &["vcpu-*"]).unwrap();
         assert_eq!(custom.part("vcpu-3"), "vcpu");
         assert_eq!(custom.part("CPU 0/TCG"), "io");
     }
 
     #[test]
     fn bad_types_and_patterns_are_refused_clearly() {
-        let e = ThreadNames::new("vbox", &[]).unwrap_err();
         assert_eq!(
-            e,
-            "unknown VM type \"vbox\": expected one of qemu, crosvm (or give --vcpu-threads)"
+            names("vbox", &[]).unwrap_err(),
+            "unknown VM type \"vbox\": expected one of qemu, crosvm (or give --vcpu-threads; types are added in vm-types.yaml)"
         );
-        assert!(ThreadNames::new("custom", &["x*".into()]).is_ok());
-        let long = "a".repeat(MAX_PATTERN + 1);
-        let e = ThreadNames::new("qemu", &[long]).unwrap_err();
-        assert!(e.contains("longer than the limit"), "{e}");
-        let e = ThreadNames::new("qemu", &[String::new()]).unwrap_err();
-        assert!(e.contains("empty"), "{e}");
-        let many: Vec<String> = (0..=MAX_VCPU_PATTERNS).map(|i| i.to_string()).collect();
-        assert!(
-            ThreadNames::new("qemu", &many)
-                .unwrap_err()
-                .contains("at most 16")
+        assert!(names("custom", &["x*"]).is_ok());
+        let long = "a".repeat(crate::matcher::MAX_PATTERN + 1);
+        let e = names("qemu", &[&long]).unwrap_err();
+        assert!(e.contains("a pattern of at most 1024 characters"), "{e}");
+        assert_eq!(
+            names("qemu", &[""]).unwrap_err(),
+            "vCPU thread pattern \"\": expected a non-empty pattern"
         );
+        let many: Vec<String> = (0..=MAX_PATTERNS).map(|i| i.to_string()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(names("qemu", &many).unwrap_err().contains("at most 16"));
     }
 
     #[test]
     fn monitors_are_detected_by_program_name() {
+        let types = VmTypes::default();
         let proc = Procfs::new("/nonexistent-proc");
         let pid = ProcessId::new(1);
+        let kind = |comm: &str| detect(&types, &proc, pid, comm).map(|t| t.name.clone());
         // No exe to read: the comm decides (kept to 15 bytes by the kernel).
-        assert_eq!(detect(&proc, pid, "qemu-system-x86").unwrap().name, "qemu");
-        assert_eq!(detect(&proc, pid, "crosvm").unwrap().name, "crosvm");
-        assert!(detect(&proc, pid, "bash").is_none());
+        assert_eq!(kind("qemu-system-x86").as_deref(), Some("qemu"));
+        assert_eq!(kind("crosvm").as_deref(), Some("crosvm"));
+        assert_eq!(kind("bash"), None);
     }
 }
