@@ -114,7 +114,7 @@ pub fn thread_names(
             None if !vcpu_threads.is_empty() => "custom".to_string(),
             None => {
                 return Err(CliError::bad_input(format!(
-                    "cannot tell the VM type of process {} ({}): give --type ({})",
+                    "cannot tell the VM type of process {} ({}): name it ({}) with --type (`type` in a request)",
                     held.id(),
                     held.stat.comm,
                     types.names().join(", ")
