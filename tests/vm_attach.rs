@@ -193,10 +193,18 @@ fn a_running_qemu_is_attached_thread_by_thread_and_detached_by_vm_remove() {
     assert!(r.stdout.contains("attached qemu process"), "{}", r.stdout);
     assert!(r.stdout.contains("CPU 1/TCG        vcpu"), "{}", r.stdout);
 
+    // ArcVM keeps its own group: attached there, the same split.
+    let r = tree.run(&["vm", "attach", "arcvm", &p, "--type", "qemu"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("/vms/arcvm)"), "{}", r.stdout);
+    assert_placed(pid, "arcvm", qemu_vcpu);
+
     let r = tree.run(&["vm", "remove", "t"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(cgroups(pid), before, "every thread back where it was");
     assert!(!tree.root.join("vms/t").exists());
+    let r = tree.run(&["vm", "remove", "arcvm"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(cgroups(pid), before, "every thread back where it was");
 }
 
 #[test]

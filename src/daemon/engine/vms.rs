@@ -87,6 +87,10 @@ impl Engine {
         self.session.save()?;
         let attached = attached?;
         let key = held.key();
+        // Monitors whose exit event was lost go now: the map holds live processes only.
+        let proc = &self.session.proc;
+        self.vms
+            .retain(|&pid, a| proc.stat(pid).is_ok_and(|st| st.start() == a.start));
         self.vms.insert(
             key.pid().get(),
             Attachment {
