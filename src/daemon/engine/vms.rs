@@ -119,7 +119,7 @@ impl Engine {
 
     /// A process event of an attached monitor: a new or renamed thread is placed by its
     /// name; the monitor's exit forgets it. How many tasks moved (for the batch's save).
-    pub fn vm_event(&mut self, ev: &Event) -> usize {
+    pub(super) fn vm_event(&mut self, ev: &Event) -> usize {
         let (tid, tgid) = match *ev {
             Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } => (pid, tgid),
             Event::Exit { pid, tgid } if pid == tgid => {
