@@ -163,12 +163,7 @@ impl Attached {
             Exit::Ok
         }
     }
-}
 
-/// The VM's groups, created as `vm add` would if missing. Whether they were created.
-pub type EnsureGroups<'a> = &'a mut dyn FnMut(&mut Session) -> CliResult<bool>;
-
-impl Attached {
     fn new(name: &str, group: String, process: &Held, names: &ThreadNames, dry_run: bool) -> Self {
         Attached {
             name: name.to_string(),
@@ -183,6 +178,9 @@ impl Attached {
         }
     }
 }
+
+/// The VM's groups, created as `vm add` would if missing. Whether they were created.
+pub type EnsureGroups<'a> = &'a mut dyn FnMut(&mut Session) -> CliResult<bool>;
 
 /// What an attach would do: each thread's part by its name; nothing is written.
 pub fn preview(
@@ -245,7 +243,7 @@ pub fn attach(
         .threads(process.key().pid())
         .map_err(PlaceError::from)?
     {
-        match place_thread(s, tid, names) {
+        match place_thread(s, process.key().pid(), tid, names) {
             Ok(t) => out.threads.push(t),
             Err(PlaceError::Gone(_)) => out.exited += 1,
             Err(e) => return Err(e.into()),
@@ -254,14 +252,19 @@ pub fn attach(
     Ok(out)
 }
 
-/// Places one thread of an attached VM by its name. A refusal by the kernel is reported in
-/// the thread's `error` (it stays where it is); a thread that is gone is `Gone`.
+/// Places one thread of process `pid` by its name. A refusal by the kernel is reported in
+/// the thread's `error` (it stays where it is); a thread that is gone (or, its id reused,
+/// another process's now) is `Gone`.
 pub fn place_thread(
     s: &mut Session,
+    pid: ProcessId,
     tid: ThreadId,
     names: &ThreadNames,
 ) -> Result<VmThread, PlaceError> {
     let held = Held::thread(&s.proc, tid, None)?;
+    if held.key().pid() != pid {
+        return Err(PlaceError::Gone(tid.get()));
+    }
     let part = names.part(&held.stat.comm);
     let mut state = std::mem::take(&mut s.state);
     let placed = s.placer().move_held_thread(&held, Some(part), &mut state);

@@ -148,7 +148,7 @@ impl Engine {
             }
             return 0;
         }
-        match vm_attach::place_thread(s, ThreadId::new(tid), &a.names) {
+        match vm_attach::place_thread(s, pid, ThreadId::new(tid), &a.names) {
             Ok(t) if t.error.is_none() => {
                 tracing::debug!(pid = tgid, tid, "vm {}: {:?} to {}", a.name, t.name, t.part);
                 1
