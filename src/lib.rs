@@ -29,4 +29,5 @@ pub mod suggest;
 pub mod sys;
 pub mod top;
 pub mod topology;
+pub mod vm_attach;
 pub mod yaml;

@@ -35,6 +35,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("classify", 2),
     ("ops", 2),
     ("top", 2),
+    ("vm_attach", 2),
     // Front ends.
     ("cli", 3),
     ("daemon", 3),

@@ -1,4 +1,5 @@
-//! `cgqos vm`: groups for virtual machines (vms/<name>/{vcpu,io}).
+//! `cgqos vm`: groups for virtual machines (vms/<name>/{vcpu,io}), and attaching a running
+//! VM monitor to them.
 
 use clap::Subcommand;
 use serde::Serialize;
@@ -6,10 +7,12 @@ use serde::Serialize;
 use super::Ctx;
 use crate::cgroupfs::files;
 use crate::daemon::protocol::Request;
-use crate::error::CliResult;
+use crate::error::{CliError, CliResult, Exit};
 use crate::layout;
 use crate::ops::{self, Added};
-use crate::place::TeardownReport;
+use crate::place::{Held, TeardownReport};
+use crate::procfs::ProcessId;
+use crate::vm_attach::{self, Attached};
 
 #[derive(Subcommand, Debug)]
 pub enum VmCommand {
@@ -22,6 +25,22 @@ pub enum VmCommand {
     Remove {
         /// VM name, as given to `vm add`
         name: String,
+    },
+    /// Move a running VM monitor into its VM's groups: vCPU threads to vcpu, the rest to io
+    Attach {
+        /// VM name: 1-64 of a-z, 0-9, '-', '_' (groups made as `vm add` makes them)
+        name: String,
+        /// The monitor's process id
+        pid: String,
+        /// VM type (qemu, crosvm); detected from the monitor's program name when absent
+        #[arg(long = "type", value_name = "TYPE")]
+        vm_type: Option<String>,
+        /// A vCPU thread name pattern (`*`, `?`), replacing the type's; repeatable
+        #[arg(long = "vcpu-threads", value_name = "GLOB")]
+        vcpu_threads: Vec<String>,
+        /// Show where each thread would go; move nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List VM groups and their members
     List,
@@ -39,6 +58,13 @@ pub fn run(ctx: &Ctx, cmd: VmCommand) -> CliResult<()> {
     match cmd {
         VmCommand::Add { name } => add(ctx, &name),
         VmCommand::Remove { name } => remove(ctx, &name),
+        VmCommand::Attach {
+            name,
+            pid,
+            vm_type,
+            vcpu_threads,
+            dry_run,
+        } => attach(ctx, &name, &pid, vm_type, vcpu_threads, dry_run),
         VmCommand::List => list(ctx),
     }
 }
@@ -93,6 +119,104 @@ fn remove(ctx: &Ctx, name: &str) -> CliResult<()> {
         s
     });
     Ok(())
+}
+
+fn attach(
+    ctx: &Ctx,
+    name: &str,
+    pid: &str,
+    vm_type: Option<String>,
+    vcpu_threads: Vec<String>,
+    dry_run: bool,
+) -> CliResult<()> {
+    let pid = match pid.parse::<u32>() {
+        Ok(n) if n > 0 => ProcessId::new(n),
+        _ => {
+            return Err(CliError::bad_input(format!(
+                "{pid:?} is not a process id (expected a positive integer)"
+            )));
+        }
+    };
+    layout::validate_vm_name(name).map_err(CliError::bad_input)?;
+    let out: Attached = if dry_run {
+        // Reads only: no daemon, no state lock.
+        let proc = ctx.procfs();
+        let types = vm_types(ctx)?;
+        let held = Held::process(&proc, pid, None)?;
+        let names =
+            vm_attach::thread_names(&types, &proc, &held, vm_type.as_deref(), &vcpu_threads)?;
+        vm_attach::preview(&proc, &ctx.cgroup_root()?, name, &held, &names)?
+    } else {
+        match ctx.daemon()? {
+            Some(mut d) => d.call(&Request::VmAttach {
+                name: name.into(),
+                pid: pid.get(),
+                vm_type,
+                vcpu_threads,
+            })?,
+            None => attach_direct(ctx, name, pid, vm_type.as_deref(), &vcpu_threads)?,
+        }
+    };
+    ctx.output(&out, attached_text);
+    match out.exit() {
+        Exit::Ok => Ok(()),
+        exit => Err(CliError::new(exit, String::new())),
+    }
+}
+
+/// Without a daemon: one pass; threads created later are not placed.
+fn attach_direct(
+    ctx: &Ctx,
+    name: &str,
+    pid: ProcessId,
+    vm_type: Option<&str>,
+    vcpu_threads: &[String],
+) -> CliResult<Attached> {
+    let (_topo, board, plan) = ctx.plan()?;
+    let types = vm_types(ctx)?;
+    let mut s = ctx.session()?;
+    let held = Held::process(&s.proc, pid, None)?;
+    let names = vm_attach::thread_names(&types, &s.proc, &held, vm_type, vcpu_threads)?;
+    let sysfs = ctx.g.sysfs_root.clone();
+    let mut ensure =
+        |s: &mut ops::Session| vm_attach::ensure_groups(s, &board, &plan, &sysfs, name);
+    let r = vm_attach::attach(&mut s, &mut ensure, name, &held, &names);
+    // What moved is recorded, whatever failed after.
+    s.save()?;
+    r
+}
+
+/// The VM types: `vm-types.yaml` of the configuration directory over the shipped ones.
+fn vm_types(ctx: &Ctx) -> CliResult<vm_attach::VmTypes> {
+    vm_attach::VmTypes::load(&ctx.g.config_dir).map_err(|e| CliError::bad_input(e.to_string()))
+}
+
+fn attached_text(a: &Attached) -> String {
+    let verb = if a.dry_run {
+        "would attach"
+    } else {
+        "attached"
+    };
+    let mut s = format!(
+        "vm {}: {verb} {} process {} ({}){}\n",
+        a.name,
+        a.vm_type,
+        a.pid,
+        a.group,
+        if a.created { ", groups created" } else { "" }
+    );
+    s.push_str(&format!("{:>8}  {:<16} {}\n", "tid", "name", "part"));
+    for t in &a.threads {
+        s.push_str(&format!("{:>8}  {:<16} {}", t.tid, t.name, t.part));
+        if let Some(e) = &t.error {
+            s.push_str(&format!("   error: {e}"));
+        }
+        s.push('\n');
+    }
+    if a.exited > 0 {
+        s.push_str(&format!("{} thread(s) exited meanwhile\n", a.exited));
+    }
+    s
 }
 
 fn list(ctx: &Ctx) -> CliResult<()> {

@@ -363,6 +363,7 @@ fn summarize(req: &Request) -> String {
         Request::Where { pid } => format!("where {pid}"),
         Request::VmAdd { name } => format!("vm add {name}"),
         Request::VmRemove { name } => format!("vm remove {name}"),
+        Request::VmAttach { name, pid, .. } => format!("vm attach {name} {pid}"),
         Request::Restrict {
             group,
             state,

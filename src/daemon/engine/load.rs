@@ -84,6 +84,8 @@ impl Engine {
             crate::board::BoardError::Yaml(y) => LoadError::yaml(y),
             e => LoadError::quoting(e.to_string(), paths.board.files()),
         })?;
+        let vm_types =
+            crate::vm_attach::VmTypes::load(&paths.config_dir).map_err(LoadError::yaml)?;
         let topology = Topology::detect(&paths.sysfs).map_err(|e| LoadError::quoting(e, vec![]))?;
         // Plan errors quote board values.
         let plan = Plan::build(&topology, &board)
@@ -94,6 +96,7 @@ impl Engine {
             board,
             topology,
             plan,
+            vm_types,
         })
     }
 }

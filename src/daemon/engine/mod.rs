@@ -9,6 +9,7 @@ mod load;
 mod moves;
 mod requests;
 mod tasks;
+mod vms;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ pub struct Loaded {
     pub board: Board,
     pub topology: Topology,
     pub plan: Plan,
+    /// `vm-types.yaml` over the shipped VM types (`vm_attach`).
+    pub vm_types: crate::vm_attach::VmTypes,
 }
 
 pub struct Engine {
@@ -59,6 +62,8 @@ pub struct Engine {
     pub session: Session,
     /// Processes with a pidfd exit watch.
     pub watched: HashSet<u32>,
+    /// VM monitors attached with `vm_attach`, whose new threads are placed as they appear.
+    pub vms: vms::Attachments,
 }
 
 impl Engine {
@@ -80,6 +85,7 @@ impl Engine {
                 state,
             },
             watched: HashSet::new(),
+            vms: Default::default(),
         };
         if !crate::sched::Support::get().uclamp {
             tracing::warn!(

@@ -58,7 +58,12 @@ impl Engine {
     /// caller: every read is of the held task, and the move that follows writes its id
     /// while still holding it, so it hits the process that was checked, not a successor
     /// (even one started within the same 10 ms tick).
-    fn check_target(&self, caller: &Caller, dest: &Dest, t: &TaskRef) -> CliResult<Held> {
+    pub(super) fn check_target(
+        &self,
+        caller: &Caller,
+        dest: &Dest,
+        t: &TaskRef,
+    ) -> CliResult<Held> {
         let proc = &self.session.proc;
         let held = ops::hold(proc, dest, t).map_err(CliError::from)?;
         let owner = proc.ruid(t.id).map_err(proc_fail)?;

@@ -42,6 +42,20 @@ impl Engine {
             }
             Request::VmAdd { name } => self.vm_add(caller, name),
             Request::VmRemove { name } => self.vm_remove(caller, name),
+            Request::VmAttach {
+                name,
+                pid,
+                vm_type,
+                vcpu_threads,
+            } => {
+                let ask = super::vms::AttachAsk {
+                    name,
+                    pid: *pid,
+                    vm_type: vm_type.as_deref(),
+                    vcpu_threads,
+                };
+                self.vm_attach(caller, &ask, watch)
+            }
             Request::Restrict {
                 group,
                 state,
@@ -230,6 +244,7 @@ impl Engine {
             },
         )?;
         let r = ops::vm_remove(&mut self.session, name);
+        self.vm_detach(name);
         self.session.save()?;
         Ok(value(&r?))
     }

@@ -65,6 +65,8 @@ impl Engine {
     pub fn events(&mut self, events: &[Event]) {
         let mut touched = 0;
         for ev in events {
+            // An attached VM's new or renamed thread goes to vcpu or io by its name.
+            touched += self.vm_event(ev);
             // Whatever the rules: a task born from one cgqos changed inherited the change.
             // A process's fork event names its creating thread; a thread's names the
             // process's parent, so its creator is inferred within its process.

@@ -45,6 +45,17 @@ pub enum Request {
     VmRemove {
         name: String,
     },
+    /// A running VM monitor into its VM's groups, each thread by its name; threads created or
+    /// renamed later are placed as they appear.
+    VmAttach {
+        name: String,
+        pid: u32,
+        #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+        vm_type: Option<String>,
+        /// vCPU thread name patterns replacing the type's.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        vcpu_threads: Vec<String>,
+    },
     /// Foreground / background CPU share of a VM or a browser process group, and an optional
     /// CPU quota (concierge's SetVmCpuRestriction).
     Restrict {
@@ -70,6 +81,7 @@ impl Request {
             Request::MoveThreads { .. } => "move_threads",
             Request::VmAdd { .. } => "vm_add",
             Request::VmRemove { .. } => "vm_remove",
+            Request::VmAttach { .. } => "vm_attach",
             Request::Restrict { .. } => "restrict",
             Request::Reload => "reload",
             Request::Reset => "reset",
@@ -276,6 +288,18 @@ mod tests {
             Request::VmRemove {
                 name: "termina".into(),
             },
+            Request::VmAttach {
+                name: "termina".into(),
+                pid: 9,
+                vm_type: Some("crosvm".into()),
+                vcpu_threads: vec!["vcpu*".into()],
+            },
+            Request::VmAttach {
+                name: "t".into(),
+                pid: 9,
+                vm_type: None,
+                vcpu_threads: vec![],
+            },
             Request::Restrict {
                 group: "vm:arcvm".into(),
                 state: RestrictState::Background,
@@ -337,6 +361,30 @@ mod tests {
         );
         assert_eq!(p(&line).unwrap_err().0, Code::TooLarge);
         assert_eq!(p(&"x".repeat(MAX_LINE + 1)).unwrap_err().0, Code::TooLarge);
+    }
+
+    #[test]
+    fn vm_attach_fields_are_checked() {
+        let (c, m) =
+            p(r#"{"v":1,"op":"vm_attach","name":"t","pid":1,"vcpu_threads":"CPU*"}"#).unwrap_err();
+        assert_eq!(c, Code::BadRequest);
+        assert!(m.contains("expected a sequence"), "{m}");
+        let (c, m) = p(r#"{"v":1,"op":"vm_attach","name":"t","pid":1,"kind":"qemu"}"#).unwrap_err();
+        assert_eq!(c, Code::BadRequest);
+        assert!(m.contains("unknown field `kind`"), "{m}");
+        assert_eq!(
+            p(r#"{"v":1,"op":"vm_attach","name":"t"}"#).unwrap_err().0,
+            Code::BadRequest
+        );
+        assert_eq!(
+            p(r#"{"v":1,"op":"vm_attach","name":"t","pid":1,"type":"qemu"}"#).unwrap(),
+            Request::VmAttach {
+                name: "t".into(),
+                pid: 1,
+                vm_type: Some("qemu".into()),
+                vcpu_threads: vec![],
+            }
+        );
     }
 
     #[test]
