@@ -88,6 +88,20 @@ pub fn default_classes() -> Vec<ClassDef> {
         c("eco", CgroupClass::NonUrgent, 0, Some(0)),
         c("utility", CgroupClass::NonUrgent, 1, Some(0)),
         c("background", CgroupClass::NonUrgent, 10, Some(0)),
+        // resourced's states for the two ends of a synchronous IPC (6 and 7 of
+        // SetThreadState): urgent-bursty's attributes each.
+        c(
+            "urgent-bursty-server",
+            CgroupClass::Urgent,
+            -8,
+            Some(BOOSTED_MIN),
+        ),
+        c(
+            "urgent-bursty-client",
+            CgroupClass::Urgent,
+            -8,
+            Some(BOOSTED_MIN),
+        ),
     ]
 }
 
