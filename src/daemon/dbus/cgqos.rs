@@ -34,7 +34,7 @@ impl Daemon1 {
         header: &Header<'_>,
         req: Request,
     ) -> Result<String, BusError> {
-        let (_, v) = execute(&self.shared, connection, header, INTERFACE, req).await?;
+        let v = execute(&self.shared, connection, header, INTERFACE, req).await?;
         Ok(v.to_string())
     }
 }

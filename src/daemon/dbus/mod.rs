@@ -160,13 +160,12 @@ async fn execute(
     header: &Header<'_>,
     interface: &str,
     req: Request,
-) -> Result<(Caller, Value), BusError> {
+) -> Result<Value, BusError> {
     let caller = caller(connection, header, shared)
         .await
         .map_err(|e| BusError::new(interface, "Failed", e))?;
     let reply = super::conn::handle(shared, &caller, Value::Null, req).await;
-    let value = result_of(reply).map_err(|(code, m)| BusError::of(interface, code, m))?;
-    Ok((caller, value))
+    result_of(reply).map_err(|(code, m)| BusError::of(interface, code, m))
 }
 
 /// A reply's result, or its error's code and message.

@@ -109,7 +109,7 @@ impl ResourceManager {
                 starttime: None,
             }],
         };
-        let (_, result) = execute(&self.shared, connection, &header, INTERFACE, req).await?;
+        let result = execute(&self.shared, connection, &header, INTERFACE, req).await?;
         single_target(&result).map_err(|(code, m)| BusError::of(INTERFACE, code, m))
     }
 
@@ -138,7 +138,7 @@ impl ResourceManager {
                 starttime: None,
             }],
         };
-        let (_, result) = execute(&self.shared, connection, &header, INTERFACE, req).await?;
+        let result = execute(&self.shared, connection, &header, INTERFACE, req).await?;
         single_target(&result).map_err(|(code, m)| BusError::of(INTERFACE, code, m))
     }
 }
