@@ -65,12 +65,16 @@ impl Bus {
 
     /// A cgqos daemon serving D-Bus on this bus (`dbus: true` and `config` in daemon.yaml).
     fn daemon(&self, tag: &str, config: &str) -> Option<Daemon> {
+        self.daemon_with(tag, config, &[])
+    }
+
+    fn daemon_with(&self, tag: &str, config: &str, files: &[(&str, &str)]) -> Option<Daemon> {
         let config = format!("dbus: true\n{config}");
         Daemon::with(
             tag,
             &config,
             None,
-            &[],
+            files,
             &[("DBUS_SYSTEM_BUS_ADDRESS", &self.address)],
         )
     }
@@ -246,6 +250,11 @@ fn resourced_states_move_a_real_process_and_its_threads() {
     let pid = child.child.id();
     let (t1, t2) = (child.tids[0], child.tids[1]);
 
+    // A thread state needs its process in a cgqos group first (resourced: not registered).
+    assert_eq!(
+        error_name(bus.rm("SetThreadState", &[u(pid), u(t1), y(1)])),
+        "org.chromium.ResourceManager.Error.InvalidTarget"
+    );
     bus.rm("SetProcessState", &[u(pid), y(1)]).unwrap();
     assert_eq!(cgroup_of(pid), want("chrome/background"));
     bus.rm("SetProcessState", &[u(pid), y(0)]).unwrap();
@@ -424,6 +433,43 @@ fn the_cgqos_interface_moves_and_answers() {
         )),
         "org.cgqos.Daemon1.Error.InvalidTarget"
     );
+}
+
+/// resourced's UrgentBursty is SCHED_RR 8; a rules.d class that makes it so is refused for
+/// a thread of a background process, and applied in the foreground.
+#[test]
+fn a_real_time_state_is_refused_in_the_background() {
+    let Some(bus) = Bus::start() else { return };
+    let rr =
+        "classes:\n  urgent-bursty:\n    cgroup-class: urgent\n    policy: rr\n    priority: 8\n";
+    let Some(_d) = bus.daemon_with("dbrt", "", &[("rules.d/rr.yaml", rr)]) else {
+        return;
+    };
+    let program = common::program_copy("dbr", "");
+    let child = common::run_child_program(&program, "dbus_threads_child", CHILD, 1);
+    let (pid, tid) = (child.child.id(), child.tids[0]);
+    bus.rm("SetProcessState", &[u(pid), y(1)]).unwrap();
+    let refused = bus.rm("SetThreadState", &[u(pid), u(tid), y(0)]);
+    assert_eq!(
+        error_name(refused),
+        "org.chromium.ResourceManager.Error.RealTimeRefused"
+    );
+    assert!(cgroup_of_task(pid, tid).ends_with("/chrome/background"));
+    // Urgent has no real-time policy: allowed, on the background group's CPUs.
+    bus.rm("SetThreadState", &[u(pid), u(tid), y(1)]).unwrap();
+    assert!(cgroup_of_task(pid, tid).ends_with("/chrome/background/urgent"));
+    bus.rm("SetProcessState", &[u(pid), y(0)]).unwrap();
+    bus.rm("SetThreadState", &[u(pid), u(tid), y(0)]).unwrap();
+    assert!(cgroup_of_task(pid, tid).ends_with("/chrome/foreground/urgent"));
+    let policy = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    // Field 41 is the policy (after the parenthesised comm): 2 is SCHED_RR.
+    let fields: Vec<&str> = policy
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    assert_eq!(fields[41 - 3], "2", "{policy}");
 }
 
 /// `--dbus` with no bus at the address: the daemon stops with the address and the cause,

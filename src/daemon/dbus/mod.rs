@@ -128,7 +128,10 @@ async fn caller(
         .sender()
         .ok_or("a method call without a sender")?
         .to_owned();
-    let creds = DBusProxy::new(connection)
+    // No property cache: it would subscribe to the bus's signals on every call.
+    let creds = DBusProxy::builder(connection)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
         .await
         .map_err(|e| e.to_string())?
         .get_connection_credentials(BusName::Unique(sender.as_ref()))

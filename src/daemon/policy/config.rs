@@ -316,5 +316,11 @@ mod tests {
                 .starts_with("d.yaml:2:20: limits.max-connections: expected an integer 1-4096")
         );
         assert!(err("polcy: {}\n").contains("unknown key `polcy`"));
+        assert_eq!(
+            err("dbus: yes\n"),
+            "d.yaml:1:7: dbus: expected true or false, found \"yes\""
+        );
+        assert!(parse("d.yaml", "dbus: true\n", e.path()).unwrap().dbus);
+        assert!(!parse("d.yaml", "{}\n", e.path()).unwrap().dbus);
     }
 }
