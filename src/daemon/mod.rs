@@ -1,8 +1,10 @@
-//! `cgqos daemon`: the placement API over a Unix socket.
+//! `cgqos daemon`: the placement API over a Unix socket (and, with `--dbus`, on the system
+//! bus: `dbus/`).
 //!
 //! At start it converges the hierarchy (as `setup`) and adopts the state file of earlier
 //! runs; then it serves `--socket` until SIGTERM or SIGINT. Requests are authenticated by
-//! SO_PEERCRED and checked against the policy in `<config-dir>/daemon.yaml`.
+//! SO_PEERCRED (D-Bus calls by the bus daemon's credentials of the sender) and checked
+//! against the policy in `<config-dir>/daemon.yaml`.
 
 pub mod client;
 pub mod conn;
