@@ -168,14 +168,15 @@ fn why_of(
     let start = proc.stat(id).map_err(gone)?.start();
     let pid = proc.tgid(id).map_err(gone)?;
     let state = &e.session.state;
-    let fresh = |tid: u32| {
-        proc.stat(tid)
-            .is_ok_and(|s| s.start() == state.why[&tid].starttime)
-    };
+    // A record counts only for the task it was made for (same start time).
     let why = state
         .why
         .get(&id)
         .filter(|w| w.starttime == start)
-        .or_else(|| state.why.get(&pid).filter(|_| fresh(pid)));
+        .or_else(|| {
+            let w = state.why.get(&pid)?;
+            let same = proc.stat(pid).is_ok_and(|s| s.start() == w.starttime);
+            same.then_some(w)
+        });
     Ok(json!({"id": id, "pid": pid, "why": why}))
 }
