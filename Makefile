@@ -19,6 +19,7 @@ BASHCOMPDIR    ?= $(DATADIR)/bash-completion/completions
 ZSHCOMPDIR     ?= $(DATADIR)/zsh/site-functions
 FISHCOMPDIR    ?= $(DATADIR)/fish/vendor_completions.d
 SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+DBUSPOLICYDIR  ?= $(DATADIR)/dbus-1/system.d
 UPSTARTDIR     ?= /etc/init
 
 CARGO      ?= cargo
@@ -61,6 +62,8 @@ install: $(BIN)
 	chmod 0644 $(DESTDIR)$(BASHCOMPDIR)/cgqos $(DESTDIR)$(ZSHCOMPDIR)/_cgqos $(DESTDIR)$(FISHCOMPDIR)/cgqos.fish
 	$(INSTALL) -d $(DESTDIR)$(DOCDIR)
 	$(INSTALL) -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	$(INSTALL) -d $(DESTDIR)$(DBUSPOLICYDIR)
+	$(INSTALL) -m 0644 dbus/*.conf $(DESTDIR)$(DBUSPOLICYDIR)/
 	# The service files name /usr/bin/cgqos: point them at BINDIR.
 	set -e; if [ -n "$(SYSTEMDUNITDIR)" ]; then \
 		$(INSTALL) -d $(DESTDIR)$(SYSTEMDUNITDIR); \
@@ -87,6 +90,7 @@ uninstall:
 	rmdir $(DESTDIR)$(BOARDSDIR) $(DESTDIR)$(DATADIR)/cgqos 2>/dev/null || true
 	rm -f $(DESTDIR)$(MANDIR)/man8/cgqos.8 $(DESTDIR)$(MANDIR)/man8/cgqos-*.8
 	rm -f $(DESTDIR)$(BASHCOMPDIR)/cgqos $(DESTDIR)$(ZSHCOMPDIR)/_cgqos $(DESTDIR)$(FISHCOMPDIR)/cgqos.fish
+	set -e; for f in dbus/*.conf; do rm -f $(DESTDIR)$(DBUSPOLICYDIR)/$${f#dbus/}; done
 	set -e; for f in $(notdir $(DOCS)); do rm -f $(DESTDIR)$(DOCDIR)/$$f; done
 	rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 	set -e; if [ -n "$(SYSTEMDUNITDIR)" ]; then \

@@ -440,11 +440,13 @@ fn the_chromeos_example_grants_the_browser_what_it_needs() {
         uid: 1000,
         gids: vec![1000, 300],
         pid: None,
+        bus: None,
     };
     let other = Caller {
         uid: 1300,
         gids: vec![1300, 300],
         pid: None,
+        bus: None,
     };
     let beyond = || Err("nice -8 (the thread has 0; RLIMIT_NICE 0 allows no lowering)".into());
     // Every state of the browser's threads (resourced lets the browser use them all).

@@ -414,6 +414,8 @@ fn make_install_and_uninstall_into_a_destdir() {
         "opt/cgqos/lib/systemd/system/cgqos-daemon.service",
         "etc/init/cgqos.conf",
         "etc/init/cgqos-daemon.conf",
+        "opt/cgqos/share/dbus-1/system.d/org.chromium.ResourceManager.conf",
+        "opt/cgqos/share/dbus-1/system.d/org.cgqos.Daemon1.conf",
     ] {
         assert!(
             files.iter().any(|f| f == want),

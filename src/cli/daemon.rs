@@ -15,6 +15,11 @@ pub struct DaemonArgs {
     /// On SIGTERM/SIGINT, undo every change to tasks (as `cgqos reset`) before exiting
     #[arg(long, env = "CGQOS_RESET_ON_EXIT", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub reset_on_exit: bool,
+    /// Also serve ChromeOS's org.chromium.ResourceManager and cgqos's org.cgqos.Daemon1 on
+    /// the system bus (DBUS_SYSTEM_BUS_ADDRESS, else /run/dbus/system_bus_socket); also
+    /// `dbus: true` in daemon.yaml
+    #[arg(long)]
+    pub dbus: bool,
 }
 
 pub fn run(ctx: &Ctx, args: DaemonArgs) -> CliResult<()> {
@@ -36,5 +41,5 @@ pub fn run(ctx: &Ctx, args: DaemonArgs) -> CliResult<()> {
         etc: args.etc_dir,
         board: ctx.board_source()?,
     };
-    crate::daemon::run(paths, ctx.g.socket.clone(), args.reset_on_exit)
+    crate::daemon::run(paths, ctx.g.socket.clone(), args.reset_on_exit, args.dbus)
 }

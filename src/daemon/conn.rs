@@ -194,6 +194,7 @@ fn caller_of(stream: &UnixStream, shared: &Shared) -> io::Result<Caller> {
         uid: cred.uid(),
         gids,
         pid,
+        bus: None,
     })
 }
 
@@ -261,7 +262,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     }
 }
 
-async fn handle(
+pub(super) async fn handle(
     shared: &Arc<Shared>,
     caller: &Caller,
     id: serde_json::Value,

@@ -1,12 +1,15 @@
-//! `cgqos daemon`: the placement API over a Unix socket.
+//! `cgqos daemon`: the placement API over a Unix socket (and, with `--dbus`, on the system
+//! bus: `dbus/`).
 //!
 //! At start it converges the hierarchy (as `setup`) and adopts the state file of earlier
 //! runs; then it serves `--socket` until SIGTERM or SIGINT. Requests are authenticated by
-//! SO_PEERCRED and checked against the policy in `<config-dir>/daemon.yaml`.
+//! SO_PEERCRED (D-Bus calls by the bus daemon's credentials of the sender) and checked
+//! against the policy in `<config-dir>/daemon.yaml`.
 
 pub mod client;
 pub mod conn;
 pub mod core;
+pub mod dbus;
 pub mod engine;
 pub mod events;
 pub mod policy;
@@ -28,7 +31,7 @@ pub const DEFAULT_SOCKET: &str = "/run/cgqos/cgqos.sock";
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/cgqos";
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(paths: Paths, socket: PathBuf, reset_on_exit: bool) -> CliResult<()> {
+pub fn run(paths: Paths, socket: PathBuf, reset_on_exit: bool, dbus: bool) -> CliResult<()> {
     let config_dir = paths.config_dir.clone();
     // A socket path that is not ours stops the daemon before it touches cgroups; the socket
     // itself appears only once the tree has converged, so a client that connects is served.
@@ -84,6 +87,15 @@ pub fn run(paths: Paths, socket: PathBuf, reset_on_exit: bool) -> CliResult<()> 
         watch::config_watch(shared.clone(), &config_dir);
         watch::sighup(shared.clone());
         watch::hotplug(shared.clone());
+        // Held until shutdown; the bus unreachable stops the daemon before it is ready.
+        let _bus = match (dbus || cfg.dbus).then(|| dbus::serve(shared.clone())) {
+            Some(connecting) => Some(
+                connecting
+                    .await
+                    .inspect_err(|_| server::unbind(&socket_dir))?,
+            ),
+            None => None,
+        };
         tracing::info!("serving {}", socket.display());
         watch::notify_ready();
         conn::accept_loop(shared.clone(), listener, shutdown()).await;

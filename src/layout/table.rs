@@ -3,7 +3,8 @@
 //! rows, and the names users type (`Target::parse`, `parse_class`, placement's and the
 //! policy's class checks) are read from it; nothing else spells a group or class.
 //!
-//! Adding a thread class to every browser group is one row in [`BROWSER_CLASSES`]; a
+//! Adding a thread class to every browser group is one row in [`BROWSER_CLASSES`] (and its
+//! background form in [`BACKGROUND_CLASSES`]); a
 //! process group is one row in [`CHROME_GROUPS`]; a VM with its own settings one row in
 //! [`VMS_TABLE`].
 
@@ -150,6 +151,17 @@ pub const BROWSER_CLASSES: &[Group] = &[
     },
 ];
 
+/// The thread classes of the background group: resourced never gives a thread of a
+/// background process the foreground cpuset, so its urgent class runs where non-urgent work
+/// does (and its threads go back to all CPUs with their process, in `foreground/urgent`).
+pub const BACKGROUND_CLASSES: &[Group] = &[
+    Group {
+        cpus: Cpus::NonUrgent,
+        ..BROWSER_CLASSES[0]
+    },
+    BROWSER_CLASSES[1],
+];
+
 /// The browser's process groups; each one's bare name is also an alias (`ui`).
 pub const CHROME_GROUPS: &[Group] = &[
     Group {
@@ -166,7 +178,7 @@ pub const CHROME_GROUPS: &[Group] = &[
     },
     Group {
         weight: Weight::Board(|b| b.cgqos.background_cpu_weight.value),
-        children: BROWSER_CLASSES,
+        children: BACKGROUND_CLASSES,
         ..Group::new("background", Kind::ProcessGroup)
     },
 ];
@@ -341,6 +353,17 @@ mod tests {
         walk(&ROOT, "", &mut out);
         walk(&vm_group(vm(ARCVM)), &vm_path(ARCVM), &mut out);
         out
+    }
+
+    /// The background group has every browser class, by the same names; only the urgent
+    /// one differs, by its CPUs.
+    #[test]
+    fn the_background_group_has_the_browser_classes() {
+        let names = |t: &[Group]| t.iter().map(|g| (g.name, g.aliases)).collect::<Vec<_>>();
+        assert_eq!(names(BACKGROUND_CLASSES), names(BROWSER_CLASSES));
+        let cpus = |t: &[Group]| t.iter().map(|g| g.cpus).collect::<Vec<_>>();
+        assert_eq!(cpus(BACKGROUND_CLASSES), [Cpus::NonUrgent, Cpus::NonUrgent]);
+        assert_eq!(cpus(BROWSER_CLASSES), [Cpus::All, Cpus::NonUrgent]);
     }
 
     #[test]

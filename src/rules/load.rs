@@ -440,14 +440,14 @@ mod tests {
         let err = |name: &str, text: &str| load_texts(&[(name, text)]).unwrap_err().to_string();
         assert_eq!(
             err("a.json", r#"{"chrome": {"qos": "QOS_FAST"}}"#),
-            "a.json:1:20: unknown class \"QOS_FAST\" (classes: urgent-bursty, urgent, balanced, eco, utility, background; schedqos names QOS_* are accepted too)"
+            "a.json:1:20: unknown class \"QOS_FAST\" (classes: urgent-bursty, urgent, balanced, eco, utility, background, urgent-bursty-server, urgent-bursty-client; schedqos names QOS_* are accepted too)"
         );
         assert_eq!(
             err(
                 "b.yaml",
                 "rules:\n  - match: {argv0: x}\n    class: speedy\n"
             ),
-            "b.yaml:3:12: unknown class \"speedy\" (classes: urgent-bursty, urgent, balanced, eco, utility, background; schedqos names QOS_* are accepted too)"
+            "b.yaml:3:12: unknown class \"speedy\" (classes: urgent-bursty, urgent, balanced, eco, utility, background, urgent-bursty-server, urgent-bursty-client; schedqos names QOS_* are accepted too)"
         );
         assert_eq!(
             err("c.yaml", "rules:\n  - match: {}\n"),

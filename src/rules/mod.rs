@@ -123,6 +123,20 @@ pub fn default_classes() -> Vec<ClassDef> {
         c("eco", CgroupClass::NON_URGENT, 0, Some(0)),
         c("utility", CgroupClass::NON_URGENT, 1, Some(0)),
         c("background", CgroupClass::NON_URGENT, 10, Some(0)),
+        // resourced's states for the two ends of a synchronous IPC (6 and 7 of
+        // SetThreadState): its nice values (-12 and -10), urgent-bursty's boost.
+        c(
+            "urgent-bursty-server",
+            CgroupClass::URGENT,
+            -12,
+            Some(BOOSTED_MIN),
+        ),
+        c(
+            "urgent-bursty-client",
+            CgroupClass::URGENT,
+            -10,
+            Some(BOOSTED_MIN),
+        ),
     ]
 }
 

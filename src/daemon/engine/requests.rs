@@ -17,11 +17,7 @@ use crate::procfs::{ProcessId, ThreadId};
 
 /// Who asked, as `why` records it.
 fn requested_by(caller: &Caller) -> String {
-    format!(
-        "request from uid {} (pid {})",
-        caller.uid,
-        caller.pid.unwrap_or(0)
-    )
+    caller.describe()
 }
 
 impl Engine {

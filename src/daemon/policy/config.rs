@@ -45,11 +45,14 @@ pub fn parse_with_classes(
     let doc = yaml::parse(file, text)?;
     let ids = Ids::read(etc);
     let mut cfg = Config::default();
-    let top =
-        map_or_null(&doc, "daemon.yaml")?.only("", &["socket", "limits", "policy", "schedqos"])?;
+    let top = map_or_null(&doc, "daemon.yaml")?
+        .only("", &["socket", "limits", "policy", "schedqos", "dbus"])?;
     // A schedqos installation read as rules (crate::rules::schedqos); checked here too.
     if let Some(n) = top.get("schedqos") {
         crate::rules::schedqos::dir_value(n)?;
+    }
+    if let Some(n) = top.get("dbus") {
+        cfg.dbus = schema::plain_bool(n, "dbus")?;
     }
     if let Some(n) = top.get("socket") {
         socket(n, &ids, &mut cfg)?;
@@ -306,12 +309,18 @@ mod tests {
         );
         assert_eq!(
             err("policy:\n  reserved:\n    - target: class:sideways\n"),
-            "d.yaml:3:15: policy.reserved.target: unknown class \"sideways\" (classes: urgent-bursty, urgent, balanced, eco, utility, background)"
+            "d.yaml:3:15: policy.reserved.target: unknown class \"sideways\" (classes: urgent-bursty, urgent, balanced, eco, utility, background, urgent-bursty-server, urgent-bursty-client)"
         );
         assert!(
             err("limits:\n  max-connections: 0\n")
                 .starts_with("d.yaml:2:20: limits.max-connections: expected an integer 1-4096")
         );
         assert!(err("polcy: {}\n").contains("unknown key `polcy`"));
+        assert_eq!(
+            err("dbus: yes\n"),
+            "d.yaml:1:7: dbus: expected true or false, found \"yes\""
+        );
+        assert!(parse("d.yaml", "dbus: true\n", e.path()).unwrap().dbus);
+        assert!(!parse("d.yaml", "{}\n", e.path()).unwrap().dbus);
     }
 }

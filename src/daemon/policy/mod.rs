@@ -87,6 +87,8 @@ pub struct Config {
     pub admin: Principals,
     pub reserved: Vec<Reservation>,
     pub grants: Vec<Grant>,
+    /// Also serve the D-Bus interfaces on the system bus (`dbus: true`, or `--dbus`).
+    pub dbus: bool,
 }
 
 impl Default for Config {
@@ -101,21 +103,34 @@ impl Default for Config {
             admin: Principals::default(),
             reserved: Vec::new(),
             grants: Vec::new(),
+            dbus: false,
         }
     }
 }
 
-/// The identity of a connection, from SO_PEERCRED (and the caller's supplementary groups).
+/// The identity of a connection, from SO_PEERCRED (and the caller's supplementary groups),
+/// or of a D-Bus sender, from the bus daemon's credentials for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub uid: u32,
     pub gids: Vec<u32>,
     pub pid: Option<u32>,
+    /// The sender's unique bus name (`:1.42`) of a D-Bus call; `None` on the socket.
+    pub bus: Option<String>,
 }
 
 impl Caller {
     pub fn is_root(&self) -> bool {
         self.uid == 0
+    }
+
+    /// Who asked, as `why` records name it.
+    pub fn describe(&self) -> String {
+        let pid = self.pid.unwrap_or(0);
+        match &self.bus {
+            Some(name) => format!("dbus {name} uid {} pid {pid}", self.uid),
+            None => format!("request from uid {} (pid {pid})", self.uid),
+        }
     }
 }
 
@@ -270,6 +285,7 @@ mod tests {
             uid,
             gids: gids.to_vec(),
             pid: None,
+            bus: None,
         }
     }
 
