@@ -35,18 +35,8 @@ pub fn process_info(proc: &Procfs, pid: u32) -> Result<ProcessInfo, ProcError> {
             std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_CMDLINE), &mut v).map(|_| v)
         })
         .map_err(gone)?;
-    let mut args = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty());
-    let argv0 = args
-        .next()
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .unwrap_or_default();
-    let joined = cmdline
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
     // Kernel threads and zombies have no exe; that is not an error, they just match less.
+    // The link is read, never followed: its target names the program (`rules::app`).
     let exe = std::fs::read_link(root.join(format!("{pid}/exe")))
         .map(|p| p.display().to_string())
         .unwrap_or_default();
@@ -54,13 +44,7 @@ pub fn process_info(proc: &Procfs, pid: u32) -> Result<ProcessInfo, ProcError> {
         .trim_end()
         .to_string();
     let uid = proc.ruid(pid)?;
-    Ok(ProcessInfo {
-        argv0,
-        exe,
-        comm,
-        cmdline: joined,
-        uid,
-    })
+    Ok(ProcessInfo::from_proc(&cmdline, exe, comm, uid))
 }
 
 fn now() -> u64 {
@@ -284,18 +268,62 @@ pub fn classify_process(
     Ok(out)
 }
 
-/// Classifies one thread (after its creation or a rename).
+/// What classifying one thread did: that thread only, or (when its process's match had
+/// changed) the whole process.
+#[derive(Debug)]
+pub enum ThreadOutcome {
+    Thread(Option<Applied>),
+    Process(Vec<Applied>),
+}
+
+impl ThreadOutcome {
+    /// How many tasks changed (in the kernel or in the record).
+    pub fn changed(&self) -> usize {
+        match self {
+            ThreadOutcome::Thread(a) => usize::from(a.as_ref().is_some_and(Applied::changed)),
+            ThreadOutcome::Process(v) => v.iter().filter(|a| a.changed()).count(),
+        }
+    }
+}
+
+/// Classifies one thread (after its creation or a rename) by its own name and its process's
+/// rule. A process that changed its command line without exec since it was classified (a
+/// zygote's child rewriting its title) has no event of its own: if its rule now differs from
+/// the rule recorded for its main thread, or the rule names the main thread and the main
+/// thread has no record, the whole process is classified instead (`ThreadOutcome::Process`).
+/// Both checks reuse what was read for the thread: no extra `/proc` read.
 pub fn classify_thread(
     s: &mut Session,
     rules: &RuleSet,
     pid: ProcessId,
     tid: ThreadId,
-) -> Result<Option<Applied>, PlaceError> {
+) -> Result<ThreadOutcome, PlaceError> {
     let (pid, tid) = (pid.get(), tid.get());
     let info = process_info(&s.proc, pid)?;
-    match rules.rule_for(&info) {
-        Some(rule) => classify_thread_with(s, rules, rule, pid, tid, None),
-        None => Ok(None),
+    let Some(rule) = rules.rule_for(&info) else {
+        return Ok(ThreadOutcome::Thread(None));
+    };
+    if process_rematch_needed(&s.state, rules, rule, pid, &info.comm) {
+        let applied = classify_process(s, rules, ProcessId::new(pid))?;
+        return Ok(ThreadOutcome::Process(applied));
+    }
+    classify_thread_with(s, rules, rule, pid, tid, None).map(ThreadOutcome::Thread)
+}
+
+/// Whether process `pid`, whose rule is now `rule`, was classified by another rule, or never
+/// by this one although the rule gives its main thread (named `main_comm`) a class. Records
+/// made by requests (`cgqos move`) are left to them.
+fn process_rematch_needed(
+    state: &State,
+    rules: &RuleSet,
+    rule: &Rule,
+    pid: u32,
+    main_comm: &str,
+) -> bool {
+    match state.why.get(&pid) {
+        Some(w) if w.by.starts_with("rule ") => w.class.is_some() && w.by != rule_label(rule),
+        Some(_) => false,
+        None => rules.decide(rule, main_comm).class.is_some(),
     }
 }
 

@@ -116,7 +116,7 @@ impl Engine {
             None => crate::classify::classify_process(&mut self.session, &rules, pid)
                 .map(|v| v.iter().filter(|a| a.changed()).count()),
             Some(t) => crate::classify::classify_thread(&mut self.session, &rules, pid, t)
-                .map(|a| usize::from(a.is_some_and(|a| a.changed()))),
+                .map(|o| o.changed()),
         };
         self.loaded.rules = rules;
         match r {
