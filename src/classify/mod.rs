@@ -14,6 +14,10 @@ use crate::sched::{self, TaskAttrs};
 use crate::session::Session;
 use crate::state::{AttrRecord, State, Why};
 
+mod undo;
+use undo::adopt_own_change;
+pub use undo::{inherit_original, inherit_thread, inherit_unrecorded, restore_attrs};
+
 /// How much of a process's command line rules see (argv[0] and `cmdline` matches), in bytes.
 pub const MAX_CMDLINE: u64 = 128 * 1024;
 
@@ -84,8 +88,22 @@ pub fn apply_class(
     class: &ClassDef,
     by: &str,
 ) -> Result<Applied, PlaceError> {
+    apply_class_with(s, key, class, by, false)
+}
+
+/// [`apply_class`]; `inherited`: the thread may have been born from a changed creator of
+/// its process after that change (its process's main thread was recorded before this
+/// classification began), so attributes it still shares with that creator's change are
+/// not its original (`undo::inherit_thread`).
+fn apply_class_with(
+    s: &mut Session,
+    key: TaskKey,
+    class: &ClassDef,
+    by: &str,
+    inherited: bool,
+) -> Result<Applied, PlaceError> {
     let mut state = std::mem::take(&mut s.state);
-    let result = apply_class_inner(s, &mut state, key, class, by);
+    let result = apply_class_inner(s, &mut state, key, class, by, inherited);
     s.state = state;
     result
 }
@@ -111,6 +129,7 @@ fn apply_class_inner(
     key: TaskKey,
     class: &ClassDef,
     by: &str,
+    inherited: bool,
 ) -> Result<Applied, PlaceError> {
     let (pid, tid, starttime) = (key.pid(), key.tid().get(), key.start());
     let mut moved = false;
@@ -127,9 +146,17 @@ fn apply_class_inner(
         group = Some(p.group);
     }
     let mut attrs_changed = false;
+    let mut recorded = false;
     if !class.attrs.is_empty() {
         let current = sched::getattr(tid).map_err(|e| sched_err(tid, e))?;
+        recorded = adopt_own_change(state, key, &current);
         if wants_change(&current, &class.attrs, sched::Support::get().uclamp) {
+            // A thread met before its own fork event (its process's classification came
+            // first) may still have what it inherited from a changed creator: that is not
+            // its original. The process's own fork event already looked at its main thread.
+            if inherited && key.tid() != key.pid().main_thread() {
+                undo::inherit_thread(state, &s.proc, key.tid(), key.pid());
+            }
             let before = sched::apply(tid, &class.attrs).map_err(|e| sched_err(tid, e))?;
             attrs_changed = true;
             match state.attrs.get(&tid) {
@@ -171,7 +198,7 @@ fn apply_class_inner(
         class: class.name.clone(),
         moved,
         attrs_changed,
-        recorded: !same,
+        recorded: recorded || !same,
     })
 }
 
@@ -255,11 +282,18 @@ pub fn classify_process(
     let Some(rule) = class_rule else {
         return Ok(out);
     };
+    // Threads may carry a change inherited from their main thread only if that change was
+    // made (and recorded) before this classification: one made below came after them.
+    let inherited = s
+        .state
+        .attrs
+        .get(&pid)
+        .is_some_and(|r| r.starttime == start);
     let mut main_stat = Some(main_stat);
     for tid in s.proc.threads(ProcessId::new(pid))? {
         // The main thread's stat was read above: not again.
         let known = main_stat.take_if(|_| tid.get() == pid);
-        match classify_thread_with(s, rules, rule, pid, tid.get(), known) {
+        match classify_thread_with(s, rules, rule, (pid, tid.get()), known, inherited) {
             Ok(Some(a)) => out.push(a),
             Ok(None) | Err(PlaceError::Gone(_)) => {}
             Err(e) => return Err(e),
@@ -282,6 +316,14 @@ impl ThreadOutcome {
         match self {
             ThreadOutcome::Thread(a) => usize::from(a.as_ref().is_some_and(Applied::changed)),
             ThreadOutcome::Process(v) => v.iter().filter(|a| a.changed()).count(),
+        }
+    }
+
+    /// Whether a rule gave any task a class.
+    pub fn matched(&self) -> bool {
+        match self {
+            ThreadOutcome::Thread(a) => a.is_some(),
+            ThreadOutcome::Process(v) => !v.is_empty(),
         }
     }
 }
@@ -307,7 +349,8 @@ pub fn classify_thread(
         let applied = classify_process(s, rules, ProcessId::new(pid))?;
         return Ok(ThreadOutcome::Process(applied));
     }
-    classify_thread_with(s, rules, rule, pid, tid, None).map(ThreadOutcome::Thread)
+    // A new or renamed thread: its process's main thread, if changed, was changed before.
+    classify_thread_with(s, rules, rule, (pid, tid), None, true).map(ThreadOutcome::Thread)
 }
 
 /// Whether process `pid`, whose rule is now `rule`, was classified by another rule, or never
@@ -335,9 +378,9 @@ fn classify_thread_with(
     s: &mut Session,
     rules: &RuleSet,
     rule: &Rule,
-    pid: u32,
-    tid: u32,
+    (pid, tid): (u32, u32),
     known: Option<Stat>,
+    inherited: bool,
 ) -> Result<Option<Applied>, PlaceError> {
     // The thread's one stat read on the rule path (`known`: the caller's): its name for the
     // rule, its identity for the class's move and records.
@@ -359,7 +402,7 @@ fn classify_thread_with(
         return Ok(None);
     }
     let key = resolve(pid, tid, &stat)?;
-    let applied = apply_class(s, key, class, &rule_label(rule))?;
+    let applied = apply_class_with(s, key, class, &rule_label(rule), inherited)?;
     if applied.moved || applied.attrs_changed {
         tracing::info!(pid, tid, comm = %comm, class = %class.name, rule = %rule.at, "classified by rule {}", rule.name);
     }
@@ -417,194 +460,5 @@ pub fn record_moves(
                 at: now(),
             },
         );
-    }
-}
-
-/// A task born from a creator whose attributes cgqos changed starts with the changed
-/// attributes (fork copies them); without cgqos it would have had the creator's original
-/// ones, so those are its original too, and `reset` restores them. Records that for `tid`
-/// (of process `tgid`), unless it has a record of its own. Returns whether it recorded.
-pub fn inherit_original(
-    state: &mut State,
-    proc: &Procfs,
-    creator: ThreadId,
-    tid: ThreadId,
-    tgid: ProcessId,
-) -> bool {
-    let (creator, tid, tgid) = (creator.get(), tid.get(), tgid.get());
-    if creator == tid {
-        return false;
-    }
-    let Some(parent) = state.attrs.get(&creator) else {
-        return false;
-    };
-    // The record must still be the creator's: alive with the recorded start, or already
-    // gone (its exit event, which drops the record, comes after this fork).
-    if proc
-        .stat(creator)
-        .is_ok_and(|s| s.start() != parent.starttime)
-    {
-        return false;
-    }
-    let Ok(st) = proc.stat(tid) else {
-        return false;
-    };
-    if state
-        .attrs
-        .get(&tid)
-        .is_some_and(|r| r.starttime == st.start())
-    {
-        return false;
-    }
-    let record = AttrRecord {
-        pid: ProcessId::new(tgid),
-        starttime: st.start(),
-        original: parent.original,
-        inherited_from: Some(parent.inherited_from.unwrap_or(creator)),
-    };
-    state.attrs.insert(tid, record);
-    true
-}
-
-/// The recorded task of process `tgid` that thread `tid` most likely inherited its
-/// attributes from. The fork event of a thread names the process's parent, not the
-/// creating thread, so: a live recorded thread of the same process (the main thread first)
-/// whose attributes cgqos changed and which has exactly `tid`'s attributes now. A thread
-/// whose attributes match no changed creator (born before the change, or set its own) has
-/// none, and keeps no record.
-fn likely_creator(state: &State, proc: &Procfs, tid: u32, tgid: u32) -> Option<u32> {
-    let now = TaskAttrs::of(&sched::getattr(tid).ok()?);
-    let matches = |id: u32, r: &AttrRecord| {
-        id != tid
-            && r.pid.get() == tgid
-            && r.original != now
-            && proc.stat(id).is_ok_and(|s| s.start() == r.starttime)
-            && sched::getattr(id).is_ok_and(|a| TaskAttrs::of(&a) == now)
-    };
-    if state.attrs.get(&tgid).is_some_and(|r| matches(tgid, r)) {
-        return Some(tgid);
-    }
-    state
-        .attrs
-        .iter()
-        .find(|(id, r)| r.pid.get() == tgid && matches(**id, r))
-        .map(|(id, _)| *id)
-}
-
-/// A new thread `tid` of `tgid` (its fork event): inherits the original of its likely
-/// creator (`likely_creator`). Returns whether it recorded. Only processes whose main
-/// thread has a record are looked at: this runs on every thread creation of the system,
-/// and one map lookup keeps it cheap (classes from rules always cover the main thread).
-pub fn inherit_thread(state: &mut State, proc: &Procfs, tid: ThreadId, tgid: ProcessId) -> bool {
-    let (tid, tgid) = (tid.get(), tgid.get());
-    if !state.attrs.contains_key(&tgid) {
-        return false;
-    }
-    match likely_creator(state, proc, tid, tgid) {
-        Some(creator) => inherit_original(
-            state,
-            proc,
-            ThreadId::new(creator),
-            ThreadId::new(tid),
-            ProcessId::new(tgid),
-        ),
-        None => false,
-    }
-}
-
-/// For threads found without their fork event (a rescan after lost events): each thread of
-/// `pid` with no record of its own gets the original of its likely creator, as on a fork
-/// event. Returns how many were recorded.
-pub fn inherit_unrecorded(state: &mut State, proc: &Procfs, pid: ProcessId) -> usize {
-    let pid = pid.get();
-    if !state.attrs.contains_key(&pid) {
-        return 0;
-    }
-    let Ok(threads) = proc.threads(ProcessId::new(pid)) else {
-        return 0;
-    };
-    let mut n = 0;
-    for tid in threads.into_iter().map(ThreadId::get) {
-        let Ok(st) = proc.stat(tid) else { continue };
-        if state
-            .attrs
-            .get(&tid)
-            .is_some_and(|r| r.starttime == st.start())
-        {
-            continue;
-        }
-        n += usize::from(inherit_thread(
-            state,
-            proc,
-            ThreadId::new(tid),
-            ProcessId::new(pid),
-        ));
-    }
-    n
-}
-
-/// Restores the scheduling attributes of every recorded thread that is still the same
-/// thread; returns how many were restored and how many had exited.
-pub fn restore_attrs(state: &mut State, proc: &Procfs) -> (usize, usize) {
-    let uclamp = sched::Support::get().uclamp;
-    let (mut restored, mut exited) = (0, 0);
-    let mut failed = Vec::new();
-    for (&tid, rec) in &state.attrs {
-        if !proc.stat(tid).is_ok_and(|s| s.start() == rec.starttime) {
-            exited += 1;
-            continue;
-        }
-        let mut a = rec.original;
-        // A thread that never had its own clamps gets the kernel's defaults back.
-        let default_clamps = a.uclamp_min == Some(0) && a.uclamp_max == Some(1024);
-        if default_clamps {
-            a.uclamp_min = None;
-            a.uclamp_max = None;
-        }
-        // Default clamps were taken out of `a` above: only the reset below touches them.
-        let r = sched::apply(tid, &a).and_then(|_| {
-            if uclamp && default_clamps {
-                reset_clamps(tid)
-            } else {
-                Ok(())
-            }
-        });
-        match r {
-            Ok(()) => restored += 1,
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => exited += 1,
-            Err(e) => {
-                tracing::warn!(tid, "restoring scheduling attributes: {e}");
-                failed.push(tid);
-            }
-        }
-    }
-    // Failed ones stay recorded, so a later reset can try again.
-    state.attrs.retain(|t, _| failed.contains(t));
-    (restored, exited)
-}
-
-/// Resets a thread's uclamp requests to "not set" (the kernel's -1), where supported.
-fn reset_clamps(tid: u32) -> std::io::Result<()> {
-    let Ok(mut a) = sched::getattr(tid) else {
-        return Ok(());
-    };
-    a.size = std::mem::size_of::<sched::SchedAttr>() as u32;
-    a.sched_flags = sched::SCHED_FLAG_KEEP_POLICY
-        | sched::SCHED_FLAG_KEEP_PARAMS
-        | sched::SCHED_FLAG_UTIL_CLAMP_MIN
-        | sched::SCHED_FLAG_UTIL_CLAMP_MAX;
-    a.sched_util_min = u32::MAX;
-    a.sched_util_max = u32::MAX;
-    // Kernels without uclamp say EOPNOTSUPP/EINVAL: there is nothing to reset there.
-    match sched::setattr(tid, &a) {
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
-            ) =>
-        {
-            Ok(())
-        }
-        r => r,
     }
 }
