@@ -462,3 +462,47 @@ pub fn record_moves(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn why(by: &str, class: Option<&str>) -> Why {
+        Why {
+            pid: ProcessId::new(7),
+            starttime: StartTime::new(1),
+            by: by.into(),
+            group: None,
+            class: class.map(String::from),
+            attrs: TaskAttrs::default(),
+            at: 0,
+        }
+    }
+
+    #[test]
+    fn a_process_is_matched_again_when_its_rule_changed_or_its_main_thread_was_missed() {
+        let rules = crate::rules::load::load_texts(&[(
+            "a.yaml",
+            "rules:\n  - name: zygote\n    match: {cmdline: \"--type=zygote\"}\n    class: urgent\n  - name: renderer\n    match: {cmdline: \"--type=renderer\"}\n    class: background\n  - name: workers\n    match: {argv0: w}\n    threads: {\"worker-*\": eco}\n",
+        )])
+        .unwrap();
+        let (zygote, renderer, workers) = (&rules.rules[0], &rules.rules[1], &rules.rules[2]);
+        let mut state = State::default();
+        // Never classified, and the rule names the main thread: the whole process.
+        assert!(process_rematch_needed(&state, &rules, renderer, 7, "main"));
+        // Never classified, but the rule leaves the main thread alone: that thread only.
+        assert!(!process_rematch_needed(&state, &rules, workers, 7, "main"));
+        // Classified by the zygote's rule, now a renderer (title rewritten): again.
+        state
+            .why
+            .insert(7, why(&rule_label(zygote), Some("urgent")));
+        assert!(process_rematch_needed(&state, &rules, renderer, 7, "main"));
+        // Same rule as recorded: only the thread.
+        assert!(!process_rematch_needed(&state, &rules, zygote, 7, "main"));
+        // A request placed it (`cgqos move`): rules leave that to the request.
+        state
+            .why
+            .insert(7, why("request from uid 0 (pid 1)", Some("urgent")));
+        assert!(!process_rematch_needed(&state, &rules, renderer, 7, "main"));
+    }
+}
