@@ -154,7 +154,10 @@ fn apply_class_inner(
             // A thread met before its own fork event (its process's classification came
             // first) may still have what it inherited from a changed creator: that is not
             // its original. The process's own fork event already looked at its main thread.
-            let recorded = state.attrs.get(&tid).is_some_and(|r| r.starttime == starttime);
+            let recorded = state
+                .attrs
+                .get(&tid)
+                .is_some_and(|r| r.starttime == starttime);
             if inherited && !recorded && key.tid() != key.pid().main_thread() {
                 undo::inherit_thread(state, &s.proc, key.tid(), key.pid());
             }
