@@ -278,6 +278,8 @@ struct Class {
     nice: i32,
     policy: Option<u32>,
     runtime: Option<u64>,
+    /// Its cgroup class, where the process sits in a browser group.
+    cgroup_class: &'static str,
 }
 
 impl Class {
@@ -292,17 +294,22 @@ impl Class {
 
 /// Every thread in the class of its name; returns the mismatches (empty: all good).
 /// `original` gives a thread's policy and slice before cgqos; threads born later are
-/// compared on nice and the class's own fields only.
+/// compared on nice and the class's own fields only. The cgroup: the class's inside
+/// `group` when a rule gives one, else `cgroup` (unchanged).
 fn out_of_class(
     now: &Snapshot,
     before: &Snapshot,
-    cgroup: &str,
+    (cgroup, group): (&str, Option<&str>),
     main: Class,
     other: Class,
 ) -> Vec<String> {
     let mut bad = Vec::new();
     for (tid, t) in now {
         let class = if t.comm == MAIN_COMM { main } else { other };
+        let cgroup = match group {
+            Some(g) => format!("{g}/{}", class.cgroup_class),
+            None => cgroup.to_string(),
+        };
         let original = match before.get(tid).filter(|b| b.start == t.start) {
             Some(b) => b.sched,
             None => Sched {
@@ -372,7 +379,7 @@ fn table(s: &Snapshot) -> String {
 fn wait_in_class(
     c: &Chromium,
     before: &Snapshot,
-    cgroup: &str,
+    cgroup: (&str, Option<&str>),
     main: Class,
     other: Class,
     d: &Daemon,
@@ -396,8 +403,15 @@ fn wait_in_class(
     }
 }
 
-/// The whole scenario for one way of installing the seed config.
-fn scenario(tag: &str, config: &str, files: &[(&str, &str)], main: Class, other: Class) {
+/// The whole scenario for one way of installing the seed config; `group`: a rule also
+/// puts Chromium in the background group.
+fn scenario(
+    tag: &str,
+    (config, files): (&str, &[(&str, &str)]),
+    main: Class,
+    other: Class,
+    group: bool,
+) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let Some(program) = clients::program(&[APP]) else {
         return;
@@ -431,14 +445,19 @@ fn scenario(tag: &str, config: &str, files: &[(&str, &str)], main: Class, other:
     let Some(d) = Daemon::with(tag, config, None, files, &[]) else {
         return;
     };
+    let group_dir = group.then(|| {
+        let root = d.root.file_name().unwrap().to_str().unwrap();
+        format!("/{root}/chrome/background")
+    });
+    let placed = (cgroup.as_str(), group_dir.as_deref());
     // The start-up scan: processes with rewritten command lines and zygote children too.
-    wait_in_class(&chromium, &before, &cgroup, main, other, &d);
+    wait_in_class(&chromium, &before, placed, main, other, &d);
     // A tab opened now: a renderer forked by the zygote (no exec), threads born from
     // classified threads.
     let renderers = chromium.kinds().iter().filter(|k| *k == "renderer").count();
     chromium.new_tab();
     chromium.settle(renderers + 1);
-    wait_in_class(&chromium, &before, &cgroup, main, other, &d);
+    wait_in_class(&chromium, &before, placed, main, other, &d);
     let classified = chromium.snapshot();
     eprintln!(
         "classified ({} threads):\n{}",
@@ -451,7 +470,7 @@ fn scenario(tag: &str, config: &str, files: &[(&str, &str)], main: Class, other:
     );
 
     let reset = d.cli(&["reset"]);
-    assert_eq!(reset.code, 0, "{}", reset.stderr);
+    assert_eq!(reset.code, 0, "{}{}", reset.stdout, reset.stderr);
     let after = chromium.snapshot();
     let bad = not_restored(&after, &before, &cgroup);
     assert!(
@@ -471,19 +490,36 @@ fn scenario(tag: &str, config: &str, files: &[(&str, &str)], main: Class, other:
 
 /// The shipped classes: QOS_INTERACTIVE is urgent-bursty (nice -8), QOS_BACKGROUND is
 /// background (nice 10); neither sets a policy or slice (and this kernel has no uclamp).
+const URGENT_BURSTY: Class = Class {
+    nice: -8,
+    policy: None,
+    runtime: None,
+    cgroup_class: "urgent",
+};
+const BACKGROUND: Class = Class {
+    nice: 10,
+    policy: None,
+    runtime: None,
+    cgroup_class: "non-urgent",
+};
+
 #[test]
 fn seed_config_in_rules_d_classifies_every_chromium_thread_and_reset_restores_them() {
-    let main = Class {
-        nice: -8,
-        policy: None,
-        runtime: None,
-    };
-    let other = Class {
-        nice: 10,
-        policy: None,
-        runtime: None,
-    };
-    scenario("chr", OPEN, &[("rules.d/seed.json", SEED)], main, other);
+    let files = [("rules.d/seed.json", SEED)];
+    scenario("chr", (OPEN, &files), URGENT_BURSTY, BACKGROUND, false);
+}
+
+/// The seed config with a YAML rule that gives the same app a group: every process in
+/// `chrome/background`, each thread in its class's cgroup (urgent, non-urgent), the new
+/// renderer born there from the zygote; `reset` moves every one back.
+#[test]
+fn seed_config_with_a_group_places_every_chromium_thread_and_reset_moves_them_back() {
+    let group = "rules:\n  - name: chromium-group\n    match: {argv0: chromium-headless-shell}\n    group: background\n";
+    let files = [
+        ("rules.d/00-group.yaml", group),
+        ("rules.d/seed.json", SEED),
+    ];
+    scenario("chrg", (OPEN, &files), URGENT_BURSTY, BACKGROUND, true);
 }
 
 /// Through a schedqos installation with the fixture qos_mappings.json: QOS_USER_INTERACTIVE
@@ -500,11 +536,13 @@ fn seed_config_in_a_schedqos_installation_with_its_mappings() {
         nice: -5,
         policy: Some(sched::SCHED_OTHER),
         runtime: Some(6_000_000),
+        cgroup_class: "urgent",
     };
     let other = Class {
         nice: 7,
         policy: Some(sched::SCHED_BATCH),
         runtime: Some(25_000_000),
+        cgroup_class: "non-urgent",
     };
-    scenario("chrsq", &config, &[], main, other);
+    scenario("chrsq", (&config, &[]), main, other, false);
 }

@@ -16,7 +16,9 @@ use crate::state::{AttrRecord, State, Why};
 
 mod undo;
 use undo::adopt_own_change;
-pub use undo::{inherit_original, inherit_thread, inherit_unrecorded, restore_attrs};
+pub use undo::{
+    inherit_origin, inherit_original, inherit_thread, inherit_unrecorded, restore_attrs,
+};
 
 /// How much of a process's command line rules see (argv[0] and `cmdline` matches), in bytes.
 pub const MAX_CMDLINE: u64 = 128 * 1024;

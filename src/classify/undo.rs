@@ -4,7 +4,8 @@
 
 use crate::procfs::{ProcessId, Procfs, TaskKey, ThreadId};
 use crate::sched::{self, TaskAttrs};
-use crate::state::{AttrRecord, State};
+use crate::session::Session;
+use crate::state::{AttrRecord, Record, State};
 
 use super::wants_change;
 
@@ -138,6 +139,51 @@ pub fn inherit_original(
         inherited_from: Some(parent.inherited_from.unwrap_or(creator)),
     };
     state.attrs.insert(tid, record);
+    true
+}
+
+/// A new process `child` forked by `creator` (its fork event) inside the cgqos groups, where
+/// cgqos had moved its creator: without cgqos it would have been born where its creator came
+/// from, so that is its origin too, and `reset` moves it (the whole process) back there. A
+/// child born elsewhere, or of a creator cgqos never moved, gets nothing. Returns whether it
+/// recorded. (Chromium's zygote, moved by a rule, forks every renderer in its group.)
+pub fn inherit_origin(s: &mut Session, creator: ThreadId, child: ProcessId) -> bool {
+    let Some(creator_rec) = s.state.tasks.get(&creator.get()) else {
+        return false;
+    };
+    // The creator's process's own record, when the creator is one of its threads.
+    let rec = match s.state.tasks.get(&creator_rec.pid.get()) {
+        Some(p) if p.process && p.pid == creator_rec.pid => p,
+        _ => creator_rec,
+    };
+    if !s
+        .proc
+        .stat(creator.get())
+        .is_ok_and(|st| st.start() == creator_rec.starttime)
+    {
+        return false;
+    }
+    let Ok(cgroup) = s.proc.cgroup(child, child.main_thread()) else {
+        return false;
+    };
+    let inside = s
+        .map
+        .relative(&cgroup)
+        .and_then(|r| crate::layout::classify(&r))
+        .is_some();
+    let Ok(st) = s.proc.stat(child.get()) else {
+        return false;
+    };
+    if !inside || s.state.tasks.contains_key(&child.get()) {
+        return false;
+    }
+    let record = Record {
+        pid: child,
+        starttime: st.start(),
+        original: rec.original.clone(),
+        process: true,
+    };
+    s.state.tasks.insert(child.get(), record);
     true
 }
 

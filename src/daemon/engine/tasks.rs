@@ -90,7 +90,10 @@ impl Engine {
                     ThreadId::new(parent),
                 );
                 let inherited = if tid == tgid.main_thread() {
+                    // Born inside the groups from a creator cgqos moved: its origin too.
+                    let origin = crate::classify::inherit_origin(s, parent, tgid);
                     crate::classify::inherit_original(&mut s.state, &s.proc, parent, tid, tgid)
+                        || origin
                 } else {
                     crate::classify::inherit_thread(&mut s.state, &s.proc, tid, tgid)
                 };
