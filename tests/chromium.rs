@@ -403,6 +403,23 @@ fn wait_in_class(
     }
 }
 
+/// `cgqos reset` through the daemon, then every thread as [`not_restored`] wants it.
+fn check_reset(chromium: &Chromium, before: &Snapshot, cgroup: &str, d: &Daemon) {
+    let reset = d.cli(&["reset"]);
+    assert_eq!(reset.code, 0, "{}{}", reset.stdout, reset.stderr);
+    let after = chromium.snapshot();
+    let bad = not_restored(&after, before, cgroup);
+    assert!(
+        bad.is_empty(),
+        "{} of {} threads not restored by reset:\n{}\nreset said: {}\ndaemon log:\n{}",
+        bad.len(),
+        after.len(),
+        bad.join("\n"),
+        reset.stdout,
+        d.log()
+    );
+}
+
 /// The whole scenario for one way of installing the seed config; `group`: a rule also
 /// puts Chromium in the background group.
 fn scenario(
@@ -469,19 +486,7 @@ fn scenario(
         "the new tab added threads"
     );
 
-    let reset = d.cli(&["reset"]);
-    assert_eq!(reset.code, 0, "{}{}", reset.stdout, reset.stderr);
-    let after = chromium.snapshot();
-    let bad = not_restored(&after, &before, &cgroup);
-    assert!(
-        bad.is_empty(),
-        "{} of {} threads not restored by reset:\n{}\nreset said: {}\ndaemon log:\n{}",
-        bad.len(),
-        after.len(),
-        bad.join("\n"),
-        reset.stdout,
-        d.log()
-    );
+    check_reset(&chromium, &before, &cgroup, &d);
     assert!(
         !foreign_chromium(Some(&chromium)),
         "a Chromium of someone else appeared meanwhile"

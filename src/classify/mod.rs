@@ -147,40 +147,7 @@ fn apply_class_inner(
         }
         group = Some(p.group);
     }
-    let mut attrs_changed = false;
-    let mut recorded = false;
-    if !class.attrs.is_empty() {
-        let current = sched::getattr(tid).map_err(|e| sched_err(tid, e))?;
-        recorded = adopt_own_change(state, key, &current);
-        if wants_change(&current, &class.attrs, sched::Support::get().uclamp) {
-            // A thread met before its own fork event (its process's classification came
-            // first) may still have what it inherited from a changed creator: that is not
-            // its original. The process's own fork event already looked at its main thread.
-            let recorded = state
-                .attrs
-                .get(&tid)
-                .is_some_and(|r| r.starttime == starttime);
-            if inherited && !recorded && key.tid() != key.pid().main_thread() {
-                undo::inherit_thread(state, &s.proc, key.tid(), key.pid());
-            }
-            let before = sched::apply(tid, &class.attrs).map_err(|e| sched_err(tid, e))?;
-            attrs_changed = true;
-            match state.attrs.get(&tid) {
-                Some(r) if r.starttime == starttime => {}
-                _ => {
-                    state.attrs.insert(
-                        tid,
-                        AttrRecord {
-                            pid,
-                            starttime,
-                            original: TaskAttrs::of(&before),
-                            inherited_from: None,
-                        },
-                    );
-                }
-            }
-        }
-    }
+    let (attrs_changed, recorded) = apply_attrs(s, state, key, &class.attrs, inherited)?;
     // Re-applying what is already in force changes nothing, not even the record's time.
     let same = state.why.get(&tid).is_some_and(|w| {
         w.starttime == starttime && w.by == by && w.class.as_deref() == Some(class.name.as_str())
@@ -206,6 +173,51 @@ fn apply_class_inner(
         attrs_changed,
         recorded: recorded || !same,
     })
+}
+
+/// The task-attribute half of [`apply_class_inner`]: applies `attrs` if they would change
+/// anything, recording the original first (its own, adopted or inherited: `undo`). Returns
+/// whether the attributes changed and whether the record did without them changing.
+fn apply_attrs(
+    s: &Session,
+    state: &mut State,
+    key: TaskKey,
+    attrs: &TaskAttrs,
+    inherited: bool,
+) -> Result<(bool, bool), PlaceError> {
+    let (tid, starttime) = (key.tid().get(), key.start());
+    if attrs.is_empty() {
+        return Ok((false, false));
+    }
+    let current = sched::getattr(tid).map_err(|e| sched_err(tid, e))?;
+    let adopted = adopt_own_change(state, key, &current);
+    if !wants_change(&current, attrs, sched::Support::get().uclamp) {
+        return Ok((false, adopted));
+    }
+    // A thread met before its own fork event (its process's classification came first) may
+    // still have what it inherited from a changed creator: that is not its original. The
+    // process's own fork event already looked at its main thread.
+    let recorded = state
+        .attrs
+        .get(&tid)
+        .is_some_and(|r| r.starttime == starttime);
+    if inherited && !recorded && key.tid() != key.pid().main_thread() {
+        undo::inherit_thread(state, &s.proc, key.tid(), key.pid());
+    }
+    let before = sched::apply(tid, attrs).map_err(|e| sched_err(tid, e))?;
+    match state.attrs.get(&tid) {
+        Some(r) if r.starttime == starttime => {}
+        _ => {
+            let record = AttrRecord {
+                pid: key.pid(),
+                starttime,
+                original: TaskAttrs::of(&before),
+                inherited_from: None,
+            };
+            state.attrs.insert(tid, record);
+        }
+    }
+    Ok((true, adopted))
 }
 
 fn sched_err(tid: u32, e: std::io::Error) -> PlaceError {
