@@ -135,14 +135,24 @@ impl Engine {
 
     /// Classifies again tasks classified on an event (see [`RECHECK_AFTER`]): a task that
     /// changed its own attributes since gets its class back, and what it set becomes its
-    /// original (`classify::apply_class`).
+    /// original (`classify::apply_class`). Only tasks that still have a rule's record: a
+    /// `reset` (or the task's exit) in between cancels their recheck.
     pub fn recheck(&mut self, tasks: &[Recheck]) {
         if self.loaded.rules.rules.is_empty() {
             return;
         }
         let mut touched = 0;
         for &(pid, tid) in tasks {
-            touched += self.classify(pid, tid).0;
+            let id = tid.unwrap_or(pid.main_thread()).get();
+            let ruled = self
+                .session
+                .state
+                .why
+                .get(&id)
+                .is_some_and(|w| w.pid == pid && w.by.starts_with("rule "));
+            if ruled {
+                touched += self.classify(pid, tid).0;
+            }
         }
         if touched > 0 {
             self.save_quietly();
