@@ -10,18 +10,21 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
+use cgqos::daemon::engine::RECHECK_AFTER;
+
 const CHILD: &str = "CGQOS_RULES_CHILD";
 
 /// Not a test: the program the rules match (run as a renamed copy of this binary). Starts
-/// `CGQOS_RULES_CHILD` threads named worker-N, prints their tids, renames worker-0 to
-/// `renamed-0` when it reads a line, and runs until stdin closes.
+/// `CGQOS_RULES_CHILD` threads named worker-N, prints their tids, and runs until stdin
+/// closes. For each line it reads, worker-0 sets its own nice to N (`nice N`) or renames
+/// itself to `renamed-0` (anything else).
 #[test]
 #[ignore = "helper process for the rules tests"]
 fn rules_child() {
     let Ok(n) = std::env::var(CHILD) else { return };
     let n: usize = n.parse().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    let (rename_tx, rename_rx) = std::sync::mpsc::channel::<()>();
+    let (rename_tx, rename_rx) = std::sync::mpsc::channel::<String>();
     let rename_rx = std::sync::Mutex::new(Some(rename_rx));
     let rename_rx = std::sync::Arc::new(rename_rx);
     for i in 0..n {
@@ -34,7 +37,12 @@ fn rules_child() {
                 tx.send(unsafe { libc::gettid() } as u32).unwrap();
                 if i == 0 {
                     let rx = rr.lock().unwrap().take().unwrap();
-                    if rx.recv().is_ok() {
+                    while let Ok(line) = rx.recv() {
+                        if let Some(n) = line.trim().strip_prefix("nice ") {
+                            // SAFETY: setpriority on this thread (who 0 = the caller).
+                            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n.parse().unwrap()) };
+                            continue;
+                        }
                         let name = std::ffi::CString::new("renamed-0").unwrap();
                         // SAFETY: PR_SET_NAME with a NUL-terminated string we own.
                         unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
@@ -56,7 +64,7 @@ fn rules_child() {
     let stdin = std::io::stdin();
     let mut line = String::new();
     while stdin.read_line(&mut line).unwrap_or(0) > 0 {
-        let _ = rename_tx.send(());
+        let _ = rename_tx.send(line.clone());
         line.clear();
     }
     std::process::exit(0);
@@ -151,6 +159,46 @@ fn a_matching_program_is_classified_at_exec_and_a_renamed_thread_again() {
         d.log().contains("classified by rule test-app"),
         "one log line per applied rule"
     );
+}
+
+/// A program that sets a thread's nice itself right after the thread was classified (as
+/// Chromium does for every new thread, after the events that announced it): the daemon's
+/// recheck gives the thread its class back, and `reset` restores the nice the program chose,
+/// which is what the thread would have without cgqos.
+#[test]
+fn a_thread_that_sets_its_own_nice_after_its_events_is_rechecked_and_reset_keeps_its_choice() {
+    let p = program("own");
+    let rules = format!(
+        "rules:\n  - name: own\n    match: {{argv0: \"{}\"}}\n    class: utility\n",
+        p.name
+    );
+    let Some(d) = rules_daemon("own", &rules, &[]) else {
+        return;
+    };
+    let r = run_program(&p, 2);
+    let pid = r.child.id();
+    wait_for("utility's nice on every thread", || {
+        r.tids.iter().all(|&t| nice(pid, t) == 1)
+    });
+    // Within the recheck window (0.1 s and 1 s after the thread's events).
+    let own = start_nice() + 4;
+    writeln!(r.child.stdin.as_ref().unwrap(), "nice {own}").unwrap();
+    let worker = r.tids[0];
+    // Past the last recheck: whenever the nice landed, a recheck came after it.
+    std::thread::sleep(RECHECK_AFTER[1] + Duration::from_millis(500));
+    wait_for("the recheck to give worker-0 its class back", || {
+        nice(pid, worker) == 1
+    });
+    assert!(d.log().contains("classified by rule own"), "{}", d.log());
+    let reset = d.cli(&["reset"]);
+    assert_eq!(reset.code, 0, "{}{}", reset.stdout, reset.stderr);
+    assert_eq!(
+        nice(pid, worker),
+        own,
+        "the program's own choice is its original"
+    );
+    assert_eq!(nice(pid, r.tids[1]), start_nice());
+    assert_eq!(nice(pid, pid), start_nice());
 }
 
 #[test]

@@ -6,10 +6,13 @@
 //! handled is a normal event. When the kernel reports lost events (ENOBUFS: the receive
 //! buffer overflowed), the daemon rescans /proc, so nothing stays unclassified.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::Instant;
 
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 
@@ -29,6 +32,8 @@ const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 
 // What the engine reacts to: defined with it, so the engine needs nothing of this module.
 pub use super::engine::Event;
+use super::engine::{RECHECK_AFTER, Recheck};
+use crate::procfs::ThreadId;
 
 /// Decodes every event in one datagram (one or more netlink messages).
 pub fn parse(mut buf: &[u8]) -> Vec<Event> {
@@ -110,7 +115,8 @@ pub fn open(rcvbuf: usize) -> io::Result<OwnedFd> {
 }
 
 /// Listens on a dedicated thread: events are read in batches and applied under one engine
-/// lock per batch; ENOBUFS triggers a full rescan.
+/// lock per batch; ENOBUFS triggers a full rescan. Tasks a batch classified are classified
+/// again after each of `RECHECK_AFTER` (`Rechecks`), between batches.
 pub fn listen(shared: Arc<Shared>, rcvbuf: usize) {
     let fd = match open(rcvbuf) {
         Ok(fd) => fd,
@@ -126,34 +132,16 @@ pub fn listen(shared: Arc<Shared>, rcvbuf: usize) {
         .name("cgqos-events".into())
         .spawn(move || {
             let mut buf = vec![0u8; 64 * 1024];
+            let mut rechecks = Rechecks::default();
             loop {
-                let mut events = Vec::new();
-                let mut lost = false;
-                // Block for the first datagram, then drain what is queued.
-                let mut flags = RecvFlags::empty();
-                loop {
-                    let n = match rustix::net::recv(&fd, &mut buf[..], flags) {
-                        Ok((n, _)) => n,
-                        Err(Errno::NOBUFS) => {
-                            lost = true;
-                            continue;
-                        }
-                        Err(Errno::AGAIN) => break,
-                        Err(Errno::INTR) => continue,
-                        Err(e) => {
-                            tracing::error!(
-                                "process events: {}; rules now apply only on reload",
-                                io::Error::from(e)
-                            );
-                            return;
-                        }
-                    };
-                    events.extend(parse(&buf[..n]));
-                    flags = RecvFlags::DONTWAIT;
-                    if events.len() >= 4096 {
-                        break;
-                    }
+                if !wait_readable(&fd, rechecks.next_due()) {
+                    let due = rechecks.take_due(Instant::now());
+                    let _ = super::core::run_caught(&shared.engine, |e| e.recheck(&due));
+                    continue;
                 }
+                let Some((events, lost)) = read_batch(&fd, &mut buf) else {
+                    return;
+                };
                 if lost {
                     tracing::warn!(
                         "process events were lost (receive buffer overflow): rescanning /proc"
@@ -161,16 +149,114 @@ pub fn listen(shared: Arc<Shared>, rcvbuf: usize) {
                 }
                 // A panic in one batch is logged (by `run_caught`) and the thread goes on: rules
                 // keep applying to what starts next.
-                let _ = super::core::run_caught(&shared.engine, |e| {
+                let classified = super::core::run_caught(&shared.engine, |e| {
                     if lost {
                         e.rescan();
+                        Vec::new()
                     } else {
-                        e.events(&events);
+                        e.events(&events)
                     }
                 });
+                if let Ok(tasks) = classified {
+                    rechecks.add(Instant::now(), &tasks);
+                }
             }
         })
         .expect("spawn the events thread");
+}
+
+/// Waits until the socket is readable (true) or `until` has come (false). Without `until`,
+/// returns at once: the blocking read waits.
+fn wait_readable(fd: &OwnedFd, until: Option<Instant>) -> bool {
+    let Some(until) = until else { return true };
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut pfd = [PollFd::new(fd, PollFlags::IN)];
+        let wait = Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        match rustix::event::poll(&mut pfd, Some(&wait)) {
+            Ok(0) => return false,
+            Err(Errno::INTR) => continue,
+            // Readable, or an error the read will report.
+            _ => return true,
+        }
+    }
+}
+
+/// Reads one batch: blocks for the first datagram, then drains what is queued (at most
+/// 4096 events). `lost`: the kernel dropped events meanwhile. `None`: the socket failed.
+fn read_batch(fd: &OwnedFd, buf: &mut [u8]) -> Option<(Vec<Event>, bool)> {
+    let mut events = Vec::new();
+    let mut lost = false;
+    let mut flags = RecvFlags::empty();
+    loop {
+        let n = match rustix::net::recv(fd, &mut buf[..], flags) {
+            Ok((n, _)) => n,
+            Err(Errno::NOBUFS) => {
+                lost = true;
+                continue;
+            }
+            Err(Errno::AGAIN) => break,
+            Err(Errno::INTR) => continue,
+            Err(e) => {
+                tracing::error!(
+                    "process events: {}; rules now apply only on reload",
+                    io::Error::from(e)
+                );
+                return None;
+            }
+        };
+        events.extend(parse(&buf[..n]));
+        flags = RecvFlags::DONTWAIT;
+        if events.len() >= 4096 {
+            break;
+        }
+    }
+    Some((events, lost))
+}
+
+/// Tasks to classify again, each after every delay of `RECHECK_AFTER`. The delays are
+/// constant, so each queue stays in time order. Bounded: in a fork storm, tasks beyond
+/// `MAX_RECHECKS` per queue are not rechecked (their events classified them already).
+#[derive(Default)]
+struct Rechecks {
+    queues: [VecDeque<(Instant, Recheck)>; RECHECK_AFTER.len()],
+}
+
+const MAX_RECHECKS: usize = 16 * 1024;
+
+impl Rechecks {
+    fn add(&mut self, now: Instant, tasks: &[Recheck]) {
+        for (queue, delay) in self.queues.iter_mut().zip(RECHECK_AFTER) {
+            let room = MAX_RECHECKS.saturating_sub(queue.len());
+            queue.extend(tasks.iter().take(room).map(|&t| (now + delay, t)));
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.queues
+            .iter()
+            .filter_map(|q| q.front().map(|e| e.0))
+            .min()
+    }
+
+    /// Removes and returns every task due at `now`, each once.
+    fn take_due(&mut self, now: Instant) -> Vec<Recheck> {
+        let mut due = Vec::new();
+        for q in &mut self.queues {
+            while q.front().is_some_and(|e| e.0 <= now) {
+                due.extend(q.pop_front().map(|e| e.1));
+            }
+        }
+        due.sort_unstable_by_key(|&(p, t)| (p.get(), t.map(ThreadId::get)));
+        due.dedup();
+        due
+    }
 }
 
 #[cfg(test)]
@@ -223,6 +309,27 @@ mod tests {
                 Event::Exit { pid: 11, tgid: 11 },
             ]
         );
+    }
+
+    #[test]
+    fn rechecks_come_due_after_each_delay_once_and_stay_bounded() {
+        use crate::procfs::ProcessId;
+        let t0 = Instant::now();
+        let a = (ProcessId::new(7), Some(ThreadId::new(8)));
+        let b = (ProcessId::new(7), None);
+        let mut r = Rechecks::default();
+        assert_eq!(r.next_due(), None);
+        r.add(t0, &[a, b, a]);
+        assert_eq!(r.next_due(), Some(t0 + RECHECK_AFTER[0]));
+        assert!(r.take_due(t0).is_empty());
+        assert_eq!(r.take_due(t0 + RECHECK_AFTER[0]), vec![b, a], "once each");
+        assert_eq!(r.next_due(), Some(t0 + RECHECK_AFTER[1]));
+        assert_eq!(r.take_due(t0 + RECHECK_AFTER[1]), vec![b, a]);
+        assert_eq!(r.next_due(), None);
+        let many = vec![a; MAX_RECHECKS + 10];
+        r.add(t0, &many);
+        r.add(t0, &many);
+        assert!(r.queues.iter().all(|q| q.len() == MAX_RECHECKS));
     }
 
     #[test]

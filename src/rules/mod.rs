@@ -6,6 +6,7 @@
 //! name order; the first rule that matches a process wins. Tasks that match no rule are never
 //! touched.
 
+pub mod app;
 pub mod load;
 pub mod schedqos;
 

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 pub use load::LoadError;
-pub use tasks::Event;
+pub use tasks::{Event, RECHECK_AFTER, Recheck};
 
 use super::policy::{Action, Caller, Config};
 use super::protocol::{Reply, Request};

@@ -5,6 +5,18 @@ use crate::procfs::{ProcessId, ThreadId};
 
 use super::Engine;
 
+/// A task classified on an event, to classify again a little later: its process, and the
+/// thread (`None`: the whole process).
+pub type Recheck = (ProcessId, Option<ThreadId>);
+
+/// When a task classified on an event is classified again, after the event. A program may
+/// set its new threads' attributes itself after the events that announced them (Chromium
+/// sets each thread's nice by its type, after naming it), and no event reports that.
+pub const RECHECK_AFTER: [std::time::Duration; 2] = [
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_secs(1),
+];
+
 /// One process event, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -52,7 +64,7 @@ impl Engine {
                 pid,
             );
             if !self.loaded.rules.rules.is_empty() {
-                classified += self.classify(pid, None);
+                classified += self.classify(pid, None).0;
             }
         }
         tracing::info!(
@@ -61,9 +73,11 @@ impl Engine {
         self.save_quietly();
     }
 
-    /// Handles a batch of process events.
-    pub fn events(&mut self, events: &[Event]) {
+    /// Handles a batch of process events. Returns the tasks it classified, to be classified
+    /// again after each of [`RECHECK_AFTER`] ([`Engine::recheck`]).
+    pub fn events(&mut self, events: &[Event]) -> Vec<Recheck> {
         let mut touched = 0;
+        let mut rechecks = Vec::new();
         for ev in events {
             // An attached VM's new or renamed thread goes to vcpu or io by its name.
             touched += self.vm_event(ev);
@@ -78,7 +92,10 @@ impl Engine {
                     ThreadId::new(parent),
                 );
                 let inherited = if tid == tgid.main_thread() {
+                    // Born inside the groups from a creator cgqos moved: its origin too.
+                    let origin = crate::classify::inherit_origin(s, parent, tgid);
                     crate::classify::inherit_original(&mut s.state, &s.proc, parent, tid, tgid)
+                        || origin
                 } else {
                     crate::classify::inherit_thread(&mut s.state, &s.proc, tid, tgid)
                 };
@@ -97,13 +114,46 @@ impl Engine {
                 // A new process, an exec, or a rename of a main thread: the whole process
                 // (its match may have changed).
                 Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } if pid == tgid => {
-                    touched += self.classify(ProcessId::new(tgid), None)
+                    let task = (ProcessId::new(tgid), None);
+                    touched += self.classify_noting(task, &mut rechecks);
                 }
-                Event::Exec { tgid, .. } => touched += self.classify(ProcessId::new(tgid), None),
+                Event::Exec { tgid, .. } => {
+                    let task = (ProcessId::new(tgid), None);
+                    touched += self.classify_noting(task, &mut rechecks);
+                }
                 // A new or renamed thread.
                 Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } => {
-                    touched += self.classify(ProcessId::new(tgid), Some(ThreadId::new(pid)))
+                    let task = (ProcessId::new(tgid), Some(ThreadId::new(pid)));
+                    touched += self.classify_noting(task, &mut rechecks);
                 }
+            }
+        }
+        if touched > 0 {
+            self.save_quietly();
+        }
+        rechecks.dedup();
+        rechecks
+    }
+
+    /// Classifies again tasks classified on an event (see [`RECHECK_AFTER`]): a task that
+    /// changed its own attributes since gets its class back, and what it set becomes its
+    /// original (`classify::apply_class`). Only tasks that still have a rule's record: a
+    /// `reset` (or the task's exit) in between cancels their recheck.
+    pub fn recheck(&mut self, tasks: &[Recheck]) {
+        if self.loaded.rules.rules.is_empty() {
+            return;
+        }
+        let mut touched = 0;
+        for &(pid, tid) in tasks {
+            let id = tid.unwrap_or(pid.main_thread()).get();
+            let ruled = self
+                .session
+                .state
+                .why
+                .get(&id)
+                .is_some_and(|w| w.pid == pid && w.by.starts_with("rule "));
+            if ruled {
+                touched += self.classify(pid, tid).0;
             }
         }
         if touched > 0 {
@@ -111,23 +161,33 @@ impl Engine {
         }
     }
 
+    /// Classifies `task`; notes it for a recheck when a rule matched it.
+    fn classify_noting(&mut self, task: Recheck, rechecks: &mut Vec<Recheck>) -> usize {
+        let (changed, matched) = self.classify(task.0, task.1);
+        if matched {
+            rechecks.push(task);
+        }
+        changed
+    }
+
     /// Classifies a process (or one of its threads); a task that is gone is not an error.
-    fn classify(&mut self, pid: ProcessId, tid: Option<ThreadId>) -> usize {
+    /// Returns how many tasks changed, and whether a rule gave any of them a class.
+    fn classify(&mut self, pid: ProcessId, tid: Option<ThreadId>) -> (usize, bool) {
+        use crate::classify::ThreadOutcome;
         let rules = std::mem::take(&mut self.loaded.rules);
         let r = match tid {
             None => crate::classify::classify_process(&mut self.session, &rules, pid)
-                .map(|v| v.iter().filter(|a| a.changed()).count()),
-            Some(t) => crate::classify::classify_thread(&mut self.session, &rules, pid, t)
-                .map(|a| usize::from(a.is_some_and(|a| a.changed()))),
+                .map(ThreadOutcome::Process),
+            Some(t) => crate::classify::classify_thread(&mut self.session, &rules, pid, t),
         };
         self.loaded.rules = rules;
         match r {
-            Ok(n) => n,
-            Err(crate::place::PlaceError::Gone(_)) => 0,
+            Ok(o) => (o.changed(), o.matched()),
+            Err(crate::place::PlaceError::Gone(_)) => (0, false),
             Err(e) => {
                 let tid = tid.unwrap_or(pid.main_thread());
                 tracing::warn!(pid = pid.get(), tid = tid.get(), "rule not applied: {e}");
-                0
+                (0, false)
             }
         }
     }

@@ -14,6 +14,12 @@ use crate::sched::{self, TaskAttrs};
 use crate::session::Session;
 use crate::state::{AttrRecord, State, Why};
 
+mod undo;
+use undo::adopt_own_change;
+pub use undo::{
+    inherit_origin, inherit_original, inherit_thread, inherit_unrecorded, restore_attrs,
+};
+
 /// How much of a process's command line rules see (argv[0] and `cmdline` matches), in bytes.
 pub const MAX_CMDLINE: u64 = 128 * 1024;
 
@@ -35,18 +41,8 @@ pub fn process_info(proc: &Procfs, pid: u32) -> Result<ProcessInfo, ProcError> {
             std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_CMDLINE), &mut v).map(|_| v)
         })
         .map_err(gone)?;
-    let mut args = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty());
-    let argv0 = args
-        .next()
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .unwrap_or_default();
-    let joined = cmdline
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
     // Kernel threads and zombies have no exe; that is not an error, they just match less.
+    // The link is read, never followed: its target names the program (`rules::app`).
     let exe = std::fs::read_link(root.join(format!("{pid}/exe")))
         .map(|p| p.display().to_string())
         .unwrap_or_default();
@@ -54,13 +50,7 @@ pub fn process_info(proc: &Procfs, pid: u32) -> Result<ProcessInfo, ProcError> {
         .trim_end()
         .to_string();
     let uid = proc.ruid(pid)?;
-    Ok(ProcessInfo {
-        argv0,
-        exe,
-        comm,
-        cmdline: joined,
-        uid,
-    })
+    Ok(ProcessInfo::from_proc(&cmdline, exe, comm, uid))
 }
 
 fn now() -> u64 {
@@ -100,8 +90,22 @@ pub fn apply_class(
     class: &ClassDef,
     by: &str,
 ) -> Result<Applied, PlaceError> {
+    apply_class_with(s, key, class, by, false)
+}
+
+/// [`apply_class`]; `inherited`: the thread may have been born from a changed creator of
+/// its process after that change (its process's main thread was recorded before this
+/// classification began), so attributes it still shares with that creator's change are
+/// not its original (`undo::inherit_thread`).
+fn apply_class_with(
+    s: &mut Session,
+    key: TaskKey,
+    class: &ClassDef,
+    by: &str,
+    inherited: bool,
+) -> Result<Applied, PlaceError> {
     let mut state = std::mem::take(&mut s.state);
-    let result = apply_class_inner(s, &mut state, key, class, by);
+    let result = apply_class_inner(s, &mut state, key, class, by, inherited);
     s.state = state;
     result
 }
@@ -127,6 +131,7 @@ fn apply_class_inner(
     key: TaskKey,
     class: &ClassDef,
     by: &str,
+    inherited: bool,
 ) -> Result<Applied, PlaceError> {
     let (pid, tid, starttime) = (key.pid(), key.tid().get(), key.start());
     let mut moved = false;
@@ -142,28 +147,7 @@ fn apply_class_inner(
         }
         group = Some(p.group);
     }
-    let mut attrs_changed = false;
-    if !class.attrs.is_empty() {
-        let current = sched::getattr(tid).map_err(|e| sched_err(tid, e))?;
-        if wants_change(&current, &class.attrs, sched::Support::get().uclamp) {
-            let before = sched::apply(tid, &class.attrs).map_err(|e| sched_err(tid, e))?;
-            attrs_changed = true;
-            match state.attrs.get(&tid) {
-                Some(r) if r.starttime == starttime => {}
-                _ => {
-                    state.attrs.insert(
-                        tid,
-                        AttrRecord {
-                            pid,
-                            starttime,
-                            original: TaskAttrs::of(&before),
-                            inherited_from: None,
-                        },
-                    );
-                }
-            }
-        }
-    }
+    let (attrs_changed, recorded) = apply_attrs(s, state, key, &class.attrs, inherited)?;
     // Re-applying what is already in force changes nothing, not even the record's time.
     let same = state.why.get(&tid).is_some_and(|w| {
         w.starttime == starttime && w.by == by && w.class.as_deref() == Some(class.name.as_str())
@@ -187,8 +171,53 @@ fn apply_class_inner(
         class: class.name.clone(),
         moved,
         attrs_changed,
-        recorded: !same,
+        recorded: recorded || !same,
     })
+}
+
+/// The task-attribute half of [`apply_class_inner`]: applies `attrs` if they would change
+/// anything, recording the original first (its own, adopted or inherited: `undo`). Returns
+/// whether the attributes changed and whether the record did without them changing.
+fn apply_attrs(
+    s: &Session,
+    state: &mut State,
+    key: TaskKey,
+    attrs: &TaskAttrs,
+    inherited: bool,
+) -> Result<(bool, bool), PlaceError> {
+    let (tid, starttime) = (key.tid().get(), key.start());
+    if attrs.is_empty() {
+        return Ok((false, false));
+    }
+    let current = sched::getattr(tid).map_err(|e| sched_err(tid, e))?;
+    let adopted = adopt_own_change(state, key, &current);
+    if !wants_change(&current, attrs, sched::Support::get().uclamp) {
+        return Ok((false, adopted));
+    }
+    // A thread met before its own fork event (its process's classification came first) may
+    // still have what it inherited from a changed creator: that is not its original. The
+    // process's own fork event already looked at its main thread.
+    let recorded = state
+        .attrs
+        .get(&tid)
+        .is_some_and(|r| r.starttime == starttime);
+    if inherited && !recorded && key.tid() != key.pid().main_thread() {
+        undo::inherit_thread(state, &s.proc, key.tid(), key.pid());
+    }
+    let before = sched::apply(tid, attrs).map_err(|e| sched_err(tid, e))?;
+    match state.attrs.get(&tid) {
+        Some(r) if r.starttime == starttime => {}
+        _ => {
+            let record = AttrRecord {
+                pid: key.pid(),
+                starttime,
+                original: TaskAttrs::of(&before),
+                inherited_from: None,
+            };
+            state.attrs.insert(tid, record);
+        }
+    }
+    Ok((true, adopted))
 }
 
 fn sched_err(tid: u32, e: std::io::Error) -> PlaceError {
@@ -271,11 +300,18 @@ pub fn classify_process(
     let Some(rule) = class_rule else {
         return Ok(out);
     };
+    // Threads may carry a change inherited from their main thread only if that change was
+    // made (and recorded) before this classification: one made below came after them.
+    let inherited = s
+        .state
+        .attrs
+        .get(&pid)
+        .is_some_and(|r| r.starttime == start);
     let mut main_stat = Some(main_stat);
     for tid in s.proc.threads(ProcessId::new(pid))? {
         // The main thread's stat was read above: not again.
         let known = main_stat.take_if(|_| tid.get() == pid);
-        match classify_thread_with(s, rules, rule, pid, tid.get(), known) {
+        match classify_thread_with(s, rules, rule, (pid, tid.get()), known, inherited) {
             Ok(Some(a)) => out.push(a),
             Ok(None) | Err(PlaceError::Gone(_)) => {}
             Err(e) => return Err(e),
@@ -284,18 +320,71 @@ pub fn classify_process(
     Ok(out)
 }
 
-/// Classifies one thread (after its creation or a rename).
+/// What classifying one thread did: that thread only, or (when its process's match had
+/// changed) the whole process.
+#[derive(Debug)]
+pub enum ThreadOutcome {
+    Thread(Option<Applied>),
+    Process(Vec<Applied>),
+}
+
+impl ThreadOutcome {
+    /// How many tasks changed (in the kernel or in the record).
+    pub fn changed(&self) -> usize {
+        match self {
+            ThreadOutcome::Thread(a) => usize::from(a.as_ref().is_some_and(Applied::changed)),
+            ThreadOutcome::Process(v) => v.iter().filter(|a| a.changed()).count(),
+        }
+    }
+
+    /// Whether a rule gave any task a class.
+    pub fn matched(&self) -> bool {
+        match self {
+            ThreadOutcome::Thread(a) => a.is_some(),
+            ThreadOutcome::Process(v) => !v.is_empty(),
+        }
+    }
+}
+
+/// Classifies one thread (after its creation or a rename) by its own name and its process's
+/// rule. A process that changed its command line without exec since it was classified (a
+/// zygote's child rewriting its title) has no event of its own: if its rule now differs from
+/// the rule recorded for its main thread, or the rule names the main thread and the main
+/// thread has no record, the whole process is classified instead (`ThreadOutcome::Process`).
+/// Both checks reuse what was read for the thread: no extra `/proc` read.
 pub fn classify_thread(
     s: &mut Session,
     rules: &RuleSet,
     pid: ProcessId,
     tid: ThreadId,
-) -> Result<Option<Applied>, PlaceError> {
+) -> Result<ThreadOutcome, PlaceError> {
     let (pid, tid) = (pid.get(), tid.get());
     let info = process_info(&s.proc, pid)?;
-    match rules.rule_for(&info) {
-        Some(rule) => classify_thread_with(s, rules, rule, pid, tid, None),
-        None => Ok(None),
+    let Some(rule) = rules.rule_for(&info) else {
+        return Ok(ThreadOutcome::Thread(None));
+    };
+    if process_rematch_needed(&s.state, rules, rule, pid, &info.comm) {
+        let applied = classify_process(s, rules, ProcessId::new(pid))?;
+        return Ok(ThreadOutcome::Process(applied));
+    }
+    // A new or renamed thread: its process's main thread, if changed, was changed before.
+    classify_thread_with(s, rules, rule, (pid, tid), None, true).map(ThreadOutcome::Thread)
+}
+
+/// Whether process `pid`, whose rule is now `rule`, was classified by another rule, or never
+/// by this one although the rule gives its main thread (named `main_comm`) a class. Records
+/// made by requests (`cgqos move`) are left to them.
+fn process_rematch_needed(
+    state: &State,
+    rules: &RuleSet,
+    rule: &Rule,
+    pid: u32,
+    main_comm: &str,
+) -> bool {
+    match state.why.get(&pid) {
+        Some(w) if w.by.starts_with("rule ") => w.class.is_some() && w.by != rule_label(rule),
+        Some(_) => false,
+        None => rules.decide(rule, main_comm).class.is_some(),
     }
 }
 
@@ -307,9 +396,9 @@ fn classify_thread_with(
     s: &mut Session,
     rules: &RuleSet,
     rule: &Rule,
-    pid: u32,
-    tid: u32,
+    (pid, tid): (u32, u32),
     known: Option<Stat>,
+    inherited: bool,
 ) -> Result<Option<Applied>, PlaceError> {
     // The thread's one stat read on the rule path (`known`: the caller's): its name for the
     // rule, its identity for the class's move and records.
@@ -331,7 +420,7 @@ fn classify_thread_with(
         return Ok(None);
     }
     let key = resolve(pid, tid, &stat)?;
-    let applied = apply_class(s, key, class, &rule_label(rule))?;
+    let applied = apply_class_with(s, key, class, &rule_label(rule), inherited)?;
     if applied.moved || applied.attrs_changed {
         tracing::info!(pid, tid, comm = %comm, class = %class.name, rule = %rule.at, "classified by rule {}", rule.name);
     }
@@ -392,191 +481,46 @@ pub fn record_moves(
     }
 }
 
-/// A task born from a creator whose attributes cgqos changed starts with the changed
-/// attributes (fork copies them); without cgqos it would have had the creator's original
-/// ones, so those are its original too, and `reset` restores them. Records that for `tid`
-/// (of process `tgid`), unless it has a record of its own. Returns whether it recorded.
-pub fn inherit_original(
-    state: &mut State,
-    proc: &Procfs,
-    creator: ThreadId,
-    tid: ThreadId,
-    tgid: ProcessId,
-) -> bool {
-    let (creator, tid, tgid) = (creator.get(), tid.get(), tgid.get());
-    if creator == tid {
-        return false;
-    }
-    let Some(parent) = state.attrs.get(&creator) else {
-        return false;
-    };
-    // The record must still be the creator's: alive with the recorded start, or already
-    // gone (its exit event, which drops the record, comes after this fork).
-    if proc
-        .stat(creator)
-        .is_ok_and(|s| s.start() != parent.starttime)
-    {
-        return false;
-    }
-    let Ok(st) = proc.stat(tid) else {
-        return false;
-    };
-    if state
-        .attrs
-        .get(&tid)
-        .is_some_and(|r| r.starttime == st.start())
-    {
-        return false;
-    }
-    let record = AttrRecord {
-        pid: ProcessId::new(tgid),
-        starttime: st.start(),
-        original: parent.original,
-        inherited_from: Some(parent.inherited_from.unwrap_or(creator)),
-    };
-    state.attrs.insert(tid, record);
-    true
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The recorded task of process `tgid` that thread `tid` most likely inherited its
-/// attributes from. The fork event of a thread names the process's parent, not the
-/// creating thread, so: a live recorded thread of the same process (the main thread first)
-/// whose attributes cgqos changed and which has exactly `tid`'s attributes now. A thread
-/// whose attributes match no changed creator (born before the change, or set its own) has
-/// none, and keeps no record.
-fn likely_creator(state: &State, proc: &Procfs, tid: u32, tgid: u32) -> Option<u32> {
-    let now = TaskAttrs::of(&sched::getattr(tid).ok()?);
-    let matches = |id: u32, r: &AttrRecord| {
-        id != tid
-            && r.pid.get() == tgid
-            && r.original != now
-            && proc.stat(id).is_ok_and(|s| s.start() == r.starttime)
-            && sched::getattr(id).is_ok_and(|a| TaskAttrs::of(&a) == now)
-    };
-    if state.attrs.get(&tgid).is_some_and(|r| matches(tgid, r)) {
-        return Some(tgid);
-    }
-    state
-        .attrs
-        .iter()
-        .find(|(id, r)| r.pid.get() == tgid && matches(**id, r))
-        .map(|(id, _)| *id)
-}
-
-/// A new thread `tid` of `tgid` (its fork event): inherits the original of its likely
-/// creator (`likely_creator`). Returns whether it recorded. Only processes whose main
-/// thread has a record are looked at: this runs on every thread creation of the system,
-/// and one map lookup keeps it cheap (classes from rules always cover the main thread).
-pub fn inherit_thread(state: &mut State, proc: &Procfs, tid: ThreadId, tgid: ProcessId) -> bool {
-    let (tid, tgid) = (tid.get(), tgid.get());
-    if !state.attrs.contains_key(&tgid) {
-        return false;
-    }
-    match likely_creator(state, proc, tid, tgid) {
-        Some(creator) => inherit_original(
-            state,
-            proc,
-            ThreadId::new(creator),
-            ThreadId::new(tid),
-            ProcessId::new(tgid),
-        ),
-        None => false,
-    }
-}
-
-/// For threads found without their fork event (a rescan after lost events): each thread of
-/// `pid` with no record of its own gets the original of its likely creator, as on a fork
-/// event. Returns how many were recorded.
-pub fn inherit_unrecorded(state: &mut State, proc: &Procfs, pid: ProcessId) -> usize {
-    let pid = pid.get();
-    if !state.attrs.contains_key(&pid) {
-        return 0;
-    }
-    let Ok(threads) = proc.threads(ProcessId::new(pid)) else {
-        return 0;
-    };
-    let mut n = 0;
-    for tid in threads.into_iter().map(ThreadId::get) {
-        let Ok(st) = proc.stat(tid) else { continue };
-        if state
-            .attrs
-            .get(&tid)
-            .is_some_and(|r| r.starttime == st.start())
-        {
-            continue;
-        }
-        n += usize::from(inherit_thread(
-            state,
-            proc,
-            ThreadId::new(tid),
-            ProcessId::new(pid),
-        ));
-    }
-    n
-}
-
-/// Restores the scheduling attributes of every recorded thread that is still the same
-/// thread; returns how many were restored and how many had exited.
-pub fn restore_attrs(state: &mut State, proc: &Procfs) -> (usize, usize) {
-    let uclamp = sched::Support::get().uclamp;
-    let (mut restored, mut exited) = (0, 0);
-    let mut failed = Vec::new();
-    for (&tid, rec) in &state.attrs {
-        if !proc.stat(tid).is_ok_and(|s| s.start() == rec.starttime) {
-            exited += 1;
-            continue;
-        }
-        let mut a = rec.original;
-        // A thread that never had its own clamps gets the kernel's defaults back.
-        let default_clamps = a.uclamp_min == Some(0) && a.uclamp_max == Some(1024);
-        if default_clamps {
-            a.uclamp_min = None;
-            a.uclamp_max = None;
-        }
-        // Default clamps were taken out of `a` above: only the reset below touches them.
-        let r = sched::apply(tid, &a).and_then(|_| {
-            if uclamp && default_clamps {
-                reset_clamps(tid)
-            } else {
-                Ok(())
-            }
-        });
-        match r {
-            Ok(()) => restored += 1,
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => exited += 1,
-            Err(e) => {
-                tracing::warn!(tid, "restoring scheduling attributes: {e}");
-                failed.push(tid);
-            }
+    fn why(by: &str, class: Option<&str>) -> Why {
+        Why {
+            pid: ProcessId::new(7),
+            starttime: StartTime::new(1),
+            by: by.into(),
+            group: None,
+            class: class.map(String::from),
+            attrs: TaskAttrs::default(),
+            at: 0,
         }
     }
-    // Failed ones stay recorded, so a later reset can try again.
-    state.attrs.retain(|t, _| failed.contains(t));
-    (restored, exited)
-}
 
-/// Resets a thread's uclamp requests to "not set" (the kernel's -1), where supported.
-fn reset_clamps(tid: u32) -> std::io::Result<()> {
-    let Ok(mut a) = sched::getattr(tid) else {
-        return Ok(());
-    };
-    a.size = std::mem::size_of::<sched::SchedAttr>() as u32;
-    a.sched_flags = sched::SCHED_FLAG_KEEP_POLICY
-        | sched::SCHED_FLAG_KEEP_PARAMS
-        | sched::SCHED_FLAG_UTIL_CLAMP_MIN
-        | sched::SCHED_FLAG_UTIL_CLAMP_MAX;
-    a.sched_util_min = u32::MAX;
-    a.sched_util_max = u32::MAX;
-    // Kernels without uclamp say EOPNOTSUPP/EINVAL: there is nothing to reset there.
-    match sched::setattr(tid, &a) {
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
-            ) =>
-        {
-            Ok(())
-        }
-        r => r,
+    #[test]
+    fn a_process_is_matched_again_when_its_rule_changed_or_its_main_thread_was_missed() {
+        let rules = crate::rules::load::load_texts(&[(
+            "a.yaml",
+            "rules:\n  - name: zygote\n    match: {cmdline: \"--type=zygote\"}\n    class: urgent\n  - name: renderer\n    match: {cmdline: \"--type=renderer\"}\n    class: background\n  - name: workers\n    match: {argv0: w}\n    threads: {\"worker-*\": eco}\n",
+        )])
+        .unwrap();
+        let (zygote, renderer, workers) = (&rules.rules[0], &rules.rules[1], &rules.rules[2]);
+        let mut state = State::default();
+        // Never classified, and the rule names the main thread: the whole process.
+        assert!(process_rematch_needed(&state, &rules, renderer, 7, "main"));
+        // Never classified, but the rule leaves the main thread alone: that thread only.
+        assert!(!process_rematch_needed(&state, &rules, workers, 7, "main"));
+        // Classified by the zygote's rule, now a renderer (title rewritten): again.
+        state
+            .why
+            .insert(7, why(&rule_label(zygote), Some("urgent")));
+        assert!(process_rematch_needed(&state, &rules, renderer, 7, "main"));
+        // Same rule as recorded: only the thread.
+        assert!(!process_rematch_needed(&state, &rules, zygote, 7, "main"));
+        // A request placed it (`cgqos move`): rules leave that to the request.
+        state
+            .why
+            .insert(7, why("request from uid 0 (pid 1)", Some("urgent")));
+        assert!(!process_rematch_needed(&state, &rules, renderer, 7, "main"));
     }
 }
