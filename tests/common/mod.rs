@@ -281,6 +281,22 @@ pub fn sysfs_with_input_boost(value: &str) -> (tempfile::TempDir, PathBuf) {
     (sysfs, param)
 }
 
+/// Spawns a program that was just written (a `program_copy`). Another test thread that forks
+/// while the copy's file is still open for writing holds that descriptor until its own exec,
+/// and executing the copy then fails with ETXTBSY ("Text file busy"): retry briefly.
+pub fn spawn_fresh_copy(cmd: &mut Command) -> std::process::Child {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
+
 /// Starts `exe` running only its ignored test `child_test` (a helper program inside a test
 /// binary), with `env=threads`, stdin and stdout piped; returns it and its stdout.
 pub fn spawn_child_test(
@@ -293,12 +309,11 @@ pub fn spawn_child_test(
     std::io::BufReader<std::process::ChildStdout>,
 ) {
     use std::process::Stdio;
-    let mut child = child_test_command(exe, child_test)
-        .env(env, threads.to_string())
+    let mut cmd = child_test_command(exe, child_test);
+    cmd.env(env, threads.to_string())
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::piped());
+    let mut child = spawn_fresh_copy(&mut cmd);
     let out = std::io::BufReader::new(child.stdout.take().unwrap());
     (child, out)
 }
