@@ -152,8 +152,8 @@ pub const BROWSER_CLASSES: &[Group] = &[
 ];
 
 /// The thread classes of the background group: resourced never gives a thread of a
-/// background process the foreground cpuset, so its urgent class runs where non-urgent work
-/// does (and its threads go back to all CPUs with their process, in `foreground/urgent`).
+/// background process the foreground cpuset, so the group and its urgent class run where
+/// non-urgent work does (its threads go back to all CPUs with their process).
 pub const BACKGROUND_CLASSES: &[Group] = &[
     Group {
         cpus: Cpus::NonUrgent,
@@ -178,6 +178,7 @@ pub const CHROME_GROUPS: &[Group] = &[
     },
     Group {
         weight: Weight::Board(|b| b.cgqos.background_cpu_weight.value),
+        cpus: Cpus::NonUrgent,
         children: BACKGROUND_CLASSES,
         ..Group::new("background", Kind::ProcessGroup)
     },

@@ -38,10 +38,11 @@ little=0-3
 t_guest arm64-biglittle && little=0-1
 for g in ui foreground background; do
 	t_eq "chrome/$g/non-urgent cpuset.cpus.effective" "$little" "$(t_read $CG/chrome/$g/non-urgent/cpuset.cpus.effective)"
-	# A background process's urgent threads get no big core (resourced's rule).
+	# No thread of a background process gets a big core, urgent or not (resourced's rule).
 	urgent=0-3
 	[ "$g" = background ] && urgent=$little
 	t_eq "chrome/$g/urgent cpuset.cpus.effective" "$urgent" "$(t_read $CG/chrome/$g/urgent/cpuset.cpus.effective)"
+	t_eq "chrome/$g cpuset.cpus.effective" "$urgent" "$(t_read $CG/chrome/$g/cpuset.cpus.effective)"
 done
 
 for g in chrome chrome/ui chrome/foreground chrome/ui/urgent chrome/foreground/urgent; do
