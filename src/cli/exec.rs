@@ -229,7 +229,11 @@ fn start_group(target: &Target, class: Option<&ClassDef>) -> CliResult<String> {
     let allowed = layout::classes_of(&group);
     if !allowed.contains(&sub) {
         return Err(PlaceError::WrongClass {
-            class: format!("{sub} (of class {})", class.name),
+            class: if sub == class.name {
+                sub.to_string()
+            } else {
+                format!("{sub} (of class {})", class.name)
+            },
             group,
             allowed: allowed
                 .iter()
