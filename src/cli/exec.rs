@@ -7,17 +7,19 @@
 //! through the daemon, cgqos moves itself (as `move` and `move --thread` would) and execs
 //! in place, leaving no parent behind.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::process::{Pid, Signal, WaitOptions};
+
+mod program;
+
+use program::{Program, exec_failed, exec_in_place, exit_with, find_program, shell_status};
 
 use super::Ctx;
 use crate::cgroupfs::{CgroupFs, FsError};
@@ -75,16 +77,6 @@ pub struct ExecArgs {
 /// Signals the parent passes on to the command.
 const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
-/// A shell's statuses for a command that could not be run.
-const NOT_FOUND: i32 = 127;
-const NOT_EXECUTABLE: i32 = 126;
-
-/// The command as found: where it is, and its arguments (argv[0] as typed).
-struct Program {
-    path: PathBuf,
-    argv: Vec<OsString>,
-}
-
 pub fn run(ctx: &Ctx, args: ExecArgs) -> CliResult<()> {
     // First: a missing command costs nothing, not even a group.
     let program = match find_program(&args.command) {
@@ -108,99 +100,6 @@ pub fn run(ctx: &Ctx, args: ExecArgs) -> CliResult<()> {
         Some(d) => through_daemon(ctx, d, &args, &target, program),
         None => directly(ctx, &args, &target, program),
     }
-}
-
-/// Ends the process with `code`, after a `cgqos:` line saying why.
-fn exit_with(code: i32, message: &str) -> ! {
-    super::eprint_line(message);
-    std::process::exit(code)
-}
-
-/// Finds CMD as a shell would: a name with a slash as is, else the first executable
-/// regular file of that name in `PATH`. Err: the shell's status and a message.
-fn find_program(command: &[OsString]) -> Result<Program, (i32, String)> {
-    let cmd = command.first().map(OsString::as_os_str).unwrap_or_default();
-    let shown = cmd.to_string_lossy();
-    let path = if cmd.as_bytes().contains(&b'/') {
-        let p = PathBuf::from(cmd);
-        match check_executable(&p) {
-            Ok(true) => p,
-            Ok(false) => return Err((NOT_EXECUTABLE, format!("{shown}: permission denied"))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err((NOT_FOUND, format!("{shown}: no such file")));
-            }
-            Err(e) => return Err((NOT_EXECUTABLE, format!("{shown}: {e}"))),
-        }
-    } else {
-        search_path(cmd)?
-    };
-    Ok(Program {
-        path,
-        argv: command.to_vec(),
-    })
-}
-
-/// `PATH`'s first executable file named `cmd`; an empty entry is the current directory.
-fn search_path(cmd: &OsStr) -> Result<PathBuf, (i32, String)> {
-    let shown = cmd.to_string_lossy();
-    if cmd.is_empty() {
-        return Err((NOT_FOUND, "the command is empty".into()));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    let mut denied = None;
-    for dir in std::env::split_paths(&path) {
-        let dir = if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
-        };
-        let candidate = dir.join(cmd);
-        match check_executable(&candidate) {
-            Ok(true) => return Ok(candidate),
-            Ok(false) => {
-                denied.get_or_insert(candidate);
-            }
-            Err(_) => {}
-        }
-    }
-    Err(match denied {
-        Some(p) => (
-            NOT_EXECUTABLE,
-            format!("{shown}: {} is not executable", p.display()),
-        ),
-        None => (
-            NOT_FOUND,
-            format!(
-                "{shown}: command not found (PATH={})",
-                path.to_string_lossy()
-            ),
-        ),
-    })
-}
-
-/// Whether `p` is a regular file we may execute; Err when it cannot be looked at.
-fn check_executable(p: &Path) -> std::io::Result<bool> {
-    let m = std::fs::metadata(p)?;
-    Ok(m.is_file() && rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok())
-}
-
-/// What a failed `execve` means to a shell: 127 for a missing file (or interpreter), 126
-/// for anything else.
-fn exec_failed(program: &Program, e: &std::io::Error) -> ! {
-    let code = match e.kind() {
-        std::io::ErrorKind::NotFound => NOT_FOUND,
-        _ => NOT_EXECUTABLE,
-    };
-    exit_with(code, &format!("cannot run {}: {e}", program.path.display()))
-}
-
-/// Becomes the command (no parent left): std's exec resets the signal mask and SIGPIPE.
-fn exec_in_place(program: &Program) -> ! {
-    let e = std::process::Command::new(&program.path)
-        .arg0(&program.argv[0])
-        .args(&program.argv[1..])
-        .exec();
-    exec_failed(program, &e)
 }
 
 /// Who asked, for `why`.
@@ -338,6 +237,15 @@ fn through_daemon(
     target: &Target,
     program: Program,
 ) -> CliResult<()> {
+    // The class's fit, checked here when this side can read the classes (the daemon
+    // checks again), so a misfit changes nothing.
+    if let Some(class) = args
+        .class
+        .as_deref()
+        .and_then(|c| class_def(ctx, c, "").ok())
+    {
+        start_group(target, Some(&class))?;
+    }
     if let Target::Vm { name, .. } = target {
         // Only when missing: `vm_add` is a change of groups the policy may refuse a caller
         // who may still place work in an existing VM.
@@ -570,47 +478,9 @@ fn forwarded(sig: libc::c_int) -> Option<Signal> {
     }
 }
 
-/// A shell's `$?`: the exit code, or 128 + the signal that killed it.
-fn shell_status(exit_code: Option<i32>, killed_by: Option<i32>) -> i32 {
-    match (exit_code, killed_by) {
-        (Some(code), _) => code,
-        (None, Some(sig)) => 128 + sig,
-        (None, None) => 1,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_command_is_found_like_a_shell_finds_it() {
-        let sh = find_program(&["sh".into(), "-c".into(), "true".into()]).unwrap();
-        assert!(
-            sh.path.ends_with("sh") && sh.path.is_absolute(),
-            "{:?}",
-            sh.path
-        );
-        assert_eq!(sh.argv[0], "sh");
-        let (code, msg) = find_program(&["cgqos-no-such-command".into()])
-            .err()
-            .unwrap();
-        assert_eq!(code, NOT_FOUND);
-        assert!(
-            msg.starts_with("cgqos-no-such-command: command not found (PATH="),
-            "{msg}"
-        );
-        let (code, _) = find_program(&["/nonexistent/x".into()]).err().unwrap();
-        assert_eq!(code, NOT_FOUND);
-        let dir = tempfile::tempdir().unwrap();
-        let plain = dir.path().join("plain");
-        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
-        let (code, msg) = find_program(&[plain.clone().into()]).err().unwrap();
-        assert_eq!(code, NOT_EXECUTABLE);
-        assert_eq!(msg, format!("{}: permission denied", plain.display()));
-        let (code, _) = find_program(&["/".into()]).err().unwrap();
-        assert_eq!(code, NOT_EXECUTABLE);
-    }
 
     #[test]
     fn a_class_starts_in_its_subgroup_where_the_group_has_one() {
@@ -629,11 +499,5 @@ mod tests {
             "{}",
             e.message
         );
-    }
-
-    #[test]
-    fn statuses_read_as_a_shell_reads_them() {
-        assert_eq!(shell_status(Some(3), None), 3);
-        assert_eq!(shell_status(None, Some(libc::SIGKILL)), 137);
     }
 }
