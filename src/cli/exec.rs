@@ -292,16 +292,7 @@ fn clone_into(
     class: Option<&ClassDef>,
     by: &str,
 ) -> CliResult<Cloned> {
-    let env: Vec<OsString> = std::env::vars_os()
-        .map(|(k, v)| {
-            let mut kv = k;
-            kv.push("=");
-            kv.push(v);
-            kv
-        })
-        .collect();
-    let image = ExecImage::new(&program.path, &program.argv, &env)
-        .map_err(|e| CliError::bad_input(format!("the command line: {e}")))?;
+    let image = image_of(program)?;
     let me = ProcessId::new(std::process::id());
     // Where fork would have put it: its origin, for undo.
     let origin = s.map.dir_of(&s.proc.cgroup(me, me.main_thread())?);
@@ -321,24 +312,12 @@ fn clone_into(
         child_end: child_end.as_fd(),
         parent_end: parent_end.as_fd(),
     });
-    drop(child_end);
+    drop((child_end, dir));
     let pid = match spawned {
         Ok(pid) => pid,
         Err(e) => {
             let _ = sys::restore_signals(&mask);
-            return match e.raw_os_error() {
-                Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL) => {
-                    tracing::debug!("clone3(CLONE_INTO_CGROUP): {e}; moving this process instead");
-                    Ok(Cloned::Unsupported(Box::new(s)))
-                }
-                _ => Err(FsError {
-                    op: "clone3 into",
-                    path: s.cg.path(start_in),
-                    value: None,
-                    source: e,
-                }
-                .into()),
-            };
+            return not_cloned(s, start_in, e);
         }
     };
     if let Err(e) = record_child(&mut s, pid, origin, class, by) {
@@ -351,6 +330,7 @@ fn clone_into(
         reap(pid);
         exec_failed(program, &e);
     }
+    drop(parent_end);
     if let Err(e) = s.save() {
         tracing::warn!(
             "the command runs in {start_in} but is not recorded for reset/teardown: {}",
@@ -361,6 +341,37 @@ fn clone_into(
     // The state file's lock goes with the session: the command may run for days.
     drop(s);
     wait_forwarding(pid, &waited).map(Cloned::Exited)
+}
+
+/// The command as `execve` takes it, with our environment.
+fn image_of(program: &Program) -> CliResult<ExecImage> {
+    let env: Vec<OsString> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut kv = k;
+            kv.push("=");
+            kv.push(v);
+            kv
+        })
+        .collect();
+    ExecImage::new(&program.path, &program.argv, &env)
+        .map_err(|e| CliError::bad_input(format!("the command line: {e}")))
+}
+
+/// A failed clone3: the kernel lacks it (take the fallback), or refused the group.
+fn not_cloned(s: Session, start_in: &str, e: std::io::Error) -> CliResult<Cloned> {
+    match e.raw_os_error() {
+        Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL) => {
+            tracing::debug!("clone3(CLONE_INTO_CGROUP): {e}; moving this process instead");
+            Ok(Cloned::Unsupported(Box::new(s)))
+        }
+        _ => Err(FsError {
+            op: "clone3 into",
+            path: s.cg.path(start_in),
+            value: None,
+            source: e,
+        }
+        .into()),
+    }
 }
 
 /// Opens a group's directory for clone3: beneath the cgqos root, no symlink on the way.
