@@ -166,6 +166,17 @@ fn the_exit_status_is_the_commands() {
         let r = env.exec(&["background", "--", "sh", "-c", script]);
         assert_eq!(r.code, code, "{script}: {}", r.stderr);
     }
+    // Started with SIGCHLD ignored (which would make the kernel reap the command
+    // unannounced), cgqos still sees it end.
+    let mut c = env.cmd(&["exec", "background", "--", "sh", "-c", "exit 4"]);
+    // SAFETY: only signal(2), async-signal-safe, between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    assert_eq!(run(&mut c).code, 4);
     // A missing command: the shell's 127 and a message, before anything is placed or made.
     let r = env.exec(&["vm:never", "--", "cgqos-no-such-command", "x"]);
     assert_eq!(r.code, 127, "{}", r.stderr);
@@ -190,7 +201,7 @@ fn the_exit_status_is_the_commands() {
     assert_eq!(r.code, 126, "{}", r.stderr);
     assert!(r.stderr.contains("cannot run"), "{}", r.stderr);
     let state = env.state();
-    assert_eq!(state["tasks"].as_object().unwrap().len(), 3, "{state}");
+    assert_eq!(state["tasks"].as_object().unwrap().len(), 4, "{state}");
     // (A threaded group lists its members in cgroup.threads only.)
     let members =
         std::fs::read_to_string(env.root.join("chrome/background/cgroup.threads")).unwrap();

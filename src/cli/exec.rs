@@ -302,7 +302,11 @@ fn clone_into(
     let mut waited = FORWARDED.to_vec();
     waited.push(libc::SIGCHLD);
     let waited = SignalSet::of(&waited);
-    // Blocked before the clone, so none is lost before the wait; the child unblocks them.
+    // A SIGCHLD ignored by whoever started us would make the kernel reap the child
+    // unannounced: a handler (reset by the exec) instead. Then all are blocked before the
+    // clone, so none is lost before the wait; the child unblocks them.
+    sys::catch_signal(libc::SIGCHLD)
+        .map_err(|e| CliError::new(Exit::Failure, format!("catching SIGCHLD: {e}")))?;
     let mask = sys::block_signals(&waited)
         .map_err(|e| CliError::new(Exit::Failure, format!("blocking signals: {e}")))?;
     let spawned = sys::spawn_into_cgroup(&Spawn {
