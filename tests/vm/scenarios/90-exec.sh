@@ -61,15 +61,14 @@ t_eq "a missing command exits 127" 127 $?
 
 /vmtest/cgqos exec background -- sleep 30 &
 parent=$!
+# Its child: the process whose parent is cgqos (stat field 4), once it runs sleep.
 i=0
 child=""
 while [ $i -lt 100 ] && [ -z "$child" ]; do
-	child=$(cat /proc/$parent/task/$parent/children 2>/dev/null)
-	[ -n "$child" ] && [ "$(cat /proc/"$child"/comm 2>/dev/null)" != sleep ] && child=""
+	child=$(awk -v pp="$parent" '$4 == pp && $2 == "(sleep)" { print $1 }' /proc/[0-9]*/stat 2>/dev/null)
 	[ -z "$child" ] && sleep 0.05
 	i=$((i + 1))
 done
-child=${child% }
 t_eq "the sleeping command is in chrome/background" /chrome/background \
 	"$(sed -n 's/^0:://p' /proc/"$child"/cgroup 2>/dev/null)"
 kill -TERM "$parent"
