@@ -324,23 +324,24 @@ fn clone_into(
             return not_cloned(s, start_in, e);
         }
     };
-    if let Err(e) = record_child(&mut s, pid, origin, class, by) {
+    // Saved before the command runs: whoever sees it can ask `why` at once.
+    let before = s.state.clone();
+    if let Err(e) = record_child(&mut s, pid, origin, class, by).and_then(|()| s.save()) {
         // Never told to go, the child exits 127 without running anything.
         drop(parent_end);
         reap(pid);
+        s.state = before;
+        let _ = s.save();
         return Err(e);
     }
     if let Some(e) = release(&mut parent_end) {
         reap(pid);
+        // It never ran: nothing of it stays recorded.
+        s.state = before;
+        let _ = s.save();
         exec_failed(program, &e);
     }
     drop(parent_end);
-    if let Err(e) = s.save() {
-        tracing::warn!(
-            "the command runs in {start_in} but is not recorded for reset/teardown: {}",
-            e.message
-        );
-    }
     tracing::info!(pid, group = start_in, "started {}", program.path.display());
     // The state file's lock goes with the session: the command may run for days.
     drop(s);
