@@ -1,11 +1,15 @@
 //! Every `unsafe` of cgqos, behind safe functions: what neither the standard library nor
 //! `rustix` offers. The scheduler attribute syscalls (no crate wraps `sched_attr` with its
 //! uclamp fields), tokio's `AsyncFd` registration, `localtime_r` (the local time zone is
-//! libc's), `sysconf(_SC_NPROCESSORS_ONLN)` and a flag-setting signal handler. Everything
-//! else goes through `rustix`.
+//! libc's), `sysconf(_SC_NPROCESSORS_ONLN)`, a flag-setting signal handler, and `exec`'s
+//! `clone3(CLONE_INTO_CGROUP)` with the signal mask and wait around it. Everything else
+//! goes through `rustix`.
 
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::Interest;
@@ -182,9 +186,200 @@ pub fn take_signal(sig: libc::c_int) -> bool {
         .is_some_and(|f| f.swap(false, Ordering::SeqCst))
 }
 
+/// A program, its arguments and its environment as `execve(2)` takes them: built before a
+/// clone, so the child makes system calls only (no allocation in a forked copy).
+pub struct ExecImage {
+    path: CString,
+    // Own the strings the pointer arrays point into.
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+impl ExecImage {
+    /// `path` run with `args` (argv[0] first) and `env` (`NAME=value` each). A NUL byte
+    /// anywhere is InvalidInput.
+    pub fn new(path: &Path, args: &[OsString], env: &[OsString]) -> io::Result<ExecImage> {
+        let c = |s: &OsStr| {
+            CString::new(s.as_bytes()).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{s:?} holds a NUL byte"),
+                )
+            })
+        };
+        let path = c(path.as_os_str())?;
+        let args = args.iter().map(|a| c(a)).collect::<io::Result<Vec<_>>>()?;
+        let env = env.iter().map(|e| c(e)).collect::<io::Result<Vec<_>>>()?;
+        let list = |v: &[CString]| {
+            let mut p: Vec<*const libc::c_char> = v.iter().map(|s| s.as_ptr()).collect();
+            p.push(std::ptr::null());
+            p
+        };
+        let (argv, envp) = (list(&args), list(&env));
+        let mut strings = args;
+        strings.extend(env);
+        Ok(ExecImage {
+            path,
+            _strings: strings,
+            argv,
+            envp,
+        })
+    }
+}
+
+/// A set of signals, to block and wait for.
+#[derive(Clone, Copy)]
+pub struct SignalSet(libc::sigset_t);
+
+impl SignalSet {
+    pub fn of(signals: &[libc::c_int]) -> SignalSet {
+        // SAFETY: all-zero is a valid sigset_t, and sigemptyset/sigaddset write only into
+        // it (an out-of-range number is refused with EINVAL, leaving the set as it was).
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for &s in signals {
+                libc::sigaddset(&mut set, s);
+            }
+            SignalSet(set)
+        }
+    }
+}
+
+/// Sets the calling thread's signal mask (`how`: SIG_BLOCK or SIG_SETMASK); the mask before.
+fn sigmask(how: libc::c_int, set: &SignalSet) -> io::Result<SignalSet> {
+    // SAFETY: all-zero is a valid sigset_t; both sets are live and ours.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is read, `old` written; nothing else is touched.
+    match unsafe { libc::pthread_sigmask(how, &set.0, &mut old) } {
+        0 => Ok(SignalSet(old)),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Blocks `set` on the calling thread (they stay pending until [`wait_signal`]); returns
+/// the mask before, for [`restore_signals`].
+pub fn block_signals(set: &SignalSet) -> io::Result<SignalSet> {
+    sigmask(libc::SIG_BLOCK, set)
+}
+
+/// Puts back a mask [`block_signals`] returned.
+pub fn restore_signals(mask: &SignalSet) -> io::Result<()> {
+    sigmask(libc::SIG_SETMASK, mask).map(drop)
+}
+
+/// Waits for a signal of `set` (blocked with [`block_signals`]): its number, and whether
+/// the kernel sent it (`SI_KERNEL`: a terminal's ^C or ^\ to its foreground group) rather
+/// than a process.
+pub fn wait_signal(set: &SignalSet) -> io::Result<(libc::c_int, bool)> {
+    loop {
+        // SAFETY: all-zero is a valid siginfo_t; sigwaitinfo writes only into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` and `info` are live and ours.
+        let sig = unsafe { libc::sigwaitinfo(&set.0, &mut info) };
+        if sig > 0 {
+            return Ok((sig, info.si_code == libc::SI_KERNEL));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Linux 5.7+ (libc's constant is an overflowing `c_int`).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` up to `CLONE_ARGS_SIZE_VER2` (88 bytes, with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// What the child of [`spawn_into_cgroup`] is given.
+pub struct Spawn<'a> {
+    /// The cgroup directory the child is born in (O_PATH is enough).
+    pub cgroup: BorrowedFd<'a>,
+    pub image: &'a ExecImage,
+    /// The child's signal mask (the parent's before it blocked what it forwards).
+    pub mask: &'a SignalSet,
+    /// The child's end of a socket pair (close-on-exec): the child waits for one byte on
+    /// it before `execve`, and writes `execve`'s errno (4 bytes, native order) to it if
+    /// that fails.
+    pub child_end: BorrowedFd<'a>,
+    /// The parent's end, closed in the child, so the child sees EOF (and exits 127
+    /// without running anything) if the parent goes away before saying go.
+    pub parent_end: BorrowedFd<'a>,
+}
+
+/// `clone3(CLONE_INTO_CGROUP)`: a child born in `spawn.cgroup` (no migration afterwards)
+/// that waits for the parent's go, then `execve`s the image with SIGPIPE at its default.
+/// Returns the child's pid; ENOSYS, E2BIG or EINVAL mean the kernel lacks clone3 or
+/// `CLONE_INTO_CGROUP` (before 5.7), or refused the group.
+pub fn spawn_into_cgroup(spawn: &Spawn<'_>) -> io::Result<u32> {
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: spawn.cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a live clone_args of the size passed. Without CLONE_VM the child
+    // runs on a copy of this address space (like fork), with our stack; it only makes
+    // async-signal-safe calls on memory prepared before the clone, then execs or exits.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match rc {
+        0 => child(spawn),
+        pid if pid > 0 => Ok(pid as u32),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// The child of [`spawn_into_cgroup`]: never returns.
+fn child(spawn: &Spawn<'_>) -> ! {
+    let (child_end, image) = (spawn.child_end.as_raw_fd(), spawn.image);
+    // SAFETY: close, signal, pthread_sigmask, read, execve, write and _exit are
+    // async-signal-safe and touch only our descriptors and memory built before the clone
+    // (the image's NUL-terminated strings and arrays).
+    unsafe {
+        libc::close(spawn.parent_end.as_raw_fd());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &spawn.mask.0, std::ptr::null_mut());
+        let mut go = 0u8;
+        if libc::read(child_end, (&mut go as *mut u8).cast(), 1) == 1 {
+            libc::execve(
+                image.path.as_ptr(),
+                image.argv.as_ptr(),
+                image.envp.as_ptr(),
+            );
+            let errno = *libc::__errno_location();
+            libc::write(child_end, (&errno as *const i32).cast(), 4);
+        }
+        libc::_exit(127)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn sched_attr_has_the_ver1_layout() {
@@ -237,6 +432,35 @@ mod tests {
         assert!(take_signal(libc::SIGUSR2));
         assert!(!take_signal(libc::SIGUSR2));
         assert!(catch_signal(0).is_err() && catch_signal(65).is_err());
+    }
+
+    #[test]
+    fn an_exec_image_refuses_a_nul_byte() {
+        let ok = ExecImage::new(Path::new("/bin/true"), &["true".into()], &["A=b".into()]);
+        assert_eq!(ok.unwrap().argv.len(), 2, "argv ends with a null pointer");
+        let bad = ExecImage::new(Path::new("/bin/true"), &["tr\0ue".into()], &[]);
+        assert_eq!(bad.err().unwrap().kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn clone3_into_a_directory_that_is_no_cgroup_starts_nothing() {
+        let dir = std::fs::File::open("/").unwrap();
+        let image = ExecImage::new(Path::new("/bin/true"), &["true".into()], &[]).unwrap();
+        let (parent, child) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mask = SignalSet::of(&[]);
+        let r = spawn_into_cgroup(&Spawn {
+            cgroup: dir.as_fd(),
+            image: &image,
+            mask: &mask,
+            child_end: child.as_fd(),
+            parent_end: parent.as_fd(),
+        });
+        // EBADF where the kernel has CLONE_INTO_CGROUP, E2BIG or ENOSYS where it does not.
+        let e = r.unwrap_err().raw_os_error();
+        assert!(
+            matches!(e, Some(libc::EBADF | libc::E2BIG | libc::ENOSYS)),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]

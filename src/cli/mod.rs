@@ -3,6 +3,7 @@
 mod completions;
 mod daemon;
 mod detect;
+mod exec;
 mod move_tasks;
 mod plan;
 mod reset;
@@ -194,6 +195,8 @@ pub enum Command {
     /// Move whole processes to a group, or threads (--thread) to a class
     #[command(name = "move")]
     Move(move_tasks::MoveArgs),
+    /// Run a command inside a group, with a thread class's attributes
+    Exec(exec::ExecArgs),
     /// Show each thread of a process: its group and class
     Where(where_::WhereArgs),
     /// Add, remove or list VM groups
@@ -232,6 +235,7 @@ pub fn run(cli: Cli) -> CliResult<()> {
         Command::Setup(a) => setup::run(&ctx, a),
         Command::Status(a) => status::run(&ctx, a),
         Command::Move(a) => move_tasks::run(&ctx, a),
+        Command::Exec(a) => exec::run(&ctx, a),
         Command::Where(a) => where_::run(&ctx, a),
         Command::Vm(c) => vm::run(&ctx, c),
         Command::Teardown(a) => teardown::run(&ctx, a),
