@@ -479,3 +479,48 @@ pub fn favor_dynmods(
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+36 35 0:31 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate\n";
+
+    /// A sysfs root whose features file lists `features`.
+    fn sysfs(features: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("kernel/cgroup")).unwrap();
+        fs::write(dir.path().join("kernel/cgroup/features"), features).unwrap();
+        dir
+    }
+
+    fn predict(mountinfo: &str, root: &str, features: &str) -> MountReport {
+        let sys = sysfs(features);
+        let reread = || -> String { unreachable!("a dry run does not remount") };
+        favor_dynmods(Path::new(root), mountinfo, sys.path(), true, reread).unwrap()
+    }
+
+    #[test]
+    fn favor_dynmods_outcomes_without_touching_a_mount() {
+        let root = "/sys/fs/cgroup/cgqos";
+        let r = predict(MOUNTINFO, root, "nsdelegate\nfavordynmods\n");
+        assert_eq!(r.mount, "/sys/fs/cgroup");
+        assert_eq!(r.outcome, Outcome::Changed);
+        let on = MOUNTINFO.replace("rw,nsdelegate", "rw,nsdelegate,favordynmods");
+        assert_eq!(predict(&on, root, "favordynmods\n").outcome, Outcome::Unchanged);
+        match predict(MOUNTINFO, root, "nsdelegate\n").outcome {
+            Outcome::Unsupported(why) => {
+                assert!(why.starts_with("no favordynmods in "), "{why}");
+                assert!(why.ends_with("kernel/cgroup/features (Linux 6.0+)"), "{why}");
+            }
+            other => panic!("expected unsupported, got {other:?}"),
+        }
+        let fake = predict(MOUNTINFO, "/tmp/fake", "favordynmods\n");
+        assert_eq!(fake.mount, "");
+        assert_eq!(
+            fake.outcome,
+            Outcome::Skipped("/tmp/fake is not under a cgroup2 mount in mountinfo".into())
+        );
+    }
+}
