@@ -9,8 +9,9 @@
 #             measured write finds the cgroup lock's rcu_sync active and waits for no RCU
 #             grace period (unless the command takes longer than one to get there)
 #   isolated  100 ms of quiet before each command: the write waits for a grace period
-# and three commands: `sh` (the echo), `cli` (--direct) and `cli-nosock` (no --direct, the
-# socket path does not exist: what a plain `cgqos move` costs when no daemon runs).
+# and four commands: `sh` (the echo), `cli` (--direct), `cli-nosock` (no --direct, the
+# socket path does not exist: what a plain `cgqos move` costs when no daemon runs) and
+# `version` (`cgqos --version`: the binary's start-up alone, nothing moved).
 # Prints p50 / p90 per row in microseconds and the ratio cli / sh.
 set -uo pipefail
 
@@ -19,7 +20,7 @@ while [[ $# -gt 0 ]]; do
 	case $1 in
 	--rounds) rounds=$2; shift 2 ;;
 	--bin) bin=$2; shift 2 ;;
-	-h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "cli.sh: unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -54,10 +55,11 @@ run() { # KIND GROUP
 	sh) sh -c "echo $child > $root/chrome/$2/cgroup.procs" ;;
 	cli) c --direct move "$child" "$2" >/dev/null ;;
 	cli-nosock) c --socket "$state/no-daemon.sock" move "$child" "$2" >/dev/null ;;
+	version) "$bin" --version >/dev/null ;;
 	esac
 }
 declare -A samples
-kinds=(sh cli cli-nosock)
+kinds=(sh cli cli-nosock version)
 for state_kind in warm isolated; do
 	n=$rounds
 	[[ $state_kind == isolated ]] && n=$((rounds / 4 > 10 ? rounds / 4 : 10))

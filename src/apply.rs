@@ -508,11 +508,17 @@ mod tests {
         assert_eq!(r.mount, "/sys/fs/cgroup");
         assert_eq!(r.outcome, Outcome::Changed);
         let on = MOUNTINFO.replace("rw,nsdelegate", "rw,nsdelegate,favordynmods");
-        assert_eq!(predict(&on, root, "favordynmods\n").outcome, Outcome::Unchanged);
+        assert_eq!(
+            predict(&on, root, "favordynmods\n").outcome,
+            Outcome::Unchanged
+        );
         match predict(MOUNTINFO, root, "nsdelegate\n").outcome {
             Outcome::Unsupported(why) => {
                 assert!(why.starts_with("no favordynmods in "), "{why}");
-                assert!(why.ends_with("kernel/cgroup/features (Linux 6.0+)"), "{why}");
+                assert!(
+                    why.ends_with("kernel/cgroup/features (Linux 6.0+)"),
+                    "{why}"
+                );
             }
             other => panic!("expected unsupported, got {other:?}"),
         }

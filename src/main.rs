@@ -42,7 +42,7 @@ fn log_filter(global: &cgqos::cli::Global, daemon: bool) -> Option<EnvFilterOrLe
     let filter = match global.log_level() {
         Some(level) => EnvFilterOrLevel::Level(level.parse().ok()?),
         None => match from_env() {
-            Some(f) => EnvFilterOrLevel::Env(f),
+            Some(f) => EnvFilterOrLevel::Env(Box::new(f)),
             None if daemon => EnvFilterOrLevel::Level(LevelFilter::INFO),
             None => EnvFilterOrLevel::Level(LevelFilter::WARN),
         },
@@ -54,7 +54,7 @@ fn log_filter(global: &cgqos::cli::Global, daemon: bool) -> Option<EnvFilterOrLe
 }
 
 enum EnvFilterOrLevel {
-    Env(EnvFilter),
+    Env(Box<EnvFilter>),
     Level(LevelFilter),
 }
 
@@ -71,7 +71,7 @@ fn init_logging(global: &cgqos::cli::Global, daemon: bool) {
             .event_format(CommandLine);
         match filter {
             EnvFilterOrLevel::Env(f) => tracing_subscriber::registry()
-                .with(layer.with_filter(f))
+                .with(layer.with_filter(*f))
                 .init(),
             EnvFilterOrLevel::Level(l) => tracing_subscriber::registry()
                 .with(layer.with_filter(l))
@@ -80,7 +80,7 @@ fn init_logging(global: &cgqos::cli::Global, daemon: bool) {
         return;
     }
     let filter = match filter {
-        EnvFilterOrLevel::Env(f) => f,
+        EnvFilterOrLevel::Env(f) => *f,
         EnvFilterOrLevel::Level(l) => EnvFilter::new(l.to_string()),
     };
     // The daemon logs to journald where there is one, else to stderr (upstart captures it)
@@ -133,7 +133,14 @@ where
 /// refuse it (or, for paths, use ""). The environment itself is left alone.
 fn parse_cli() -> Result<cgqos::cli::Cli, clap::Error> {
     use clap::{CommandFactory, FromArgMatches};
-    let mut matches = match without_empty_env(cgqos::cli::Cli::command()).try_get_matches() {
+    // Rewriting the whole command tree costs start-up time: only when there is something to
+    // rewrite.
+    let command = if any_empty_cgqos_var() {
+        without_empty_env(cgqos::cli::Cli::command())
+    } else {
+        cgqos::cli::Cli::command()
+    };
+    let mut matches = match command.try_get_matches() {
         Ok(m) => m,
         // Help names each variable (`[env: CGQOS_SKU=]`): render it from the unchanged
         // command, where an empty variable reads as it always did.
@@ -153,6 +160,12 @@ fn parse_cli() -> Result<cgqos::cli::Cli, clap::Error> {
     };
     cgqos::cli::Cli::from_arg_matches_mut(&mut matches)
         .map_err(|e| e.format(&mut cgqos::cli::Cli::command()))
+}
+
+/// Whether a `CGQOS_*` variable is set but empty (every option's variable has that prefix: a
+/// test in src/cli/mod.rs checks it).
+fn any_empty_cgqos_var() -> bool {
+    std::env::vars_os().any(|(k, v)| v.is_empty() && k.as_encoded_bytes().starts_with(b"CGQOS_"))
 }
 
 /// `cmd` with every argument whose variable is set but empty read as if it were unset.
