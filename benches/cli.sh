@@ -75,7 +75,7 @@ for state_kind in warm isolated; do
 			t0=$EPOCHREALTIME
 			run "$kind" "$group" || { echo "cli.sh: $kind move failed" >&2; exit 1; }
 			t1=$EPOCHREALTIME
-			samples[$state_kind.$kind]+="$(((${t1/./} - ${t0/./})))"$'\n'
+			samples[$state_kind.$kind]+="$((${t1/./} - ${t0/./}))"$'\n'
 		done
 	done
 done

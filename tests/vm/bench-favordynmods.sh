@@ -107,7 +107,7 @@ for pair in on/off off-again/off on-again/off-again; do
 	p=${pair%/*} base=${pair#*/}
 	line="$p / $base:"
 	for r in isolated burst fork threads; do
-		line+=" $r p50 x$(ratio "$(get $p $r p50)" "$(get $base $r p50)"), mean x$(ratio "$(get $p $r mean)" "$(get $base $r mean)");"
+		line+=" $r p50 x$(ratio "$(get "$p" $r p50)" "$(get "$base" $r p50)"), mean x$(ratio "$(get "$p" $r mean)" "$(get "$base" $r mean)");"
 	done
 	echo "${line%;}"
 done

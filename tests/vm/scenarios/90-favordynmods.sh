@@ -1,5 +1,5 @@
 #!/bin/sh
-# shellcheck source-path=SCRIPTDIR disable=SC2086
+# shellcheck source-path=SCRIPTDIR disable=SC2086,SC2317
 # 90-favordynmods: a board with `cgqos: favor-dynmods: true` makes setup reconfigure the
 # cgroup2 mount with favordynmods, keeping its other options (nsdelegate and
 # memory_recursiveprot, set here first); --dry-run only says so; a second setup has nothing
