@@ -414,3 +414,115 @@ pub fn remember_created(report: &Report, state: &mut crate::state::State) {
         created.insert(s.step.path.clone());
     }
 }
+
+/// What `setup` did (or would do) about the board's `favor-dynmods`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MountReport {
+    /// The cgroup2 mount point holding the cgqos root (empty when there is none).
+    pub mount: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// Turns `favordynmods` on for the cgroup2 mount holding `root` (docs/performance.md,
+/// "favordynmods"). `mountinfo` is read by the caller before and, to check the kernel took
+/// it, `reread` after the remount: outside the initial cgroup namespace the kernel accepts
+/// the option and ignores it. `dry_run` only predicts. Never turns the option off.
+pub fn favor_dynmods(
+    root: &Path,
+    mountinfo: &str,
+    sysfs_root: &Path,
+    dry_run: bool,
+    reread: impl FnOnce() -> String,
+) -> Result<MountReport, std::io::Error> {
+    use crate::mounts;
+    let Some(mount) = mounts::cgroup2_mount_of(mountinfo, root) else {
+        return Ok(MountReport {
+            mount: String::new(),
+            outcome: Outcome::Skipped(format!(
+                "{} is not under a cgroup2 mount in mountinfo",
+                root.display()
+            )),
+        });
+    };
+    let report = |outcome| MountReport {
+        mount: mount.dir.display().to_string(),
+        outcome,
+    };
+    if mount.favordynmods() {
+        return Ok(report(Outcome::Unchanged));
+    }
+    if !mounts::favordynmods_supported(sysfs_root) {
+        return Ok(report(Outcome::Unsupported(format!(
+            "no favordynmods in {} (Linux 6.0+)",
+            sysfs_root.join("kernel/cgroup/features").display()
+        ))));
+    }
+    if dry_run {
+        return Ok(report(Outcome::Changed));
+    }
+    mounts::remount_favordynmods(&mount).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("remounting {} with favordynmods: {e}", mount.dir.display()),
+        )
+    })?;
+    match mounts::cgroup2_mount_of(&reread(), root) {
+        Some(m) if m.favordynmods() => Ok(report(Outcome::Changed)),
+        _ => Ok(report(Outcome::Unsupported(
+            "the kernel accepted favordynmods but ignored it (not in the initial cgroup namespace?)"
+                .into(),
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+36 35 0:31 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate\n";
+
+    /// A sysfs root whose features file lists `features`.
+    fn sysfs(features: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("kernel/cgroup")).unwrap();
+        fs::write(dir.path().join("kernel/cgroup/features"), features).unwrap();
+        dir
+    }
+
+    fn predict(mountinfo: &str, root: &str, features: &str) -> MountReport {
+        let sys = sysfs(features);
+        let reread = || -> String { unreachable!("a dry run does not remount") };
+        favor_dynmods(Path::new(root), mountinfo, sys.path(), true, reread).unwrap()
+    }
+
+    #[test]
+    fn favor_dynmods_outcomes_without_touching_a_mount() {
+        let root = "/sys/fs/cgroup/cgqos";
+        let r = predict(MOUNTINFO, root, "nsdelegate\nfavordynmods\n");
+        assert_eq!(r.mount, "/sys/fs/cgroup");
+        assert_eq!(r.outcome, Outcome::Changed);
+        let on = MOUNTINFO.replace("rw,nsdelegate", "rw,nsdelegate,favordynmods");
+        assert_eq!(
+            predict(&on, root, "favordynmods\n").outcome,
+            Outcome::Unchanged
+        );
+        match predict(MOUNTINFO, root, "nsdelegate\n").outcome {
+            Outcome::Unsupported(why) => {
+                assert!(why.starts_with("no favordynmods in "), "{why}");
+                assert!(
+                    why.ends_with("kernel/cgroup/features (Linux 6.0+)"),
+                    "{why}"
+                );
+            }
+            other => panic!("expected unsupported, got {other:?}"),
+        }
+        let fake = predict(MOUNTINFO, "/tmp/fake", "favordynmods\n");
+        assert_eq!(fake.mount, "");
+        assert_eq!(
+            fake.outcome,
+            Outcome::Skipped("/tmp/fake is not under a cgroup2 mount in mountinfo".into())
+        );
+    }
+}

@@ -17,6 +17,7 @@ pub mod error;
 pub mod layout;
 pub mod matcher;
 pub mod model;
+pub mod mounts;
 pub mod ops;
 pub mod place;
 pub mod plan;

@@ -1,6 +1,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -16,41 +17,7 @@ fn main() -> ExitCode {
         Err(e) => return clap_exit(e),
     };
     let daemon = matches!(cli.command, cgqos::cli::Command::Daemon(_));
-    // -v / -q win over the environment, which wins over the command's default.
-    let filter = match cli.global.log_level() {
-        Some(level) => EnvFilter::new(level),
-        None => std::env::var("CGQOS_LOG")
-            .ok()
-            .filter(|v| !v.is_empty())
-            .ok_or(())
-            .and_then(|v| EnvFilter::try_new(v).map_err(drop))
-            .or_else(|_| EnvFilter::try_from_default_env())
-            .unwrap_or_else(|_| EnvFilter::new(if daemon { "info" } else { "warn" })),
-    };
-    // The daemon logs to journald where there is one; everything else (and the daemon
-    // elsewhere: upstart captures stderr) to stderr.
-    let journald = (daemon && std::path::Path::new(JOURNALD_SOCKET).exists())
-        .then(|| tracing_journald::layer().ok())
-        .flatten();
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    // A long-running daemon's lines need times; a command's warnings are read right away.
-    let daemon_stderr = (journald.is_none() && daemon).then(|| {
-        tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_target(false)
-            .with_ansi(ansi)
-    });
-    let command_stderr = (!daemon).then(|| {
-        tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_ansi(ansi)
-            .event_format(CommandLine)
-    });
-    tracing_subscriber::registry()
-        .with(journald.with_filter(filter.clone()))
-        .with(daemon_stderr.with_filter(filter.clone()))
-        .with(command_stderr.with_filter(filter))
-        .init();
+    init_logging(&cli.global, daemon);
     match cgqos::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -60,6 +27,78 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit() as u8)
         }
     }
+}
+
+/// The log filter: -v / -q win over the environment, which wins over the command's default.
+/// A plain level needs no directive parsing (a command's start-up is part of what it costs:
+/// docs/performance.md, "The CLI's start-up"); `None`: log nothing.
+fn log_filter(global: &cgqos::cli::Global, daemon: bool) -> Option<EnvFilterOrLevel> {
+    let from_env = || {
+        ["CGQOS_LOG", "RUST_LOG"]
+            .into_iter()
+            .filter_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+            .find_map(|v| EnvFilter::try_new(v).ok())
+    };
+    let filter = match global.log_level() {
+        Some(level) => EnvFilterOrLevel::Level(level.parse().ok()?),
+        None => match from_env() {
+            Some(f) => EnvFilterOrLevel::Env(Box::new(f)),
+            None if daemon => EnvFilterOrLevel::Level(LevelFilter::INFO),
+            None => EnvFilterOrLevel::Level(LevelFilter::WARN),
+        },
+    };
+    match filter {
+        EnvFilterOrLevel::Level(LevelFilter::OFF) => None,
+        f => Some(f),
+    }
+}
+
+enum EnvFilterOrLevel {
+    Env(Box<EnvFilter>),
+    Level(LevelFilter),
+}
+
+fn init_logging(global: &cgqos::cli::Global, daemon: bool) {
+    let Some(filter) = log_filter(global, daemon) else {
+        return; // -qq: no subscriber, every event is dropped at its call site
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if !daemon {
+        // A command's warnings are read right away: no times.
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .event_format(CommandLine);
+        match filter {
+            EnvFilterOrLevel::Env(f) => tracing_subscriber::registry()
+                .with(layer.with_filter(*f))
+                .init(),
+            EnvFilterOrLevel::Level(l) => tracing_subscriber::registry()
+                .with(layer.with_filter(l))
+                .init(),
+        }
+        return;
+    }
+    let filter = match filter {
+        EnvFilterOrLevel::Env(f) => *f,
+        EnvFilterOrLevel::Level(l) => EnvFilter::new(l.to_string()),
+    };
+    // The daemon logs to journald where there is one, else to stderr (upstart captures it)
+    // with times: its lines are read long after.
+    let journald = std::path::Path::new(JOURNALD_SOCKET)
+        .exists()
+        .then(|| tracing_journald::layer().ok())
+        .flatten();
+    let stderr = journald.is_none().then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_ansi(ansi)
+    });
+    tracing_subscriber::registry()
+        .with(journald.with_filter(filter.clone()))
+        .with(stderr.with_filter(filter))
+        .init();
 }
 
 /// Log lines of a command: `cgqos: warning: <message> <fields>`, like its error line.
@@ -94,7 +133,14 @@ where
 /// refuse it (or, for paths, use ""). The environment itself is left alone.
 fn parse_cli() -> Result<cgqos::cli::Cli, clap::Error> {
     use clap::{CommandFactory, FromArgMatches};
-    let mut matches = match without_empty_env(cgqos::cli::Cli::command()).try_get_matches() {
+    // Rewriting the whole command tree costs start-up time: only when there is something to
+    // rewrite.
+    let command = if any_empty_cgqos_var() {
+        without_empty_env(cgqos::cli::Cli::command())
+    } else {
+        cgqos::cli::Cli::command()
+    };
+    let mut matches = match command.try_get_matches() {
         Ok(m) => m,
         // Help names each variable (`[env: CGQOS_SKU=]`): render it from the unchanged
         // command, where an empty variable reads as it always did.
@@ -114,6 +160,12 @@ fn parse_cli() -> Result<cgqos::cli::Cli, clap::Error> {
     };
     cgqos::cli::Cli::from_arg_matches_mut(&mut matches)
         .map_err(|e| e.format(&mut cgqos::cli::Cli::command()))
+}
+
+/// Whether a `CGQOS_*` variable is set but empty (every option's variable has that prefix: a
+/// test in src/cli/mod.rs checks it).
+fn any_empty_cgqos_var() -> bool {
+    std::env::vars_os().any(|(k, v)| v.is_empty() && k.as_encoded_bytes().starts_with(b"CGQOS_"))
 }
 
 /// `cmd` with every argument whose variable is set but empty read as if it were unset.

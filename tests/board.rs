@@ -27,7 +27,7 @@ fn err(text: &str) -> String {
 #[test]
 fn every_scheduler_tune_and_cgqos_key_is_read() {
     let text = wrap(
-        "scheduler-tune:\n  boost-urgent: 30\n  input-boost: 75\n  cpuset-nonurgent: 0-3,6\n  boost-top-app: 60\n  boost-arcvm: 0.5\ncgqos:\n  ui-cpu-weight: 200\n  foreground-cpu-weight: 150\n  background-cpu-weight: 5\n  arcvm: false\n  arcvm-cpu-weight: 300\n  vm-cpu-weight: 50\n",
+        "scheduler-tune:\n  boost-urgent: 30\n  input-boost: 75\n  cpuset-nonurgent: 0-3,6\n  boost-top-app: 60\n  boost-arcvm: 0.5\ncgqos:\n  ui-cpu-weight: 200\n  foreground-cpu-weight: 150\n  background-cpu-weight: 5\n  arcvm: false\n  arcvm-cpu-weight: 300\n  vm-cpu-weight: 50\n  favor-dynmods: true\n",
     );
     let b = load_texts(&[("m.yaml", &text)], None, None).unwrap();
     let t = &b.scheduler_tune;
@@ -52,6 +52,7 @@ fn every_scheduler_tune_and_cgqos_key_is_read() {
     );
     assert!(!c.arcvm.value);
     assert_eq!((c.arcvm_cpu_weight.value, c.vm_cpu_weight.value), (300, 50));
+    assert!(c.favor_dynmods.value);
 }
 
 #[test]
@@ -200,7 +201,8 @@ fn bad_inputs_have_exact_errors() {
         (wrap("scheduler-tune: 20"), "m.yaml:7:29: `scheduler-tune` must be a mapping, found a scalar"),
         (wrap("cgqos:\n  background-cpu-weight: 0"), "m.yaml:8:38: cgqos.background-cpu-weight: expected an integer 1-10000, found \"0\""),
         (wrap("cgqos:\n  arcvm: yes"), "m.yaml:8:22: cgqos.arcvm: expected true or false, found \"yes\""),
-        (wrap("cgqos:\n  weights: {}"), "m.yaml:8:15: cgqos: unknown key `weights` (expected one of: ui-cpu-weight, foreground-cpu-weight, background-cpu-weight, arcvm, arcvm-cpu-weight, vm-cpu-weight)"),
+        (wrap("cgqos:\n  weights: {}"), "m.yaml:8:15: cgqos: unknown key `weights` (expected one of: ui-cpu-weight, foreground-cpu-weight, background-cpu-weight, arcvm, arcvm-cpu-weight, vm-cpu-weight, favor-dynmods)"),
+        (wrap("cgqos:\n  favor-dynmods: 1"), "m.yaml:8:30: cgqos.favor-dynmods: expected true or false, found \"1\""),
         (wrap("scheduler-tune:\n  boost-urgent: 20\n  boost-urgent: 30"), "m.yaml:9:15: duplicate key `boost-urgent` (first defined at line 8)"),
         (String::new(), "m.yaml:1:1: the file is empty (expected a YAML mapping with a `chromeos` key)"),
         ("# only a comment\n".into(), "m.yaml:1:1: the file is empty (expected a YAML mapping with a `chromeos` key)"),

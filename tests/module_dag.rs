@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("topology", 0),
     ("state", 0),
     ("model", 0),
+    ("mounts", 0),
     // Policy: what the tree and the classes should be.
     ("board", 1),
     ("layout", 1),

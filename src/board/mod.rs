@@ -68,6 +68,9 @@ pub struct Settings {
     pub arcvm: Setting<bool>,
     pub arcvm_cpu_weight: Setting<u32>,
     pub vm_cpu_weight: Setting<u32>,
+    /// Remount cgroup2 with `favordynmods` in `setup` (moves skip the RCU grace period;
+    /// forks and exits pay a little: docs/performance.md).
+    pub favor_dynmods: Setting<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -88,7 +91,7 @@ fn shown<T: ToString>(s: &Setting<T>) -> Shown {
 
 impl Board {
     /// Every key with its setting, in `model::KEYS` order.
-    pub fn rows(&self) -> [(Key, Shown); 11] {
+    pub fn rows(&self) -> [(Key, Shown); 12] {
         let (t, c) = (&self.scheduler_tune, &self.cgqos);
         [
             (model::BOOST_URGENT, shown(&t.boost_urgent)),
@@ -114,6 +117,7 @@ impl Board {
             (model::ARCVM, shown(&c.arcvm)),
             (model::ARCVM_CPU_WEIGHT, shown(&c.arcvm_cpu_weight)),
             (model::VM_CPU_WEIGHT, shown(&c.vm_cpu_weight)),
+            (model::FAVOR_DYNMODS, shown(&c.favor_dynmods)),
         ]
     }
 }
@@ -363,6 +367,12 @@ fn settings(config: &Node) -> Result<Settings, YamlError> {
             None => Ok(Setting::default(default)),
         }
     };
+    let flag = |k: &Key| -> Result<Setting<bool>, YamlError> {
+        match entries.get(k.name) {
+            Some(n) => Ok(setting(n, schema::plain_bool(n, &k.path())?)),
+            None => Ok(Setting::default(false)),
+        }
+    };
     Ok(Settings {
         ui_cpu_weight: weight(&model::UI_CPU_WEIGHT, 100)?,
         foreground_cpu_weight: weight(&model::FOREGROUND_CPU_WEIGHT, 100)?,
@@ -373,6 +383,7 @@ fn settings(config: &Node) -> Result<Settings, YamlError> {
         },
         arcvm_cpu_weight: weight(&model::ARCVM_CPU_WEIGHT, 100)?,
         vm_cpu_weight: weight(&model::VM_CPU_WEIGHT, 100)?,
+        favor_dynmods: flag(&model::FAVOR_DYNMODS)?,
     })
 }
 

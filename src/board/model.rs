@@ -61,9 +61,10 @@ pub const BACKGROUND_CPU_WEIGHT: Key = Key::new(CGQOS, "background-cpu-weight", 
 pub const ARCVM: Key = Key::new(CGQOS, "arcvm", "");
 pub const ARCVM_CPU_WEIGHT: Key = Key::new(CGQOS, "arcvm-cpu-weight", "");
 pub const VM_CPU_WEIGHT: Key = Key::new(CGQOS, "vm-cpu-weight", "");
+pub const FAVOR_DYNMODS: Key = Key::new(CGQOS, "favor-dynmods", "");
 
 /// Every key, in the order `validate` lists them and unknown-key errors name them.
-pub const KEYS: [Key; 11] = [
+pub const KEYS: [Key; 12] = [
     BOOST_URGENT,
     INPUT_BOOST,
     CPUSET_NONURGENT,
@@ -75,6 +76,7 @@ pub const KEYS: [Key; 11] = [
     ARCVM,
     ARCVM_CPU_WEIGHT,
     VM_CPU_WEIGHT,
+    FAVOR_DYNMODS,
 ];
 
 /// The key names of one section, in table order.

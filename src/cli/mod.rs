@@ -553,3 +553,22 @@ fn is_cgroup2(path: &Path) -> bool {
 fn writable(path: &Path) -> bool {
     rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// main.rs rewrites the command line's variables only when a `CGQOS_*` one is empty.
+    #[test]
+    fn every_variable_has_the_cgqos_prefix() {
+        fn check(cmd: &clap::Command) {
+            for a in cmd.get_arguments() {
+                if let Some(env) = a.get_env() {
+                    assert!(env.to_string_lossy().starts_with("CGQOS_"), "{env:?}");
+                }
+            }
+            cmd.get_subcommands().for_each(check);
+        }
+        check(&super::Cli::command());
+    }
+}

@@ -4,7 +4,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::Ctx;
-use crate::apply::{Outcome, Report, apply};
+use crate::apply::{MountReport, Outcome, Report, apply};
 use crate::cgroupfs::CgroupFs;
 use crate::error::{CliError, CliResult, Exit};
 
@@ -25,6 +25,9 @@ struct SetupOut<'a> {
     created_root: bool,
     changed: usize,
     unsupported: usize,
+    /// The board's `favor-dynmods` (absent when it does not ask for it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    favordynmods: Option<&'a MountReport>,
     #[serde(flatten)]
     report: &'a Report,
 }
@@ -36,9 +39,20 @@ pub fn run(ctx: &Ctx, args: SetupArgs) -> CliResult<()> {
     let cg = CgroupFs::new(&root);
     tracing::info!(board = %board.name, root = %root.display(), "setup");
 
+    let favor = |dry_run| -> CliResult<Option<MountReport>> {
+        if !board.cgqos.favor_dynmods.value {
+            return Ok(None);
+        }
+        let mountinfo = || ctx.procfs().mountinfo().unwrap_or_default();
+        crate::apply::favor_dynmods(&root, &mountinfo(), &ctx.g.sysfs_root, dry_run, mountinfo)
+            .map(Some)
+            .map_err(|e| CliError::new(Exit::KernelRefused, e.to_string()))
+    };
+
     if args.dry_run {
+        let mount = favor(true)?;
         let report = apply(&plan.steps, &cg, &ctx.g.sysfs_root, true)?;
-        print(ctx, &root, false, &report);
+        print(ctx, &root, false, mount.as_ref(), &report);
         return Ok(());
     }
 
@@ -50,10 +64,13 @@ pub fn run(ctx: &Ctx, args: SetupArgs) -> CliResult<()> {
     }
     if args.strict {
         let preview = apply(&plan.steps, &cg, &ctx.g.sysfs_root, true)?;
-        let missing: Vec<String> = preview
+        let mut missing: Vec<String> = preview
             .unsupported()
             .map(|s| format!("{}: {}", s.step, detail(&s.outcome)))
             .collect();
+        if let Some(m) = favor(true)?.filter(|m| matches!(m.outcome, Outcome::Unsupported(_))) {
+            missing.push(format!("favordynmods: {}", detail(&m.outcome)));
+        }
         if !missing.is_empty() {
             if created_root {
                 let _ = std::fs::remove_dir(&root);
@@ -69,6 +86,8 @@ pub fn run(ctx: &Ctx, args: SetupArgs) -> CliResult<()> {
             ));
         }
     }
+    // First: with the option on, the subtree_control writes below skip grace periods too.
+    let mount = favor(false)?;
     let before = crate::apply::sysfs_before(&plan.steps, &ctx.g.sysfs_root);
     let report = apply(&plan.steps, &cg, &ctx.g.sysfs_root, false)?;
     crate::apply::remember_sysfs(&report, &ctx.g.sysfs_root, &before, &mut state);
@@ -80,15 +99,23 @@ pub fn run(ctx: &Ctx, args: SetupArgs) -> CliResult<()> {
             _ => {}
         }
     }
-    let unsupported = report.unsupported().count();
+    let unsupported = report.unsupported().count() + count(mount.as_ref(), unsupported_outcome);
     if unsupported > 0 {
         tracing::warn!(
             "{unsupported} setting(s) not supported by this kernel (see `cgqos status`)"
         );
     }
     sd.save(&state)?;
-    print(ctx, &root, created_root, &report);
+    print(ctx, &root, created_root, mount.as_ref(), &report);
     Ok(())
+}
+
+fn unsupported_outcome(o: &Outcome) -> bool {
+    matches!(o, Outcome::Unsupported(_))
+}
+
+fn count(mount: Option<&MountReport>, f: fn(&Outcome) -> bool) -> usize {
+    mount.is_some_and(|m| f(&m.outcome)).into()
 }
 
 fn detail(o: &Outcome) -> &str {
@@ -98,12 +125,19 @@ fn detail(o: &Outcome) -> &str {
     }
 }
 
-fn print(ctx: &Ctx, root: &std::path::Path, created_root: bool, report: &Report) {
+fn print(
+    ctx: &Ctx,
+    root: &std::path::Path,
+    created_root: bool,
+    mount: Option<&MountReport>,
+    report: &Report,
+) {
     let out = SetupOut {
         root: root.display().to_string(),
         created_root,
-        changed: report.changed(),
-        unsupported: report.unsupported().count(),
+        changed: report.changed() + count(mount, |o| matches!(o, Outcome::Changed)),
+        unsupported: report.unsupported().count() + count(mount, unsupported_outcome),
+        favordynmods: mount,
         report,
     };
     ctx.output(&out, |o| {
@@ -115,6 +149,9 @@ fn print(ctx: &Ctx, root: &std::path::Path, created_root: bool, report: &Report)
         let mut s = String::new();
         if o.created_root {
             s.push_str(&format!("created cgqos root {}\n", o.root));
+        }
+        if let Some(m) = o.favordynmods {
+            s.push_str(&mount_line(verb, m));
         }
         // Unsupported settings grouped by reason: one line per missing kernel feature.
         let mut by_reason: Vec<(&str, Vec<&str>)> = Vec::new();
@@ -152,4 +189,14 @@ fn print(ctx: &Ctx, root: &std::path::Path, created_root: bool, report: &Report)
         s.push('\n');
         s
     });
+}
+
+/// The text line of the `favor-dynmods` outcome (empty when already on).
+fn mount_line(verb: &str, m: &MountReport) -> String {
+    match &m.outcome {
+        Outcome::Changed => format!("{verb}: remount {} with favordynmods\n", m.mount),
+        Outcome::Unchanged => String::new(),
+        Outcome::Unsupported(why) => format!("unsupported: favordynmods: {why}\n"),
+        Outcome::Skipped(why) => format!("skipped: favordynmods: {why}\n"),
+    }
 }

@@ -1,6 +1,9 @@
 //! `cgqos status`: the hierarchy as the kernel has it, next to what the plan asks for.
 
 use clap::Args;
+use serde::Serialize;
+
+use std::path::Path;
 
 use super::Ctx;
 use crate::daemon::protocol::Request;
@@ -15,18 +18,62 @@ setup`), another code when status itself failed."
 )]
 pub struct StatusArgs {}
 
+/// The cgroup2 mount's `favordynmods` next to what the board asks for.
+#[derive(Serialize)]
+struct Favor {
+    /// The mount point holding the cgqos root.
+    mount: String,
+    on: bool,
+    /// The kernel knows the option (`/sys/kernel/cgroup/features`).
+    supported: bool,
+    /// The board's `favor-dynmods` (`None`: the board could not be read here).
+    requested: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct StatusOut {
+    #[serde(flatten)]
+    status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    favordynmods: Option<Favor>,
+}
+
 pub fn run(ctx: &Ctx, _args: StatusArgs) -> CliResult<()> {
-    let out: Status = match ctx.daemon()? {
-        Some(mut d) => d.call(&Request::Status)?,
+    let (status, requested) = match ctx.daemon()? {
+        // The daemon's board is the same files as ours unless started with other options.
+        Some(mut d) => (d.call(&Request::Status)?, ctx.board().ok()),
         None => {
             let (_topo, board, plan) = ctx.plan()?;
             let cg = ctx.cgroupfs()?;
             // As setup: a root outside cgroup2 would read as "missing" everywhere.
             ctx.check_cgroup2(cg.root())?;
-            ops::status(&cg, &board, &plan)
+            (ops::status(&cg, &board, &plan), Some(board))
         }
     };
+    let requested = requested.map(|b| b.cgqos.favor_dynmods.value);
+    let mountinfo = ctx.procfs().mountinfo().unwrap_or_default();
+    let favordynmods =
+        crate::mounts::cgroup2_mount_of(&mountinfo, Path::new(&status.root)).map(|m| Favor {
+            mount: m.dir.display().to_string(),
+            on: m.favordynmods(),
+            supported: crate::mounts::favordynmods_supported(&ctx.g.sysfs_root),
+            requested,
+        });
+    let mut out = StatusOut {
+        status,
+        favordynmods,
+    };
+    // Asked for, possible and off: setup has not run since the board changed, or a remount
+    // dropped it.
+    if out
+        .favordynmods
+        .as_ref()
+        .is_some_and(|f| f.requested == Some(true) && !f.on && f.supported)
+    {
+        out.status.in_sync = false;
+    }
     ctx.output(&out, text);
+    let out = out.status;
     // Scripts and monitoring read the answer from the exit status; the output said why.
     if out.in_sync {
         Ok(())
@@ -35,7 +82,8 @@ pub fn run(ctx: &Ctx, _args: StatusArgs) -> CliResult<()> {
     }
 }
 
-fn text(o: &Status) -> String {
+fn text(out: &StatusOut) -> String {
+    let o = &out.status;
     let mut s = format!(
         "root {} (board {:?}): {}\n",
         o.root,
@@ -74,6 +122,20 @@ fn text(o: &Status) -> String {
                 }
             ));
         }
+    }
+    if let Some(f) = &out.favordynmods {
+        s.push_str(&format!(
+            "favordynmods: {} (mount {}{})\n",
+            if f.on { "on" } else { "off" },
+            f.mount,
+            match f.requested {
+                Some(true) if !f.on && !f.supported =>
+                    "; the board asks for it, this kernel lacks it",
+                Some(true) if !f.on => "; the board asks for it: run `cgqos setup`",
+                Some(true) => ", as the board asks",
+                _ => "",
+            }
+        ));
     }
     if !o.unsupported.is_empty() {
         s.push_str(&format!(
