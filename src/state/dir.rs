@@ -128,8 +128,13 @@ fn read_snapshot(dir: &OwnedFd, path: &Path) -> Result<Option<(State, u64)>, Sta
         path: path.to_path_buf(),
         source,
     };
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(corrupt)?;
-    match value.get("version") {
+    // The version alone first (the rest skipped, not built), then the state.
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        version: Option<serde_json::Value>,
+    }
+    let v: Versioned = serde_json::from_slice(&bytes).map_err(corrupt)?;
+    match v.version {
         Some(serde_json::Value::Number(n)) if matches!(n.as_u64(), Some(1 | 2)) => {}
         other => {
             return Err(StateError::Version {
@@ -138,7 +143,7 @@ fn read_snapshot(dir: &OwnedFd, path: &Path) -> Result<Option<(State, u64)>, Sta
             });
         }
     }
-    let state = serde_json::from_value(value).map_err(corrupt)?;
+    let state = serde_json::from_slice(&bytes).map_err(corrupt)?;
     Ok(Some((state, bytes.len() as u64)))
 }
 
