@@ -142,9 +142,9 @@ fn journal(
     }
     let compaction = Stats::of(compactions);
     row("    compaction (snapshot + new journal)", &compaction);
-    // Each compaction follows about (2 × snapshot + 64 kB) / (one change's lines) changes.
+    // Each compaction follows about (snapshot + 64 kB) / (one change's lines) changes.
     let line_bytes = journal_line_bytes(state, n);
-    let period = (2 * snapshot + (64 << 10)) / line_bytes.max(1);
+    let period = (snapshot + (64 << 10)) / line_bytes.max(1);
     let amortised = appended.mean + compaction.mean / period as u32;
     println!(
         "    amortised: {} per change ({line_bytes} bytes; a compaction every ~{period} changes, {seen} in {rounds} rounds; journal now {} kB)",

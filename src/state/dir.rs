@@ -23,10 +23,12 @@ pub(super) const LOCK_FILE_FOR_TESTS: &str = LOCK_FILE;
 /// How long a command waits for the state lock.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Bytes read from a state file (snapshot or journal) at most: a real snapshot is a few
-/// megabytes with ten thousand tasks, and the journal is kept below about twice it.
+/// megabytes with ten thousand tasks, and the journal is kept below about its size.
 const MAX_STATE_BYTES: u64 = 64 << 20;
-/// The journal is folded into a new snapshot once it holds more than twice the snapshot's
-/// bytes plus this: each change then pays for at most half its own size of rewriting.
+/// The journal is folded into a new snapshot once it would hold more than the snapshot's
+/// bytes plus this: each change then pays for rewriting at most its own size, and a load
+/// reads at most about twice the snapshot. (Twice the snapshot measured 132 instead of 77
+/// ms to load 10,000 tasks, for 0.7 instead of 1.4 us of compaction per change.)
 const JOURNAL_SLACK: u64 = 64 << 10;
 /// Times a reader without the lock rereads when a compaction replaced the files between
 /// its two reads.
@@ -404,7 +406,7 @@ impl StateDir {
         if lines.is_empty() {
             return Ok(());
         }
-        if j.len + lines.len() as u64 > 2 * j.snapshot_len + JOURNAL_SLACK {
+        if j.len + lines.len() as u64 > j.snapshot_len + JOURNAL_SLACK {
             return self.compact(state);
         }
         if let Err(source) = j.file.write_all(&lines).and_then(|()| j.file.sync_data()) {
