@@ -666,8 +666,8 @@ fn diagnose(ctx: &Ctx, pid: u32, want: &str, spawned: std::time::SystemTime) {
             (l - spawned) * 1e3
         );
     }
-    let state = std::fs::read(ctx.state_dir.join(cgqos::state::STATE_FILE)).unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_slice(&state).unwrap_or_default();
+    let state = cgqos::state::read_unlocked(&ctx.state_dir).ok().flatten();
+    let v = serde_json::to_value(state).unwrap_or_default();
     let key = pid.to_string();
     println!(
         "  NOT CLASSIFIED in {} s: pid {pid} comm {:?} cgroup {:?} nice {:?} (want {want}, nice 10); state: tasks {}, attrs {}, why {}; daemon log lines for it: {}",
@@ -964,8 +964,8 @@ struct SpawnTimes {
 /// The (id, start time) of every record of the state file, by kind (tasks, attrs, why), and
 /// how many of them name a task that no longer exists.
 fn state_records(state_dir: &Path) -> (u64, [(usize, usize); 3]) {
-    let bytes = std::fs::read(state_dir.join(cgqos::state::STATE_FILE)).unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let state = cgqos::state::read_unlocked(state_dir).ok().flatten();
+    let v = serde_json::to_value(state).unwrap_or_default();
     let kinds = ["tasks", "attrs", "why"].map(|k| {
         let Some(m) = v[k].as_object() else {
             return (0, 0);
@@ -981,7 +981,12 @@ fn state_records(state_dir: &Path) -> (u64, [(usize, usize); 3]) {
             .count();
         (m.len(), stale)
     });
-    (bytes.len() as u64, kinds)
+    let bytes: u64 = [cgqos::state::STATE_FILE, cgqos::state::JOURNAL_FILE]
+        .iter()
+        .filter_map(|f| std::fs::metadata(state_dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    (bytes, kinds)
 }
 
 fn state_row(what: &str, ctx: &Ctx) {

@@ -25,8 +25,8 @@ impl Session {
         Placer::new(&self.cg, &self.map, &self.proc)
     }
 
-    pub fn save(&self) -> CliResult<()> {
-        Ok(self.sd.save(&self.state)?)
+    pub fn save(&mut self) -> CliResult<()> {
+        Ok(self.sd.save(&mut self.state)?)
     }
 }
 

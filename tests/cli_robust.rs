@@ -646,10 +646,7 @@ fn restrict_writes_weight_and_quota_and_is_recorded() {
         env.fake.read("chrome/ui/cpu.weight"),
         ((full / 16).max(1)).to_string()
     );
-    let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(env.dir.path().join("state/state.json")).unwrap(),
-    )
-    .unwrap();
+    let state = recorded_state(&env.dir.path().join("state"));
     assert!(state["restrictions"]["chrome/ui"].is_object(), "{state}");
     // Text form, and back to foreground without a quota.
     let r = env.run(&["restrict", "chrome/ui", "foreground"]);

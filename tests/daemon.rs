@@ -342,9 +342,7 @@ fn sigkill_mid_burst_loses_nothing_acknowledged() {
         "no move was acknowledged before the kill"
     );
     // Every acknowledged move is in the state file, with its origin.
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(d.state().join("state.json")).unwrap())
-            .unwrap();
+    let state = recorded_state(&d.state());
     for pid in &acked {
         let rec = &state["tasks"][pid.to_string()];
         assert_eq!(
@@ -380,7 +378,7 @@ fn exited_processes_are_forgotten() {
     };
     let pid = d.sleeper();
     assert_eq!(d.cli(&["move", &pid.to_string(), "ui"]).code, 0);
-    let state = |d: &Daemon| std::fs::read_to_string(d.state().join("state.json")).unwrap();
+    let state = |d: &Daemon| recorded_state(&d.state()).to_string();
     assert!(state(&d).contains(&format!("\"{pid}\"")));
     let mut c = d.sleepers.pop().unwrap();
     c.kill().unwrap();

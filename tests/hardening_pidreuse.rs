@@ -108,8 +108,7 @@ fn wait_for_pause(d: &Daemon, id: u32) {
 }
 
 fn recorded(d: &Daemon, id: u32) -> bool {
-    let text = std::fs::read_to_string(d.state().join("state.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let v = recorded_state(&d.state());
     ["tasks", "attrs", "why"]
         .iter()
         .any(|k| v[k].get(id.to_string()).is_some())

@@ -261,7 +261,11 @@ fn commands_keep_to_the_recorded_root() {
         .args(["setup", "--state-dir", &sd, "--cgroup-root"])
         .arg(&root));
     assert_eq!(setup.code, 0, "{}", setup.stderr);
-    let recorded = || std::fs::read(state.path().join("state.json")).unwrap();
+    // The snapshot and the journal, byte for byte.
+    let recorded = || {
+        ["state.json", "state.journal"]
+            .map(|f| std::fs::read(state.path().join(f)).unwrap_or_default())
+    };
     let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
     let pid = sleeper.id().to_string();
     let origin = cgroup_of_task(sleeper.id(), sleeper.id());
@@ -319,7 +323,7 @@ fn commands_keep_to_the_recorded_root() {
     let reset = cmd(&["reset"]);
     assert_eq!(reset.code, 0, "{}{}", reset.stdout, reset.stderr);
     assert_eq!(cgroup_of_task(sleeper.id(), sleeper.id()), origin);
-    let rec: serde_json::Value = serde_json::from_slice(&recorded()).unwrap();
+    let rec = recorded_state(state.path());
     assert_eq!(
         rec["root"],
         root.display().to_string(),
@@ -388,7 +392,7 @@ fn a_state_file_of_an_unknown_version_is_refused_and_left_alone() {
         assert_eq!(r.code, 1, "{sub}: {}{}", r.stdout, r.stderr);
         assert!(
             r.stderr.contains("state file version 99")
-                && r.stderr.contains("understands version 1"),
+                && r.stderr.contains("understands version 2"),
             "{sub}: {}",
             r.stderr
         );

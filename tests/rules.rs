@@ -387,7 +387,7 @@ fn records_of_rule_moved_tasks_are_dropped_when_they_exit() {
     let Some(d) = rules_daemon("exit", &rules, &[]) else {
         return;
     };
-    let state = || std::fs::read_to_string(d.state().join("state.json")).unwrap_or_default();
+    let state = || recorded_state(&d.state()).to_string();
     let pid;
     {
         let r = run_program(&p, 1);

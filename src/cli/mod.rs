@@ -458,7 +458,7 @@ impl Ctx {
     pub fn session(&self) -> CliResult<Session> {
         let cg = self.cgroupfs()?;
         let map = self.map(cg.root());
-        let sd = self.state_dir()?;
+        let mut sd = self.state_dir()?;
         let state = sd.load(cg.root())?;
         Ok(Session {
             map,

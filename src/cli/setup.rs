@@ -56,11 +56,11 @@ pub fn run(ctx: &Ctx, args: SetupArgs) -> CliResult<()> {
         return Ok(());
     }
 
-    let sd = ctx.state_dir()?;
+    let mut sd = ctx.state_dir()?;
     let mut state = sd.load(&root)?;
     let created_root = crate::ops::create_root(&root, &mut state)?;
     if created_root {
-        sd.save(&state)?;
+        sd.save(&mut state)?;
     }
     if args.strict {
         let preview = apply(&plan.steps, &cg, &ctx.g.sysfs_root, true)?;
@@ -75,7 +75,7 @@ pub fn run(ctx: &Ctx, args: SetupArgs) -> CliResult<()> {
             if created_root {
                 let _ = std::fs::remove_dir(&root);
                 state.created_root = false;
-                sd.save(&state)?;
+                sd.save(&mut state)?;
             }
             return Err(CliError::new(
                 Exit::Unsupported,
@@ -105,7 +105,7 @@ pub fn run(ctx: &Ctx, args: SetupArgs) -> CliResult<()> {
             "{unsupported} setting(s) not supported by this kernel (see `cgqos status`)"
         );
     }
-    sd.save(&state)?;
+    sd.save(&mut state)?;
     print(ctx, &root, created_root, mount.as_ref(), &report);
     Ok(())
 }

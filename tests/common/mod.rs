@@ -10,6 +10,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The state recorded in the state directory `dir` as cgqos reads it (the snapshot with its
+/// journal replayed), as JSON; `null` when there is none.
+pub fn recorded_state(dir: &Path) -> serde_json::Value {
+    let state = cgqos::state::read_unlocked(dir).expect("a readable state");
+    serde_json::to_value(state).unwrap()
+}
+
 pub fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

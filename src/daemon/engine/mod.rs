@@ -72,7 +72,7 @@ impl Engine {
         let cg = CgroupFs::new(&paths.cgroup_root);
         let proc = Procfs::new(&paths.proc);
         let map = CgroupMap::new(&paths.cgroup_root, &proc.mountinfo().unwrap_or_default());
-        let sd = StateDir::lock(&paths.state_dir)?;
+        let mut sd = StateDir::lock(&paths.state_dir)?;
         let state = sd.load(&paths.cgroup_root)?;
         let mut engine = Engine {
             paths,

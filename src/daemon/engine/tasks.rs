@@ -192,7 +192,7 @@ impl Engine {
         }
     }
 
-    fn save_quietly(&self) {
+    fn save_quietly(&mut self) {
         if let Err(e) = self.session.save() {
             tracing::warn!("saving state: {e}");
         }
