@@ -66,8 +66,7 @@ impl Env {
     }
 
     fn state(&self) -> serde_json::Value {
-        let text = std::fs::read_to_string(self.dir.path().join("state/state.json")).unwrap();
-        serde_json::from_str(&text).unwrap()
+        recorded_state(&self.dir.path().join("state"))
     }
 }
 
