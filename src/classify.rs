@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::layout;
-use crate::place::{PlaceError, Placer};
+use crate::place::{Held, PlaceError, Placer, ThreadPlace};
 use crate::procfs::{ProcError, ProcessId, Procfs, StartTime, Stat, TaskKey, ThreadId};
 use crate::rules::{ClassDef, ProcessInfo, Rule, RuleSet};
 use crate::sched::{self, TaskAttrs};
@@ -35,17 +35,7 @@ pub fn process_info(proc: &Procfs, pid: u32) -> Result<ProcessInfo, ProcError> {
             std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_CMDLINE), &mut v).map(|_| v)
         })
         .map_err(gone)?;
-    let mut args = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty());
-    let argv0 = args
-        .next()
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .unwrap_or_default();
-    let joined = cmdline
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let (argv0, joined) = split_cmdline(&cmdline);
     // Kernel threads and zombies have no exe; that is not an error, they just match less.
     let exe = std::fs::read_link(root.join(format!("{pid}/exe")))
         .map(|p| p.display().to_string())
@@ -61,6 +51,72 @@ pub fn process_info(proc: &Procfs, pid: u32) -> Result<ProcessInfo, ProcError> {
         cmdline: joined,
         uid,
     })
+}
+
+/// Which of a process's names the rules look at: only those are read from `/proc`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Needs {
+    cmdline: bool,
+    exe: bool,
+    comm: bool,
+    uid: bool,
+}
+
+impl Needs {
+    fn of(rules: &RuleSet) -> Needs {
+        let mut n = Needs::default();
+        for m in rules.rules.iter().map(|r| &r.matcher) {
+            n.cmdline |= m.argv0.is_some() || m.cmdline.is_some();
+            n.exe |= m.exe.is_some();
+            n.comm |= m.comm.is_some();
+            n.uid |= m.uid.is_some();
+        }
+        n
+    }
+}
+
+/// `process_info`, reading only what `rules` match by (one read each); the rest stays
+/// empty, which no rule looks at. The event path's reads.
+fn process_info_for(proc: &Procfs, pid: u32, rules: &RuleSet) -> Result<ProcessInfo, ProcError> {
+    let needs = Needs::of(rules);
+    let mut info = ProcessInfo {
+        argv0: String::new(),
+        exe: String::new(),
+        comm: String::new(),
+        cmdline: String::new(),
+        uid: 0,
+    };
+    if needs.cmdline {
+        (info.argv0, info.cmdline) = proc.cmdline(pid, MAX_CMDLINE as usize, split_cmdline)?;
+    }
+    if needs.exe {
+        info.exe = std::fs::read_link(proc.root().join(format!("{pid}/exe")))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+    }
+    if needs.comm {
+        info.comm = proc.comm(pid)?;
+    }
+    if needs.uid {
+        info.uid = proc.ruid(pid)?;
+    }
+    Ok(info)
+}
+
+/// argv[0] and the arguments joined by spaces, from a NUL-separated command line.
+fn split_cmdline(cmdline: &[u8]) -> (String, String) {
+    let mut args = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty());
+    let argv0 = args
+        .next()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .unwrap_or_default();
+    let joined = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(String::from_utf8_lossy)
+        .collect::<Vec<_>>()
+        .join(" ");
+    (argv0, joined)
 }
 
 fn now() -> u64 {
@@ -100,8 +156,30 @@ pub fn apply_class(
     class: &ClassDef,
     by: &str,
 ) -> Result<Applied, PlaceError> {
+    apply_class_known(s, key, Known::default(), class, by)
+}
+
+/// What the caller of [`apply_class_known`] already has of the thread, so it is not read
+/// again.
+#[derive(Default)]
+struct Known<'h> {
+    /// The thread, held by its pidfd (else a move holds it).
+    held: Option<&'h Held>,
+    /// Its cgroup as `/proc` shows it, read while held (or where a held write put it).
+    cgroup: Option<String>,
+    /// Its scheduling attributes (`sched_getattr`), read while held.
+    attrs: Option<sched::SchedAttr>,
+}
+
+fn apply_class_known(
+    s: &mut Session,
+    key: TaskKey,
+    known: Known<'_>,
+    class: &ClassDef,
+    by: &str,
+) -> Result<Applied, PlaceError> {
     let mut state = std::mem::take(&mut s.state);
-    let result = apply_class_inner(s, &mut state, key, class, by);
+    let result = apply_class_inner(s, &mut state, key, known, class, by);
     s.state = state;
     result
 }
@@ -125,28 +203,40 @@ fn apply_class_inner(
     s: &Session,
     state: &mut State,
     key: TaskKey,
+    known: Known<'_>,
     class: &ClassDef,
     by: &str,
 ) -> Result<Applied, PlaceError> {
     let (pid, tid, starttime) = (key.pid(), key.tid().get(), key.start());
     let mut moved = false;
-    let cgroup = s.proc.cgroup(key.pid(), key.tid())?;
+    let cgroup = match known.cgroup {
+        Some(c) => c,
+        None => s.proc.cgroup(key.pid(), key.tid())?,
+    };
     let placement = s.map.relative(&cgroup).and_then(|r| layout::classify(&r));
     let mut group = None;
     if let Some(p) = placement.filter(|p| p.group.starts_with(layout::CHROME)) {
         let want = class.cgroup_class.layout_class();
         if p.class.as_deref() != want {
             let mut placer = Placer::new(&s.cg, &s.map, &s.proc);
-            placer.move_thread(key.tid(), want, Some(key.start()), state)?;
+            match known.held {
+                // Held since before its cgroup was read: that read serves the move.
+                Some(held) => placer.move_held_thread_from(held, cgroup, want, state)?,
+                None => placer.move_thread(key.tid(), want, Some(key.start()), state)?,
+            };
             moved = true;
         }
         group = Some(p.group);
     }
     let mut attrs_changed = false;
     if !class.attrs.is_empty() {
-        let current = sched::getattr(tid).map_err(|e| sched_err(tid, e))?;
+        let current = match known.attrs {
+            Some(a) => a,
+            None => sched::getattr(tid).map_err(|e| sched_err(tid, e))?,
+        };
         if wants_change(&current, &class.attrs, sched::Support::get().uclamp) {
-            let before = sched::apply(tid, &class.attrs).map_err(|e| sched_err(tid, e))?;
+            let before =
+                sched::apply_over(tid, current, &class.attrs).map_err(|e| sched_err(tid, e))?;
             attrs_changed = true;
             match state.attrs.get(&tid) {
                 Some(r) if r.starttime == starttime => {}
@@ -222,22 +312,21 @@ pub fn classify_process(
     rules: &RuleSet,
     pid: ProcessId,
 ) -> Result<Vec<Applied>, PlaceError> {
-    let pid = pid.get();
-    let info = process_info(&s.proc, pid)?;
+    let info = process_info_for(&s.proc, pid.get(), rules)?;
     let class_rule = rules.rule_for(&info);
     let group_rule = rules.group_rule_for(&info);
     if class_rule.is_none() && group_rule.is_none() {
         return Ok(Vec::new());
     }
-    let main_stat = s.proc.stat(pid)?;
-    if main_stat.is_kernel_thread() {
-        return Ok(Vec::new());
-    }
-    // The process's identity, read once: the move below holds exactly this process, and
-    // its record takes this start time (no second read of its stat).
-    let start = main_stat.start();
+    // The process, held from here on: its identity read once (the pidfd, then its stat),
+    // its move and its main thread's class take this hold, and its record this start time.
+    let held = match Held::process(&s.proc, pid, None) {
+        Err(PlaceError::KernelThread { .. }) => return Ok(Vec::new()),
+        r => r?,
+    };
+    let mut placed = None;
     if let Some((rule, target)) = group_rule.and_then(|r| r.group.as_ref().map(|g| (r, g))) {
-        let main = s.proc.cgroup(ProcessId::new(pid), ThreadId::new(pid))?;
+        let main = s.proc.cgroup(pid, pid.main_thread())?;
         let here = s
             .map
             .relative(&main)
@@ -245,19 +334,16 @@ pub fn classify_process(
             .map(|p| p.group);
         if here.as_deref() != Some(target.path().as_str()) && s.cg.exists(&target.path()) {
             let mut state = std::mem::take(&mut s.state);
-            let r = Placer::new(&s.cg, &s.map, &s.proc).move_process(
-                ProcessId::new(pid),
-                target,
-                Some(start),
-                &mut state,
-            );
+            let r =
+                Placer::new(&s.cg, &s.map, &s.proc).move_held_process(&held, target, &mut state);
             s.state = state;
-            r?;
+            // Where the write put each thread it found: the classes below need not read it.
+            placed = Some(r?);
             s.state.why.insert(
-                pid,
+                pid.get(),
                 Why {
-                    pid: ProcessId::new(pid),
-                    starttime: start,
+                    pid,
+                    starttime: held.key().start(),
                     by: rule_label(rule),
                     group: Some(target.path()),
                     class: None,
@@ -267,17 +353,33 @@ pub fn classify_process(
             );
         }
     }
-    let mut out = Vec::new();
     let Some(rule) = class_rule else {
-        return Ok(out);
+        return Ok(Vec::new());
     };
-    let mut main_stat = Some(main_stat);
-    for tid in s.proc.threads(ProcessId::new(pid))? {
-        // The main thread's stat was read above: not again.
-        let known = main_stat.take_if(|_| tid.get() == pid);
-        match classify_thread_with(s, rules, rule, pid, tid.get(), known) {
+    // Each thread with its cgroup when the move above just put it there.
+    let threads: Vec<(ThreadId, Option<String>)> = match placed {
+        Some(after) => after
+            .into_iter()
+            .map(|ThreadPlace { tid, cgroup, .. }| (tid, Some(cgroup)))
+            .collect(),
+        None => s
+            .proc
+            .threads(pid)?
+            .into_iter()
+            .map(|t| (t, None))
+            .collect(),
+    };
+    let mut out = Vec::new();
+    for (tid, cgroup) in threads {
+        let r = if tid == pid.main_thread() {
+            classify_held(s, rules, rule, &held, cgroup)
+        } else {
+            Held::thread_of(&s.proc, pid, tid, None)
+                .and_then(|h| classify_held(s, rules, rule, &h, cgroup))
+        };
+        match r {
             Ok(Some(a)) => out.push(a),
-            Ok(None) | Err(PlaceError::Gone(_)) => {}
+            Ok(None) | Err(PlaceError::Gone(_)) | Err(PlaceError::KernelThread { .. }) => {}
             Err(e) => return Err(e),
         }
     }
@@ -291,10 +393,12 @@ pub fn classify_thread(
     pid: ProcessId,
     tid: ThreadId,
 ) -> Result<Option<Applied>, PlaceError> {
-    let (pid, tid) = (pid.get(), tid.get());
-    let info = process_info(&s.proc, pid)?;
+    let info = process_info_for(&s.proc, pid.get(), rules)?;
     match rules.rule_for(&info) {
-        Some(rule) => classify_thread_with(s, rules, rule, pid, tid, None),
+        Some(rule) => {
+            let held = Held::thread_of(&s.proc, pid, tid, None)?;
+            classify_held(s, rules, rule, &held, None)
+        }
         None => Ok(None),
     }
 }
@@ -303,21 +407,18 @@ fn rule_label(rule: &Rule) -> String {
     format!("rule {} ({})", rule.name, rule.at)
 }
 
-fn classify_thread_with(
+/// Applies `rule` to a held thread: its name (the stat read by the hold) picks the class;
+/// `cgroup` is where a move just put it, if one did.
+fn classify_held(
     s: &mut Session,
     rules: &RuleSet,
     rule: &Rule,
-    pid: u32,
-    tid: u32,
-    known: Option<Stat>,
+    held: &Held,
+    cgroup: Option<String>,
 ) -> Result<Option<Applied>, PlaceError> {
-    // The thread's one stat read on the rule path (`known`: the caller's): its name for the
-    // rule, its identity for the class's move and records.
-    let stat = match known {
-        Some(st) => st,
-        None => s.proc.stat(tid)?,
-    };
-    let comm = &stat.comm;
+    let key = held.key();
+    let (pid, tid) = (key.pid().get(), key.tid().get());
+    let comm = &held.stat.comm;
     let decision = rules.decide(rule, comm);
     let Some(class) = decision.class else {
         return Ok(None);
@@ -325,13 +426,24 @@ fn classify_thread_with(
     // As schedqos: rules change fair tasks only. A real-time or deadline thread that cgqos
     // did not make so (an audio thread) keeps its policy, cgroup and attributes.
     let ours = s.state.why.get(&tid).is_some_and(|w| {
-        w.starttime == stat.start() && w.attrs.policy.is_some_and(|p| !crate::rules::is_fair(p))
+        w.starttime == key.start() && w.attrs.policy.is_some_and(|p| !crate::rules::is_fair(p))
     });
-    if !ours && !sched::getattr(tid).is_ok_and(|a| crate::rules::is_fair(a.sched_policy)) {
+    // Read once: the fairness check here, the class's comparison and its write below.
+    let attrs = sched::getattr(tid).ok();
+    if !ours && !attrs.is_some_and(|a| crate::rules::is_fair(a.sched_policy)) {
         return Ok(None);
     }
-    let key = resolve(pid, tid, &stat)?;
-    let applied = apply_class(s, key, class, &rule_label(rule))?;
+    let cgroup = match cgroup {
+        Some(c) => c,
+        // Read while held: the class's move takes it as is.
+        None => s.proc.cgroup(key.pid(), key.tid())?,
+    };
+    let known = Known {
+        held: Some(held),
+        cgroup: Some(cgroup),
+        attrs,
+    };
+    let applied = apply_class_known(s, key, known, class, &rule_label(rule))?;
     if applied.moved || applied.attrs_changed {
         tracing::info!(pid, tid, comm = %comm, class = %class.name, rule = %rule.at, "classified by rule {}", rule.name);
     }

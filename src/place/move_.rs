@@ -255,8 +255,20 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         state: &mut State,
     ) -> Result<ThreadPlace, PlaceError> {
         let key = held.key();
+        let cgroup = self.proc.cgroup(key.pid(), key.tid())?;
+        self.move_held_thread_from(held, cgroup, class, state)
+    }
+
+    /// `move_held_thread` of a thread whose cgroup the caller read while holding it.
+    pub fn move_held_thread_from(
+        &mut self,
+        held: &Held,
+        cgroup: String,
+        class: Option<&str>,
+        state: &mut State,
+    ) -> Result<ThreadPlace, PlaceError> {
+        let key = held.key();
         let (tid, tgid) = (key.tid(), key.pid().get());
-        let cgroup = self.proc.cgroup(key.pid(), tid)?;
         let Some(Placement { group, .. }) = self
             .map
             .relative(&cgroup)

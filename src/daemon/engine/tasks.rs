@@ -30,6 +30,25 @@ pub enum Event {
     },
 }
 
+/// For each event, whether a later event of the batch classifies the same whole process
+/// (a process's fork, its exec, a rename of its main thread): `/proc` is read when an event
+/// is handled, not when it happened, so the earlier classification would read the same.
+fn classified_later(events: &[Event]) -> Vec<bool> {
+    let whole = |ev: &Event| match *ev {
+        Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } if pid == tgid => Some(tgid),
+        Event::Exec { tgid, .. } => Some(tgid),
+        _ => None,
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut later = vec![false; events.len()];
+    for (i, ev) in events.iter().enumerate().rev() {
+        if let Some(tgid) = whole(ev) {
+            later[i] = !seen.insert(tgid);
+        }
+    }
+    later
+}
+
 impl Engine {
     /// Applies the rules to everything that runs (at start, after a reload, after lost events).
     /// Records of tasks that exited meanwhile (their exit events may be among the lost ones)
@@ -64,7 +83,8 @@ impl Engine {
     /// Handles a batch of process events.
     pub fn events(&mut self, events: &[Event]) {
         let mut touched = 0;
-        for ev in events {
+        let later = classified_later(events);
+        for (i, ev) in events.iter().enumerate() {
             // Whatever the rules: a task born from one cgqos changed inherited the change.
             // A process's fork event names its creating thread; a thread's names the
             // process's parent, so its creator is inferred within its process.
@@ -92,6 +112,9 @@ impl Engine {
                     touched += usize::from(t || a || w);
                 }
                 _ if self.loaded.rules.rules.is_empty() => {}
+                // The process is classified again further on in this batch, from what /proc
+                // shows then: once is enough (a fork followed by its exec, say).
+                _ if later[i] => {}
                 // A new process, an exec, or a rename of a main thread: the whole process
                 // (its match may have changed).
                 Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } if pid == tgid => {
