@@ -324,18 +324,13 @@ impl Procfs {
         let dir = self.root.join(format!("{}/task", pid.0));
         let mut ids = Vec::new();
         for _ in 0..2 {
-            let entries = fs::read_dir(&dir).map_err(|source| match source.raw_os_error() {
+            list_ids(&dir, &mut ids).map_err(|source| match source.raw_os_error() {
                 Some(libc::ENOENT) | Some(libc::ESRCH) => ProcError::Gone(pid.0),
                 _ => ProcError::Io {
                     path: dir.clone(),
                     source,
                 },
             })?;
-            ids.extend(
-                entries
-                    .filter_map(|e| e.ok())
-                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()),
-            );
         }
         ids.sort_unstable();
         ids.dedup();
@@ -366,6 +361,32 @@ thread_local! {
     /// The buffer `/proc` files are read into, reused (one per thread: the daemon's
     /// engine, its event thread and the CLI each have their own).
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Appends the numeric names in directory `dir` to `ids`: open, `getdents64` into a stack
+/// buffer until the end, close (`fs::read_dir` also `fstat`s, and allocates per entry).
+fn list_ids(dir: &Path, ids: &mut Vec<u32>) -> io::Result<()> {
+    use rustix::fs::{CWD, Mode, OFlags, RawDir};
+    let fd = rustix::fs::openat(
+        CWD,
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    let mut entries = RawDir::new(fd, &mut buf);
+    while let Some(entry) = entries.next() {
+        let entry = entry?;
+        if let Some(id) = entry
+            .file_name()
+            .to_str()
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            ids.push(id);
+        }
+    }
+    Ok(())
 }
 
 /// Room for one read: more than any `stat`, `status` or `cgroup` file holds.

@@ -29,9 +29,6 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
     ) -> Result<Vec<ThreadPlace>, PlaceError> {
         let pid = held.key().pid();
         let group = target.path();
-        if !self.cg.exists(&group) {
-            return Err(PlaceError::NotSetUp(group));
-        }
         // One read per thread: its cgroup (the class to keep). Threads that exit meanwhile
         // are simply not there.
         let mut before: Vec<(ThreadId, String)> = Vec::new();
@@ -56,6 +53,10 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
             &self.cg.path(&format!("{group}/{}", files::PROCS)),
             pid.get(),
         ) {
+            // Asked only now: a group in use has its file open already.
+            if e.refusal() == Refusal::Missing && !self.cg.exists(&group) {
+                return Err(PlaceError::NotSetUp(group));
+            }
             return Err(self.refused(held, e));
         }
         if !held.still_there(self.proc) {
