@@ -116,6 +116,8 @@ pub struct Stat {
     pub state: char,
     pub ppid: u32,
     pub flags: u64,
+    /// Threads of the task's process (field 20).
+    pub num_threads: u32,
     pub starttime: u64,
 }
 
@@ -141,6 +143,7 @@ impl Stat {
             state: rest.first()?.chars().next()?,
             ppid: rest.get(1)?.parse().ok()?,
             flags: rest.get(6)?.parse().ok()?,
+            num_threads: rest.get(17)?.parse().ok()?,
             starttime: rest.get(19)?.parse().ok()?,
         })
     }
@@ -535,6 +538,7 @@ mod tests {
         assert_eq!(st.state, 'S');
         assert_eq!(st.ppid, 1);
         assert_eq!(st.starttime, 98765);
+        assert_eq!(st.num_threads, 3);
         assert!(!st.is_kernel_thread());
     }
 

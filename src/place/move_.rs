@@ -32,7 +32,15 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         // One read per thread: its cgroup (the class to keep). Threads that exit meanwhile
         // are simply not there.
         let mut before: Vec<(ThreadId, String)> = Vec::new();
-        for tid in self.proc.threads(pid)? {
+        // A process that had one thread when held has no thread for `task/`'s readdir to
+        // skip: its main thread is the list (a thread born since is where its creator is,
+        // and the write takes it along, as it would one born just after a listing).
+        let threads = if held.stat.num_threads == 1 {
+            vec![pid.main_thread()]
+        } else {
+            self.proc.threads(pid)?
+        };
+        for tid in threads {
             match self.proc.cgroup(pid, tid) {
                 Ok(c) => before.push((tid, c)),
                 Err(ProcError::Gone(_)) => {}

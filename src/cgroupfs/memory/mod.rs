@@ -539,6 +539,7 @@ impl TaskSource for MemKernel {
             state: 'S',
             ppid: t.ppid,
             flags: if t.kernel { KTHREAD_FLAG } else { 0 },
+            num_threads: m.tasks.values().filter(|o| o.tgid == t.tgid).count() as u32,
             starttime: t.starttime,
         })
     }
