@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::layout;
 use crate::place::{Held, PlaceError, Placer, ThreadPlace};
-use crate::procfs::{ProcError, ProcessId, Procfs, StartTime, Stat, TaskKey, ThreadId};
-use crate::rules::{ClassDef, ProcessInfo, Rule, RuleSet};
+use crate::procfs::{ProcessId, Procfs, StartTime, Stat, TaskKey, ThreadId};
+use crate::rules::{ClassDef, Rule, RuleSet};
 use crate::sched::{self, TaskAttrs};
 use crate::session::Session;
 use crate::state::{AttrRecord, State, Why};
@@ -17,107 +17,10 @@ use crate::state::{AttrRecord, State, Why};
 /// How much of a process's command line rules see (argv[0] and `cmdline` matches), in bytes.
 pub const MAX_CMDLINE: u64 = 128 * 1024;
 
-/// Reads what rules match a process by. A process that exits meanwhile is `Gone`.
-pub fn process_info(proc: &Procfs, pid: u32) -> Result<ProcessInfo, ProcError> {
-    let root = proc.root();
-    let read = |f: &str| std::fs::read(root.join(format!("{pid}/{f}")));
-    let gone = |e: std::io::Error| match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ESRCH) => ProcError::Gone(pid),
-        _ => ProcError::Io {
-            path: root.join(format!("{pid}")),
-            source: e,
-        },
-    };
-    // argv can be megabytes; rules see its first MAX_CMDLINE bytes.
-    let cmdline = std::fs::File::open(root.join(format!("{pid}/cmdline")))
-        .and_then(|f| {
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_CMDLINE), &mut v).map(|_| v)
-        })
-        .map_err(gone)?;
-    let (argv0, joined) = split_cmdline(&cmdline);
-    // Kernel threads and zombies have no exe; that is not an error, they just match less.
-    let exe = std::fs::read_link(root.join(format!("{pid}/exe")))
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    let comm = String::from_utf8_lossy(&read("comm").map_err(gone)?)
-        .trim_end()
-        .to_string();
-    let uid = proc.ruid(pid)?;
-    Ok(ProcessInfo {
-        argv0,
-        exe,
-        comm,
-        cmdline: joined,
-        uid,
-    })
-}
+mod info;
 
-/// Which of a process's names the rules look at: only those are read from `/proc`.
-#[derive(Debug, Clone, Copy, Default)]
-struct Needs {
-    cmdline: bool,
-    exe: bool,
-    comm: bool,
-    uid: bool,
-}
-
-impl Needs {
-    fn of(rules: &RuleSet) -> Needs {
-        let mut n = Needs::default();
-        for m in rules.rules.iter().map(|r| &r.matcher) {
-            n.cmdline |= m.argv0.is_some() || m.cmdline.is_some();
-            n.exe |= m.exe.is_some();
-            n.comm |= m.comm.is_some();
-            n.uid |= m.uid.is_some();
-        }
-        n
-    }
-}
-
-/// `process_info`, reading only what `rules` match by (one read each); the rest stays
-/// empty, which no rule looks at. The event path's reads.
-fn process_info_for(proc: &Procfs, pid: u32, rules: &RuleSet) -> Result<ProcessInfo, ProcError> {
-    let needs = Needs::of(rules);
-    let mut info = ProcessInfo {
-        argv0: String::new(),
-        exe: String::new(),
-        comm: String::new(),
-        cmdline: String::new(),
-        uid: 0,
-    };
-    if needs.cmdline {
-        (info.argv0, info.cmdline) = proc.cmdline(pid, MAX_CMDLINE as usize, split_cmdline)?;
-    }
-    if needs.exe {
-        info.exe = std::fs::read_link(proc.root().join(format!("{pid}/exe")))
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-    }
-    if needs.comm {
-        info.comm = proc.comm(pid)?;
-    }
-    if needs.uid {
-        info.uid = proc.ruid(pid)?;
-    }
-    Ok(info)
-}
-
-/// argv[0] and the arguments joined by spaces, from a NUL-separated command line.
-fn split_cmdline(cmdline: &[u8]) -> (String, String) {
-    let mut args = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty());
-    let argv0 = args
-        .next()
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .unwrap_or_default();
-    let joined = cmdline
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(String::from_utf8_lossy)
-        .collect::<Vec<_>>()
-        .join(" ");
-    (argv0, joined)
-}
+pub use info::process_info;
+use info::process_info_for;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -324,35 +227,10 @@ pub fn classify_process(
         Err(PlaceError::KernelThread { .. }) => return Ok(Vec::new()),
         r => r?,
     };
-    let mut placed = None;
-    if let Some((rule, target)) = group_rule.and_then(|r| r.group.as_ref().map(|g| (r, g))) {
-        let main = s.proc.cgroup(pid, pid.main_thread())?;
-        let here = s
-            .map
-            .relative(&main)
-            .and_then(|r| layout::classify(&r))
-            .map(|p| p.group);
-        if here.as_deref() != Some(target.path().as_str()) && s.cg.exists(&target.path()) {
-            let mut state = std::mem::take(&mut s.state);
-            let r =
-                Placer::new(&s.cg, &s.map, &s.proc).move_held_process(&held, target, &mut state);
-            s.state = state;
-            // Where the write put each thread it found: the classes below need not read it.
-            placed = Some(r?);
-            s.state.why.insert(
-                pid.get(),
-                Why {
-                    pid,
-                    starttime: held.key().start(),
-                    by: rule_label(rule),
-                    group: Some(target.path()),
-                    class: None,
-                    attrs: TaskAttrs::default(),
-                    at: now(),
-                },
-            );
-        }
-    }
+    let placed = match group_rule.and_then(|r| r.group.as_ref().map(|g| (r, g))) {
+        Some((rule, target)) => to_rule_group(s, &held, rule, target)?,
+        None => None,
+    };
     let Some(rule) = class_rule else {
         return Ok(Vec::new());
     };
@@ -384,6 +262,53 @@ pub fn classify_process(
         }
     }
     Ok(out)
+}
+
+/// Moves a held process to its rule's group unless it is there (or the group is not set
+/// up); where the write put each thread, when it moved.
+fn to_rule_group(
+    s: &mut Session,
+    held: &Held,
+    rule: &Rule,
+    target: &layout::Target,
+) -> Result<Option<Vec<ThreadPlace>>, PlaceError> {
+    let pid = held.key().pid();
+    let main = s.proc.cgroup(pid, pid.main_thread())?;
+    let here = s
+        .map
+        .relative(&main)
+        .and_then(|r| layout::classify(&r))
+        .map(|p| p.group);
+    if here.as_deref() == Some(target.path().as_str()) {
+        return Ok(None);
+    }
+    let mut state = std::mem::take(&mut s.state);
+    // The main thread's cgroup was read while held: the move takes it as is.
+    let r = Placer::new(&s.cg, &s.map, &s.proc).move_held_process_from(
+        held,
+        Some(main),
+        target,
+        &mut state,
+    );
+    s.state = state;
+    let after = match r {
+        // Not set up: left alone, as a group that does not exist always was.
+        Err(PlaceError::NotSetUp(_)) => return Ok(None),
+        r => r?,
+    };
+    s.state.why.insert(
+        pid.get(),
+        Why {
+            pid,
+            starttime: held.key().start(),
+            by: rule_label(rule),
+            group: Some(target.path()),
+            class: None,
+            attrs: TaskAttrs::default(),
+            at: now(),
+        },
+    );
+    Ok(Some(after))
 }
 
 /// Classifies one thread (after its creation or a rename).

@@ -27,6 +27,18 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         target: &Target,
         state: &mut State,
     ) -> Result<Vec<ThreadPlace>, PlaceError> {
+        self.move_held_process_from(held, None, target, state)
+    }
+
+    /// `move_held_process`, given the main thread's cgroup when the caller read it while
+    /// holding the process.
+    pub fn move_held_process_from(
+        &mut self,
+        held: &Held,
+        mut main_cgroup: Option<String>,
+        target: &Target,
+        state: &mut State,
+    ) -> Result<Vec<ThreadPlace>, PlaceError> {
         let pid = held.key().pid();
         let group = target.path();
         // One read per thread: its cgroup (the class to keep). Threads that exit meanwhile
@@ -41,7 +53,8 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
             self.proc.threads(pid)?
         };
         for tid in threads {
-            match self.proc.cgroup(pid, tid) {
+            let known = main_cgroup.take_if(|_| tid == pid.main_thread());
+            match known.map_or_else(|| self.proc.cgroup(pid, tid), Ok) {
                 Ok(c) => before.push((tid, c)),
                 Err(ProcError::Gone(_)) => {}
                 Err(e) => return Err(e.into()),
