@@ -408,8 +408,9 @@ fn read_whole(mut file: &fs::File, buf: &mut Vec<u8>, limit: usize) -> io::Resul
         if buf.len() - filled < READ_ROOM / 4 {
             buf.resize(buf.len().max(READ_ROOM / 2) * 2, 0);
         }
-        let room = buf.len() - filled;
-        match file.read(&mut buf[filled..]) {
+        let end = buf.len().min(limit);
+        let room = end - filled;
+        match file.read(&mut buf[filled..end]) {
             Ok(n) if n < room => return Ok(filled + n),
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -502,6 +503,23 @@ fn status_field(text: &str, field: &str) -> Option<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_larger_than_one_read_are_read_whole_and_limits_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("5")).unwrap();
+        let big: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(dir.path().join("5/cmdline"), &big).unwrap();
+        let p = Procfs::new(dir.path());
+        assert_eq!(p.cmdline(5, usize::MAX, |b| b.to_vec()).unwrap(), big);
+        assert_eq!(
+            p.cmdline(5, 40_000, |b| b.to_vec()).unwrap(),
+            &big[..40_000]
+        );
+        // The reused buffer holds the long file's bytes; a short file reads as itself.
+        std::fs::write(dir.path().join("5/comm"), "short\n").unwrap();
+        assert_eq!(p.comm(5).unwrap(), "short");
+    }
 
     #[test]
     fn groups_count_only_while_the_task_runs_as_the_caller() {

@@ -462,6 +462,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ids_are_written_in_decimal() {
+        let mut buf = [0u8; 10];
+        for id in [0, 7, 10, 4_194_304, u32::MAX] {
+            assert_eq!(decimal(id, &mut buf), id.to_string().as_bytes());
+        }
+    }
+
+    #[test]
     fn a_relative_group_path_never_leaves_the_root() {
         let root = Path::new("/sys/fs/cgroup/cgqos");
         assert_eq!(join_safely(root, ""), root);

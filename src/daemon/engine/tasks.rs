@@ -187,3 +187,33 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_classified_again_later_in_the_batch_is_classified_once() {
+        let events = [
+            Event::Fork {
+                pid: 11,
+                tgid: 11,
+                parent: 10,
+            },
+            Event::Fork {
+                pid: 12,
+                tgid: 11,
+                parent: 10,
+            },
+            Event::Exec { pid: 11, tgid: 11 },
+            Event::Comm { pid: 12, tgid: 11 },
+            Event::Exec { pid: 20, tgid: 20 },
+            Event::Exit { pid: 11, tgid: 11 },
+        ];
+        // The fork of 11 is classified by its exec; threads, exits and 20 each count.
+        assert_eq!(
+            classified_later(&events),
+            [true, false, false, false, false, false]
+        );
+    }
+}
