@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::cgroupfs::Refusal;
 use crate::layout;
 use crate::place::{Held, PlaceError, Placer, ThreadPlace};
 use crate::procfs::{ProcessId, Procfs, StartTime, Stat, TaskKey, ThreadId};
@@ -358,17 +359,28 @@ fn classify_held(
     if !ours && !attrs.is_some_and(|a| crate::rules::is_fair(a.sched_policy)) {
         return Ok(None);
     }
-    let cgroup = match cgroup {
-        Some(c) => c,
-        // Read while held: the class's move takes it as is.
-        None => s.proc.cgroup(key.pid(), key.tid())?,
-    };
-    let known = Known {
+    let by = rule_label(rule);
+    let known = |cgroup| Known {
         held: Some(held),
         cgroup: Some(cgroup),
         attrs,
     };
-    let applied = apply_class_known(s, key, known, class, &rule_label(rule))?;
+    let applied = match cgroup {
+        // Read while held: the class's move takes it as is.
+        None => {
+            let read = s.proc.cgroup(key.pid(), key.tid())?;
+            apply_class_known(s, key, known(read), class, &by)?
+        }
+        // Where the group move's write put it. A write the kernel skipped (an exiting
+        // task) left it elsewhere, and the class's write is then refused: ask where it is.
+        Some(put) => match apply_class_known(s, key, known(put), class, &by) {
+            Err(PlaceError::Kernel(e)) if e.refusal() == Refusal::NotSupported => {
+                let read = s.proc.cgroup(key.pid(), key.tid())?;
+                apply_class_known(s, key, known(read), class, &by)?
+            }
+            r => r?,
+        },
+    };
     if applied.moved || applied.attrs_changed {
         tracing::info!(pid, tid, comm = %comm, class = %class.name, rule = %rule.at, "classified by rule {}", rule.name);
     }
