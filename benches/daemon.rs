@@ -108,7 +108,8 @@ fn row(name: &str, s: &Stats, base: Duration) {
     row_cpu(name, s, base, None)
 }
 
-/// A row with the daemon's CPU time per request (user + system, all its threads).
+/// A row with the daemon's CPU time per request (user + system, all its threads but the
+/// process-events one).
 fn row_cpu(name: &str, s: &Stats, base: Duration, cpu: Option<f64>) {
     println!(
         "{name:<52} p50 {:>8.1} us   p99 {:>8.1} us   x{:>6.1} raw   {:>7.0} /s{}",
@@ -130,17 +131,34 @@ struct Cpu {
 }
 
 fn cpu(pid: u32) -> Cpu {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The process-events thread reads every fork, exec and exit of the machine (other
+    // builds' compilers, say): its time is not the requests'.
+    let events = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "cgqos-events")
+        })
+        .map_or(0, |t| ticks_of(&t.path().join("stat")));
+    Cpu {
+        ticks: ticks_of(Path::new(&format!("/proc/{pid}/stat"))) - events,
+        requests: REQUESTS.load(Ordering::Relaxed),
+    }
+}
+
+/// utime + stime (fields 14 and 15) of a `stat` file, in clock ticks.
+fn ticks_of(stat: &Path) -> u64 {
+    let stat = std::fs::read_to_string(stat).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<u64> = rest
+    let Some(close) = stat.rfind(')') else {
+        return 0;
+    };
+    let f: Vec<u64> = stat[close + 2..]
         .split_whitespace()
         .map(|x| x.parse().unwrap_or(0))
         .collect();
-    Cpu {
-        ticks: f[11] + f[12], // utime, stime (fields 14 and 15)
-        requests: REQUESTS.load(Ordering::Relaxed),
-    }
+    f.get(11).zip(f.get(12)).map_or(0, |(u, s)| u + s)
 }
 
 /// Daemon CPU microseconds per request between two snapshots.

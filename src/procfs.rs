@@ -116,6 +116,8 @@ pub struct Stat {
     pub state: char,
     pub ppid: u32,
     pub flags: u64,
+    /// Threads of the task's process (field 20).
+    pub num_threads: u32,
     pub starttime: u64,
 }
 
@@ -141,6 +143,7 @@ impl Stat {
             state: rest.first()?.chars().next()?,
             ppid: rest.get(1)?.parse().ok()?,
             flags: rest.get(6)?.parse().ok()?,
+            num_threads: rest.get(17)?.parse().ok()?,
             starttime: rest.get(19)?.parse().ok()?,
         })
     }
@@ -207,41 +210,81 @@ impl Procfs {
         &self.root
     }
 
-    fn read(&self, rel: &str, id: u32) -> Result<String, ProcError> {
-        let path = self.root.join(rel);
+    /// Reads `rel` with one `read(2)` into this thread's reused buffer and hands the text
+    /// to `f`. The files read this way (`stat`, `status`, `cgroup`, `comm`) are generated
+    /// whole by the kernel and returned whole by a read with room for them, so a read
+    /// shorter than the room left is the end; `fs::read` would `statx` and then `read`
+    /// until a zero (a size-0 procfs file costs it four reads).
+    fn read_with<T>(&self, rel: &str, id: u32, f: impl FnOnce(&str) -> T) -> Result<T, ProcError> {
         // Lossy: a thread may name itself with any bytes, and a name that is not UTF-8 must
         // not make its task unplaceable.
-        fs::read(&path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .map_err(|source| match source.raw_os_error() {
-                Some(libc::ENOENT) | Some(libc::ESRCH) => ProcError::Gone(id),
-                _ => ProcError::Io { path, source },
-            })
+        self.read_bytes(rel, id, usize::MAX, |b| f(&String::from_utf8_lossy(b)))
+    }
+
+    /// At most `limit` bytes of `rel`, read as `read_with` does, handed to `f` (which must
+    /// not read `/proc` itself: the buffer is borrowed meanwhile).
+    fn read_bytes<T>(
+        &self,
+        rel: &str,
+        id: u32,
+        limit: usize,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T, ProcError> {
+        let path = self.root.join(rel);
+        let gone = |source: io::Error| match source.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ESRCH) => ProcError::Gone(id),
+            _ => ProcError::Io {
+                path: path.clone(),
+                source,
+            },
+        };
+        let file = fs::File::open(&path).map_err(gone)?;
+        READ_BUF.with_borrow_mut(|buf| {
+            let n = read_whole(&file, buf, limit).map_err(gone)?;
+            Ok(f(&buf[..n]))
+        })
     }
 
     /// `/proc/<id>/stat`; for a thread id this is the thread's own stat.
     pub fn stat(&self, id: u32) -> Result<Stat, ProcError> {
         let rel = format!("{id}/stat");
-        let text = self.read(&rel, id)?;
-        Stat::parse(&text).ok_or_else(|| ProcError::Format(self.root.join(rel)))
+        self.read_with(&rel, id, Stat::parse)?
+            .ok_or_else(|| ProcError::Format(self.root.join(rel)))
     }
 
     /// `/proc/<pid>/task/<tid>/stat`: the thread's stat, found only while `tid` is a thread
     /// of `pid`.
     pub fn task_stat(&self, pid: u32, tid: u32) -> Result<Stat, ProcError> {
         let rel = format!("{pid}/task/{tid}/stat");
-        let text = self.read(&rel, tid)?;
-        Stat::parse(&text).ok_or_else(|| ProcError::Format(self.root.join(rel)))
+        self.read_with(&rel, tid, Stat::parse)?
+            .ok_or_else(|| ProcError::Format(self.root.join(rel)))
+    }
+
+    /// The first `limit` bytes of a process's command line (`/proc/<id>/cmdline`), handed
+    /// to `f`.
+    pub fn cmdline<T>(
+        &self,
+        id: u32,
+        limit: usize,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T, ProcError> {
+        self.read_bytes(&format!("{id}/cmdline"), id, limit, f)
+    }
+
+    /// A task's name (`/proc/<id>/comm`, without the newline).
+    pub fn comm(&self, id: u32) -> Result<String, ProcError> {
+        self.read_with(&format!("{id}/comm"), id, |t| t.trim_end().to_string())
     }
 
     /// The thread group (process) a thread id belongs to.
     pub fn tgid(&self, tid: u32) -> Result<u32, ProcError> {
         let rel = format!("{tid}/status");
-        let text = self.read(&rel, tid)?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("Tgid:"))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| ProcError::Format(self.root.join(rel)))
+        self.read_with(&rel, tid, |text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })?
+        .ok_or_else(|| ProcError::Format(self.root.join(rel)))
     }
 
     /// Real uid of a task (`Uid:` of its status: real, effective, saved, filesystem).
@@ -257,21 +300,25 @@ impl Procfs {
     /// of its status: `None` when the id now names a task of another user (reused).
     pub fn groups_of_euid(&self, id: u32, euid: u32) -> Result<Option<Vec<u32>>, ProcError> {
         let rel = format!("{id}/status");
-        let text = self.read(&rel, id)?;
-        let uids =
-            status_field(&text, "Uid:").ok_or_else(|| ProcError::Format(self.root.join(&rel)))?;
+        let fields = self.read_with(&rel, id, |text| {
+            (status_field(text, "Uid:"), status_field(text, "Groups:"))
+        })?;
+        let uids = fields
+            .0
+            .ok_or_else(|| ProcError::Format(self.root.join(&rel)))?;
         if uids.get(1) != Some(&euid) {
             return Ok(None);
         }
-        status_field(&text, "Groups:")
+        fields
+            .1
             .map(Some)
             .ok_or_else(|| ProcError::Format(self.root.join(rel)))
     }
 
     fn status_ids(&self, id: u32, field: &str) -> Result<Vec<u32>, ProcError> {
         let rel = format!("{id}/status");
-        let text = self.read(&rel, id)?;
-        status_field(&text, field).ok_or_else(|| ProcError::Format(self.root.join(rel)))
+        self.read_with(&rel, id, |text| status_field(text, field))?
+            .ok_or_else(|| ProcError::Format(self.root.join(rel)))
     }
 
     /// Thread ids of a process. The kernel's readdir of `task/` can skip a live thread
@@ -280,18 +327,13 @@ impl Procfs {
         let dir = self.root.join(format!("{}/task", pid.0));
         let mut ids = Vec::new();
         for _ in 0..2 {
-            let entries = fs::read_dir(&dir).map_err(|source| match source.raw_os_error() {
+            list_ids(&dir, &mut ids).map_err(|source| match source.raw_os_error() {
                 Some(libc::ENOENT) | Some(libc::ESRCH) => ProcError::Gone(pid.0),
                 _ => ProcError::Io {
                     path: dir.clone(),
                     source,
                 },
             })?;
-            ids.extend(
-                entries
-                    .filter_map(|e| e.ok())
-                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()),
-            );
         }
         ids.sort_unstable();
         ids.dedup();
@@ -301,15 +343,79 @@ impl Procfs {
     /// The cgroup v2 path of a task (`/chrome/ui`), from the `0::` line of its cgroup file.
     pub fn cgroup(&self, pid: ProcessId, tid: ThreadId) -> Result<String, ProcError> {
         let rel = format!("{}/task/{}/cgroup", pid.0, tid.0);
-        let text = self.read(&rel, tid.0)?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .map(|p| p.trim().to_string())
-            .ok_or_else(|| ProcError::Format(self.root.join(rel)))
+        self.read_with(&rel, tid.0, |text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .map(|p| p.trim().to_string())
+        })?
+        .ok_or_else(|| ProcError::Format(self.root.join(rel)))
     }
 
+    /// Many records: read to the end (`fs::read`), not with one read.
     pub fn mountinfo(&self) -> Result<String, ProcError> {
-        self.read("self/mountinfo", 0)
+        let path = self.root.join("self/mountinfo");
+        fs::read(&path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map_err(|source| ProcError::Io { path, source })
+    }
+}
+
+thread_local! {
+    /// The buffer `/proc` files are read into, reused (one per thread: the daemon's
+    /// engine, its event thread and the CLI each have their own).
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Appends the numeric names in directory `dir` to `ids`: open, `getdents64` into a stack
+/// buffer until the end, close (`fs::read_dir` also `fstat`s, and allocates per entry).
+fn list_ids(dir: &Path, ids: &mut Vec<u32>) -> io::Result<()> {
+    use rustix::fs::{CWD, Mode, OFlags, RawDir};
+    let fd = rustix::fs::openat(
+        CWD,
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    let mut entries = RawDir::new(fd, &mut buf);
+    while let Some(entry) = entries.next() {
+        let entry = entry?;
+        if let Some(id) = entry
+            .file_name()
+            .to_str()
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            ids.push(id);
+        }
+    }
+    Ok(())
+}
+
+/// Room for one read: more than any `stat`, `status` or `cgroup` file holds.
+const READ_ROOM: usize = 16 * 1024;
+
+/// Reads `file` into `buf` (its contents kept between calls: only the first `n` bytes
+/// returned are this file's): one read while it returns less than the room left, more only
+/// for a file larger than that.
+fn read_whole(mut file: &fs::File, buf: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
+    use std::io::Read;
+    let mut filled = 0;
+    loop {
+        if filled >= limit {
+            return Ok(limit);
+        }
+        if buf.len() - filled < READ_ROOM / 4 {
+            buf.resize(buf.len().max(READ_ROOM / 2) * 2, 0);
+        }
+        let end = buf.len().min(limit);
+        let room = end - filled;
+        match file.read(&mut buf[filled..end]) {
+            Ok(n) if n < room => return Ok(filled + n),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -343,9 +449,25 @@ impl Pidfd {
         Pidfd::open(pid, rustix::process::PidfdFlags::empty())
     }
 
-    /// The thread `tid` alone (`PIDFD_THREAD`). EINVAL on kernels before 6.9.
+    /// The thread `tid` alone (`PIDFD_THREAD`). EINVAL on kernels before 6.9: learnt from
+    /// the first such answer and remembered, so later calls fail at once without the
+    /// system call (a thread id is never EINVAL with the flag where the kernel has it).
     pub fn thread(tid: u32) -> io::Result<Pidfd> {
-        Pidfd::open(tid, PIDFD_THREAD)
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static NO_THREAD_PIDFDS: AtomicBool = AtomicBool::new(false);
+        let einval = || io::Error::from_raw_os_error(libc::EINVAL);
+        if NO_THREAD_PIDFDS.load(Ordering::Relaxed) {
+            return Err(einval());
+        }
+        let r = Pidfd::open(tid, PIDFD_THREAD);
+        // An id beyond i32 is EINVAL too, without asking the kernel: not a kernel fact.
+        if i32::try_from(tid).is_ok_and(|t| t > 0)
+            && r.as_ref()
+                .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL))
+        {
+            NO_THREAD_PIDFDS.store(true, Ordering::Relaxed);
+        }
+        r
     }
 
     /// Whether the task has exited (for a process pidfd: its whole thread group), i.e. its
@@ -383,6 +505,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn files_larger_than_one_read_are_read_whole_and_limits_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("5")).unwrap();
+        let big: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(dir.path().join("5/cmdline"), &big).unwrap();
+        let p = Procfs::new(dir.path());
+        assert_eq!(p.cmdline(5, usize::MAX, |b| b.to_vec()).unwrap(), big);
+        assert_eq!(
+            p.cmdline(5, 40_000, |b| b.to_vec()).unwrap(),
+            &big[..40_000]
+        );
+        // The reused buffer holds the long file's bytes; a short file reads as itself.
+        std::fs::write(dir.path().join("5/comm"), "short\n").unwrap();
+        assert_eq!(p.comm(5).unwrap(), "short");
+    }
+
+    #[test]
     fn groups_count_only_while_the_task_runs_as_the_caller() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("9")).unwrap();
@@ -417,6 +556,7 @@ mod tests {
         assert_eq!(st.state, 'S');
         assert_eq!(st.ppid, 1);
         assert_eq!(st.starttime, 98765);
+        assert_eq!(st.num_threads, 3);
         assert!(!st.is_kernel_thread());
     }
 

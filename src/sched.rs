@@ -140,7 +140,12 @@ pub fn is_realtime(policy: u32) -> bool {
 /// uclamp support ([`Support`]) the clamp fields are left out. Returns the attributes it had
 /// before.
 pub fn apply(tid: u32, attrs: &TaskAttrs) -> io::Result<SchedAttr> {
-    let before = getattr(tid)?;
+    apply_over(tid, getattr(tid)?, attrs)
+}
+
+/// `apply` over attributes the caller has just read (`sched_getattr` of `tid`): one
+/// system call, not two.
+pub fn apply_over(tid: u32, before: SchedAttr, attrs: &TaskAttrs) -> io::Result<SchedAttr> {
     let mut a = before;
     a.size = std::mem::size_of::<SchedAttr>() as u32;
     // Only RESET_ON_FORK carries over; every other flag describes this call.

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 
 use cgqos::cgroupfs::memory::MemKernel;
-use cgqos::cgroupfs::{Attacher, CgroupBackend, CgroupFs, FsError};
+use cgqos::cgroupfs::{CgroupBackend, CgroupFs, FsError};
 use cgqos::procfs::{ProcessId, Procfs, TaskSource, ThreadId};
 
 const CHILD_ENV: &str = "CGQOS_TEST_MODEL_CHILD";
@@ -51,12 +51,7 @@ fn answer<T: ToString>(r: Result<T, FsError>) -> String {
 fn script(cg: &impl CgroupBackend, proc: &impl TaskSource, pid: u32, tid: u32) -> Vec<String> {
     let mut out = Vec::new();
     let mut log = |what: &str, a: String| out.push(format!("{what}: {a}"));
-    let attach = |file: &str, id: u32| {
-        answer(
-            cg.attach(&mut Attacher::new(), &cg.path(file), id)
-                .map(|()| ""),
-        )
-    };
+    let attach = |file: &str, id: u32| answer(cg.attach(&cg.path(file), id).map(|()| ""));
     let at = |id: u32| {
         let c = proc.cgroup(ProcessId::new(pid), ThreadId::new(id)).unwrap();
         let root = cg.root().file_name().unwrap().to_str().unwrap().to_string();

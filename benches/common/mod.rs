@@ -233,7 +233,7 @@ impl<C: Children> Guard<C> {
         let sock_tmp = tempdir("sock");
         let config_tmp = tempdir("config");
         Guard {
-            exe: env!("CARGO_BIN_EXE_cgqos"),
+            exe: bench_exe(),
             root,
             socket: sock_tmp.path().join("cgqos.sock"),
             state_dir: state_tmp.path().to_path_buf(),
@@ -355,5 +355,14 @@ impl<C: Children> Drop for Guard<C> {
             );
             rmdir_tree(&self.root);
         }
+    }
+}
+
+/// The `cgqos` binary the benchmarks run: this build's, or `CGQOS_BENCH_EXE` (a copy of an
+/// earlier build, to measure before and after a change in the same run and conditions).
+fn bench_exe() -> &'static str {
+    match std::env::var("CGQOS_BENCH_EXE") {
+        Ok(p) if !p.is_empty() => Box::leak(p.into_boxed_str()),
+        _ => env!("CARGO_BIN_EXE_cgqos"),
     }
 }

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub mod memory;
 
@@ -127,11 +128,18 @@ pub fn join_safely(root: &Path, rel: &str) -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct CgroupFs {
     root: PathBuf,
+    /// The `cgroup.procs` / `cgroup.threads` files written so far, kept open (as Android's
+    /// libprocessgroup does): a move is one `write(2)`, not open, write, close. Shared by
+    /// clones, so every placer of a process uses the same descriptors.
+    attacher: Arc<Mutex<Attacher>>,
 }
 
 impl CgroupFs {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        CgroupFs { root: root.into() }
+        CgroupFs {
+            root: root.into(),
+            attacher: Arc::default(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -180,6 +188,8 @@ impl CgroupFs {
     /// Removes an empty group (the kernel refuses with EBUSY while it has members).
     pub fn rmdir(&self, rel: &str) -> Result<(), FsError> {
         let path = self.path(rel);
+        // A removed group's files answer ENODEV: close them (and anything below).
+        self.attachers().forget_under(&path);
         match fs::remove_dir(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -190,6 +200,11 @@ impl CgroupFs {
                 source,
             }),
         }
+    }
+
+    fn attachers(&self) -> std::sync::MutexGuard<'_, Attacher> {
+        // The cache holds nothing a panic could leave half-changed.
+        self.attacher.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Ids listed in `cgroup.procs` or `cgroup.threads` of a group.
@@ -244,9 +259,9 @@ pub trait CgroupBackend {
     fn children(&self, group: &str) -> Vec<String>;
     /// Whether `rel` is the root of a cgroup2 hierarchy (which has no `cgroup.type`).
     fn is_hierarchy_root(&self, rel: &str) -> bool;
-    /// Writes `id` to an absolute `cgroup.procs` / `cgroup.threads` path; `open` keeps the
-    /// files a backend opened, so each is opened once per placement.
-    fn attach(&self, open: &mut Attacher, file: &Path, id: u32) -> Result<(), FsError>;
+    /// Writes `id` to an absolute `cgroup.procs` / `cgroup.threads` path (the real tree
+    /// keeps each file open once written to).
+    fn attach(&self, file: &Path, id: u32) -> Result<(), FsError>;
 
     /// Ids listed in `cgroup.procs` or `cgroup.threads` of a group.
     fn members(&self, group: &str, file: &str) -> Result<Vec<u32>, FsError> {
@@ -295,8 +310,8 @@ impl CgroupBackend for CgroupFs {
         CgroupFs::is_hierarchy_root(self, rel)
     }
     #[inline]
-    fn attach(&self, open: &mut Attacher, file: &Path, id: u32) -> Result<(), FsError> {
-        open.attach(file, id)
+    fn attach(&self, file: &Path, id: u32) -> Result<(), FsError> {
+        self.attachers().attach(file, id)
     }
     fn members(&self, group: &str, file: &str) -> Result<Vec<u32>, FsError> {
         CgroupFs::members(self, group, file)
@@ -323,51 +338,78 @@ pub fn write_existing(path: &Path, value: &str) -> Result<(), FsError> {
     })
 }
 
-/// Writes task ids to `cgroup.procs` / `cgroup.threads` files, opening each file once
-/// (a move of a 200-thread process costs one `open` per target group, not per thread).
-#[derive(Default)]
+/// Writes task ids to `cgroup.procs` / `cgroup.threads` files, opening each file once and
+/// keeping it open: the groups in use are few (the layout's groups and classes, the VMs').
+#[derive(Debug, Default)]
 pub struct Attacher {
     open: HashMap<PathBuf, File>,
 }
+
+/// More open attach files than any layout has: past it, all are closed and reopened as used.
+const MAX_OPEN_ATTACH_FILES: usize = 256;
 
 impl Attacher {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// One `write(2)` of `id` to `file` (`cgroup.procs` or `cgroup.threads`).
+    /// One `write(2)` of `id` to `file` (`cgroup.procs` or `cgroup.threads`). A descriptor
+    /// kept from before that answers ENODEV (its group was removed, and maybe made again)
+    /// is closed and the file opened afresh, once.
     pub fn attach(&mut self, file: &Path, id: u32) -> Result<(), FsError> {
-        let f = match self.open.get_mut(file) {
-            Some(f) => f,
-            None => {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(file)
-                    .map_err(|source| FsError {
-                        op: "open",
-                        path: file.to_path_buf(),
-                        value: Some(id.to_string()),
-                        source,
-                    })?;
-                self.open.entry(file.to_path_buf()).or_insert(f)
+        let cached = self.open.contains_key(file);
+        match self.write(file, id) {
+            Err(e) if cached && e.source.raw_os_error() == Some(libc::ENODEV) => {
+                self.open.remove(file);
+                self.write(file, id)
             }
+            r => r,
+        }
+    }
+
+    fn write(&mut self, file: &Path, id: u32) -> Result<(), FsError> {
+        let fail = |op, source| FsError {
+            op,
+            path: file.to_path_buf(),
+            value: Some(id.to_string()),
+            source,
         };
-        let buf = id.to_string();
+        if !self.open.contains_key(file) {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(file)
+                .map_err(|e| fail("open", e))?;
+            if self.open.len() >= MAX_OPEN_ATTACH_FILES {
+                self.open.clear();
+            }
+            self.open.insert(file.to_path_buf(), f);
+        }
+        let f = self.open.get_mut(file).expect("inserted above");
+        let mut digits = [0u8; 10];
+        let text = decimal(id, &mut digits);
         // A cgroup attach file takes one id per write(2): insist on one full write.
-        match f.write(buf.as_bytes()) {
-            Ok(n) if n == buf.len() => Ok(()),
-            Ok(_) => Err(FsError {
-                op: "write",
-                path: file.to_path_buf(),
-                value: Some(id.to_string()),
-                source: io::Error::other("short write"),
-            }),
-            Err(source) => Err(FsError {
-                op: "write",
-                path: file.to_path_buf(),
-                value: Some(id.to_string()),
-                source,
-            }),
+        match f.write(text) {
+            Ok(n) if n == text.len() => Ok(()),
+            Ok(_) => Err(fail("write", io::Error::other("short write"))),
+            Err(source) => Err(fail("write", source)),
+        }
+    }
+
+    /// Closes the files of `dir` and of the groups below it.
+    pub fn forget_under(&mut self, dir: &Path) {
+        self.open.retain(|path, _| !path.starts_with(dir));
+    }
+}
+
+/// `id` in decimal, in `buf`.
+fn decimal(mut id: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (id % 10) as u8;
+        id /= 10;
+        if id == 0 {
+            return &buf[i..];
         }
     }
 }
@@ -423,6 +465,14 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_written_in_decimal() {
+        let mut buf = [0u8; 10];
+        for id in [0, 7, 10, 4_194_304, u32::MAX] {
+            assert_eq!(decimal(id, &mut buf), id.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn a_relative_group_path_never_leaves_the_root() {

@@ -6,10 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::cgroupfs::Refusal;
 use crate::layout;
-use crate::place::{PlaceError, Placer};
-use crate::procfs::{ProcError, ProcessId, Procfs, StartTime, Stat, TaskKey, ThreadId};
-use crate::rules::{ClassDef, ProcessInfo, Rule, RuleSet};
+use crate::place::{Held, PlaceError, Placer, ThreadPlace};
+use crate::procfs::{ProcessId, Procfs, StartTime, Stat, TaskKey, ThreadId};
+use crate::rules::{ClassDef, Rule, RuleSet};
 use crate::sched::{self, TaskAttrs};
 use crate::session::Session;
 use crate::state::{AttrRecord, State, Why};
@@ -23,35 +24,10 @@ pub use undo::{
 /// How much of a process's command line rules see (argv[0] and `cmdline` matches), in bytes.
 pub const MAX_CMDLINE: u64 = 128 * 1024;
 
-/// Reads what rules match a process by. A process that exits meanwhile is `Gone`.
-pub fn process_info(proc: &Procfs, pid: u32) -> Result<ProcessInfo, ProcError> {
-    let root = proc.root();
-    let read = |f: &str| std::fs::read(root.join(format!("{pid}/{f}")));
-    let gone = |e: std::io::Error| match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ESRCH) => ProcError::Gone(pid),
-        _ => ProcError::Io {
-            path: root.join(format!("{pid}")),
-            source: e,
-        },
-    };
-    // argv can be megabytes; rules see its first MAX_CMDLINE bytes.
-    let cmdline = std::fs::File::open(root.join(format!("{pid}/cmdline")))
-        .and_then(|f| {
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_CMDLINE), &mut v).map(|_| v)
-        })
-        .map_err(gone)?;
-    // Kernel threads and zombies have no exe; that is not an error, they just match less.
-    // The link is read, never followed: its target names the program (`rules::app`).
-    let exe = std::fs::read_link(root.join(format!("{pid}/exe")))
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    let comm = String::from_utf8_lossy(&read("comm").map_err(gone)?)
-        .trim_end()
-        .to_string();
-    let uid = proc.ruid(pid)?;
-    Ok(ProcessInfo::from_proc(&cmdline, exe, comm, uid))
-}
+mod info;
+
+pub use info::process_info;
+use info::process_info_for;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -90,22 +66,35 @@ pub fn apply_class(
     class: &ClassDef,
     by: &str,
 ) -> Result<Applied, PlaceError> {
-    apply_class_with(s, key, class, by, false)
+    apply_class_known(s, key, Known::default(), class, by, false)
 }
 
-/// [`apply_class`]; `inherited`: the thread may have been born from a changed creator of
-/// its process after that change (its process's main thread was recorded before this
-/// classification began), so attributes it still shares with that creator's change are
-/// not its original (`undo::inherit_thread`).
-fn apply_class_with(
+/// What the caller of [`apply_class_known`] already has of the thread, so it is not read
+/// again.
+#[derive(Default)]
+struct Known<'h> {
+    /// The thread, held by its pidfd (else a move holds it).
+    held: Option<&'h Held>,
+    /// Its cgroup as `/proc` shows it, read while held (or where a held write put it).
+    cgroup: Option<String>,
+    /// Its scheduling attributes (`sched_getattr`), read while held.
+    attrs: Option<sched::SchedAttr>,
+}
+
+/// [`apply_class`] with what the caller already read (`known`); `inherited`: the thread may
+/// have been born from a changed creator of its process after that change (its process's
+/// main thread was recorded before this classification began), so attributes it still
+/// shares with that creator's change are not its original (`undo::inherit_thread`).
+fn apply_class_known(
     s: &mut Session,
     key: TaskKey,
+    known: Known<'_>,
     class: &ClassDef,
     by: &str,
     inherited: bool,
 ) -> Result<Applied, PlaceError> {
     let mut state = std::mem::take(&mut s.state);
-    let result = apply_class_inner(s, &mut state, key, class, by, inherited);
+    let result = apply_class_inner(s, &mut state, key, known, class, by, inherited);
     s.state = state;
     result
 }
@@ -129,25 +118,34 @@ fn apply_class_inner(
     s: &Session,
     state: &mut State,
     key: TaskKey,
+    known: Known<'_>,
     class: &ClassDef,
     by: &str,
     inherited: bool,
 ) -> Result<Applied, PlaceError> {
     let (pid, tid, starttime) = (key.pid(), key.tid().get(), key.start());
     let mut moved = false;
-    let cgroup = s.proc.cgroup(key.pid(), key.tid())?;
+    let cgroup = match known.cgroup {
+        Some(c) => c,
+        None => s.proc.cgroup(key.pid(), key.tid())?,
+    };
     let placement = s.map.relative(&cgroup).and_then(|r| layout::classify(&r));
     let mut group = None;
     if let Some(p) = placement.filter(|p| p.group.starts_with(layout::CHROME)) {
         let want = class.cgroup_class.layout_class();
         if p.class.as_deref() != want {
             let mut placer = Placer::new(&s.cg, &s.map, &s.proc);
-            placer.move_thread(key.tid(), want, Some(key.start()), state)?;
+            match known.held {
+                // Held since before its cgroup was read: that read serves the move.
+                Some(held) => placer.move_held_thread_from(held, cgroup, want, state)?,
+                None => placer.move_thread(key.tid(), want, Some(key.start()), state)?,
+            };
             moved = true;
         }
         group = Some(p.group);
     }
-    let (attrs_changed, recorded) = apply_attrs(s, state, key, &class.attrs, inherited)?;
+    let (attrs_changed, recorded) =
+        apply_attrs(s, state, key, known.attrs, &class.attrs, inherited)?;
     // Re-applying what is already in force changes nothing, not even the record's time.
     let same = state.why.get(&tid).is_some_and(|w| {
         w.starttime == starttime && w.by == by && w.class.as_deref() == Some(class.name.as_str())
@@ -182,6 +180,7 @@ fn apply_attrs(
     s: &Session,
     state: &mut State,
     key: TaskKey,
+    known: Option<sched::SchedAttr>,
     attrs: &TaskAttrs,
     inherited: bool,
 ) -> Result<(bool, bool), PlaceError> {
@@ -189,7 +188,11 @@ fn apply_attrs(
     if attrs.is_empty() {
         return Ok((false, false));
     }
-    let current = sched::getattr(tid).map_err(|e| sched_err(tid, e))?;
+    // Read while the caller held the thread, or now.
+    let current = match known {
+        Some(a) => a,
+        None => sched::getattr(tid).map_err(|e| sched_err(tid, e))?,
+    };
     let adopted = adopt_own_change(state, key, &current);
     if !wants_change(&current, attrs, sched::Support::get().uclamp) {
         return Ok((false, adopted));
@@ -204,7 +207,7 @@ fn apply_attrs(
     if inherited && !recorded && key.tid() != key.pid().main_thread() {
         undo::inherit_thread(state, &s.proc, key.tid(), key.pid());
     }
-    let before = sched::apply(tid, attrs).map_err(|e| sched_err(tid, e))?;
+    let before = sched::apply_over(tid, current, attrs).map_err(|e| sched_err(tid, e))?;
     match state.attrs.get(&tid) {
         Some(r) if r.starttime == starttime => {}
         _ => {
@@ -251,69 +254,56 @@ pub fn classify_process(
     rules: &RuleSet,
     pid: ProcessId,
 ) -> Result<Vec<Applied>, PlaceError> {
-    let pid = pid.get();
-    let info = process_info(&s.proc, pid)?;
+    let info = process_info_for(&s.proc, pid.get(), rules)?;
     let class_rule = rules.rule_for(&info);
     let group_rule = rules.group_rule_for(&info);
     if class_rule.is_none() && group_rule.is_none() {
         return Ok(Vec::new());
     }
-    let main_stat = s.proc.stat(pid)?;
-    if main_stat.is_kernel_thread() {
-        return Ok(Vec::new());
-    }
-    // The process's identity, read once: the move below holds exactly this process, and
-    // its record takes this start time (no second read of its stat).
-    let start = main_stat.start();
-    if let Some((rule, target)) = group_rule.and_then(|r| r.group.as_ref().map(|g| (r, g))) {
-        let main = s.proc.cgroup(ProcessId::new(pid), ThreadId::new(pid))?;
-        let here = s
-            .map
-            .relative(&main)
-            .and_then(|r| layout::classify(&r))
-            .map(|p| p.group);
-        if here.as_deref() != Some(target.path().as_str()) && s.cg.exists(&target.path()) {
-            let mut state = std::mem::take(&mut s.state);
-            let r = Placer::new(&s.cg, &s.map, &s.proc).move_process(
-                ProcessId::new(pid),
-                target,
-                Some(start),
-                &mut state,
-            );
-            s.state = state;
-            r?;
-            s.state.why.insert(
-                pid,
-                Why {
-                    pid: ProcessId::new(pid),
-                    starttime: start,
-                    by: rule_label(rule),
-                    group: Some(target.path()),
-                    class: None,
-                    attrs: TaskAttrs::default(),
-                    at: now(),
-                },
-            );
-        }
-    }
-    let mut out = Vec::new();
-    let Some(rule) = class_rule else {
-        return Ok(out);
+    // The process, held from here on: its identity read once (the pidfd, then its stat),
+    // its move and its main thread's class take this hold, and its record this start time.
+    let held = match Held::process(&s.proc, pid, None) {
+        Err(PlaceError::KernelThread { .. }) => return Ok(Vec::new()),
+        r => r?,
     };
     // Threads may carry a change inherited from their main thread only if that change was
     // made (and recorded) before this classification: one made below came after them.
     let inherited = s
         .state
         .attrs
-        .get(&pid)
-        .is_some_and(|r| r.starttime == start);
-    let mut main_stat = Some(main_stat);
-    for tid in s.proc.threads(ProcessId::new(pid))? {
-        // The main thread's stat was read above: not again.
-        let known = main_stat.take_if(|_| tid.get() == pid);
-        match classify_thread_with(s, rules, rule, (pid, tid.get()), known, inherited) {
+        .get(&pid.get())
+        .is_some_and(|r| r.starttime == held.key().start());
+    let placed = match group_rule.and_then(|r| r.group.as_ref().map(|g| (r, g))) {
+        Some((rule, target)) => to_rule_group(s, &held, rule, target)?,
+        None => None,
+    };
+    let Some(rule) = class_rule else {
+        return Ok(Vec::new());
+    };
+    // Each thread with its cgroup when the move above just put it there.
+    let threads: Vec<(ThreadId, Option<String>)> = match placed {
+        Some(after) => after
+            .into_iter()
+            .map(|ThreadPlace { tid, cgroup, .. }| (tid, Some(cgroup)))
+            .collect(),
+        None => s
+            .proc
+            .threads(pid)?
+            .into_iter()
+            .map(|t| (t, None))
+            .collect(),
+    };
+    let mut out = Vec::new();
+    for (tid, cgroup) in threads {
+        let r = if tid == pid.main_thread() {
+            classify_held(s, rules, rule, &held, cgroup, inherited)
+        } else {
+            Held::thread_of(&s.proc, pid, tid, None)
+                .and_then(|h| classify_held(s, rules, rule, &h, cgroup, inherited))
+        };
+        match r {
             Ok(Some(a)) => out.push(a),
-            Ok(None) | Err(PlaceError::Gone(_)) => {}
+            Ok(None) | Err(PlaceError::Gone(_)) | Err(PlaceError::KernelThread { .. }) => {}
             Err(e) => return Err(e),
         }
     }
@@ -346,6 +336,53 @@ impl ThreadOutcome {
     }
 }
 
+/// Moves a held process to its rule's group unless it is there (or the group is not set
+/// up); where the write put each thread, when it moved.
+fn to_rule_group(
+    s: &mut Session,
+    held: &Held,
+    rule: &Rule,
+    target: &layout::Target,
+) -> Result<Option<Vec<ThreadPlace>>, PlaceError> {
+    let pid = held.key().pid();
+    let main = s.proc.cgroup(pid, pid.main_thread())?;
+    let here = s
+        .map
+        .relative(&main)
+        .and_then(|r| layout::classify(&r))
+        .map(|p| p.group);
+    if here.as_deref() == Some(target.path().as_str()) {
+        return Ok(None);
+    }
+    let mut state = std::mem::take(&mut s.state);
+    // The main thread's cgroup was read while held: the move takes it as is.
+    let r = Placer::new(&s.cg, &s.map, &s.proc).move_held_process_from(
+        held,
+        Some(main),
+        target,
+        &mut state,
+    );
+    s.state = state;
+    let after = match r {
+        // Not set up: left alone, as a group that does not exist always was.
+        Err(PlaceError::NotSetUp(_)) => return Ok(None),
+        r => r?,
+    };
+    s.state.why.insert(
+        pid.get(),
+        Why {
+            pid,
+            starttime: held.key().start(),
+            by: rule_label(rule),
+            group: Some(target.path()),
+            class: None,
+            attrs: TaskAttrs::default(),
+            at: now(),
+        },
+    );
+    Ok(Some(after))
+}
+
 /// Classifies one thread (after its creation or a rename) by its own name and its process's
 /// rule. A process that changed its command line without exec since it was classified (a
 /// zygote's child rewriting its title) has no event of its own: if its rule now differs from
@@ -358,17 +395,24 @@ pub fn classify_thread(
     pid: ProcessId,
     tid: ThreadId,
 ) -> Result<ThreadOutcome, PlaceError> {
-    let (pid, tid) = (pid.get(), tid.get());
-    let info = process_info(&s.proc, pid)?;
+    let info = process_info_for(&s.proc, pid.get(), rules)?;
     let Some(rule) = rules.rule_for(&info) else {
         return Ok(ThreadOutcome::Thread(None));
     };
-    if process_rematch_needed(&s.state, rules, rule, pid, &info.comm) {
-        let applied = classify_process(s, rules, ProcessId::new(pid))?;
+    // The main thread's name matters only without a record; read it then, unless reading
+    // for the rules already did.
+    let unrecorded = !s.state.why.contains_key(&pid.get());
+    let main_comm = match unrecorded && info.comm.is_empty() {
+        true => s.proc.comm(pid.get())?,
+        false => info.comm,
+    };
+    if process_rematch_needed(&s.state, rules, rule, pid.get(), &main_comm) {
+        let applied = classify_process(s, rules, pid)?;
         return Ok(ThreadOutcome::Process(applied));
     }
     // A new or renamed thread: its process's main thread, if changed, was changed before.
-    classify_thread_with(s, rules, rule, (pid, tid), None, true).map(ThreadOutcome::Thread)
+    let held = Held::thread_of(&s.proc, pid, tid, None)?;
+    classify_held(s, rules, rule, &held, None, true).map(ThreadOutcome::Thread)
 }
 
 /// Whether process `pid`, whose rule is now `rule`, was classified by another rule, or never
@@ -392,21 +436,19 @@ fn rule_label(rule: &Rule) -> String {
     format!("rule {} ({})", rule.name, rule.at)
 }
 
-fn classify_thread_with(
+/// Applies `rule` to a held thread: its name (the stat read by the hold) picks the class;
+/// `cgroup` is where a move just put it, if one did.
+fn classify_held(
     s: &mut Session,
     rules: &RuleSet,
     rule: &Rule,
-    (pid, tid): (u32, u32),
-    known: Option<Stat>,
+    held: &Held,
+    cgroup: Option<String>,
     inherited: bool,
 ) -> Result<Option<Applied>, PlaceError> {
-    // The thread's one stat read on the rule path (`known`: the caller's): its name for the
-    // rule, its identity for the class's move and records.
-    let stat = match known {
-        Some(st) => st,
-        None => s.proc.stat(tid)?,
-    };
-    let comm = &stat.comm;
+    let key = held.key();
+    let (pid, tid) = (key.pid().get(), key.tid().get());
+    let comm = &held.stat.comm;
     let decision = rules.decide(rule, comm);
     let Some(class) = decision.class else {
         return Ok(None);
@@ -414,13 +456,35 @@ fn classify_thread_with(
     // As schedqos: rules change fair tasks only. A real-time or deadline thread that cgqos
     // did not make so (an audio thread) keeps its policy, cgroup and attributes.
     let ours = s.state.why.get(&tid).is_some_and(|w| {
-        w.starttime == stat.start() && w.attrs.policy.is_some_and(|p| !crate::rules::is_fair(p))
+        w.starttime == key.start() && w.attrs.policy.is_some_and(|p| !crate::rules::is_fair(p))
     });
-    if !ours && !sched::getattr(tid).is_ok_and(|a| crate::rules::is_fair(a.sched_policy)) {
+    // Read once: the fairness check here, the class's comparison and its write below.
+    let attrs = sched::getattr(tid).ok();
+    if !ours && !attrs.is_some_and(|a| crate::rules::is_fair(a.sched_policy)) {
         return Ok(None);
     }
-    let key = resolve(pid, tid, &stat)?;
-    let applied = apply_class_with(s, key, class, &rule_label(rule), inherited)?;
+    let by = rule_label(rule);
+    let known = |cgroup| Known {
+        held: Some(held),
+        cgroup: Some(cgroup),
+        attrs,
+    };
+    let applied = match cgroup {
+        // Read while held: the class's move takes it as is.
+        None => {
+            let read = s.proc.cgroup(key.pid(), key.tid())?;
+            apply_class_known(s, key, known(read), class, &by, inherited)?
+        }
+        // Where the group move's write put it. A write the kernel skipped (an exiting
+        // task) left it elsewhere, and the class's write is then refused: ask where it is.
+        Some(put) => match apply_class_known(s, key, known(put), class, &by, inherited) {
+            Err(PlaceError::Kernel(e)) if e.refusal() == Refusal::NotSupported => {
+                let read = s.proc.cgroup(key.pid(), key.tid())?;
+                apply_class_known(s, key, known(read), class, &by, inherited)?
+            }
+            r => r?,
+        },
+    };
     if applied.moved || applied.attrs_changed {
         tracing::info!(pid, tid, comm = %comm, class = %class.name, rule = %rule.at, "classified by rule {}", rule.name);
     }

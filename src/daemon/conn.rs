@@ -277,17 +277,23 @@ pub(super) async fn handle(
     } else {
         // A panic inside is logged by `try_with_engine`; the caller learns no more.
         let reply_id = id.clone();
-        shared
-            .try_with_engine(move |e| e.handle(&c, id, &req))
-            .await
-            .unwrap_or_else(|_| {
-                let r = Reply::err(
-                    reply_id,
-                    Code::Internal,
-                    "internal error (see the daemon's log)",
-                );
-                (r, Vec::new())
-            })
+        let call = move |e: &mut super::engine::Engine| e.handle(&c, id, &req);
+        // Moves, pings and `where` are short: on this task. What writes groups or reads many
+        // files (status, vm, restrict, reset) goes to the blocking pool.
+        let short = matches!(op, "move" | "move_threads" | "ping" | "where");
+        let done = if short {
+            shared.try_with_engine_here(call).await
+        } else {
+            shared.try_with_engine(call).await
+        };
+        done.unwrap_or_else(|_| {
+            let r = Reply::err(
+                reply_id,
+                Code::Internal,
+                "internal error (see the daemon's log)",
+            );
+            (r, Vec::new())
+        })
     };
     log_reply(caller, op, &summary, &reply);
     for (pid, starttime) in watch {

@@ -54,6 +54,36 @@ impl Shared {
     }
 }
 
+/// How many times `try_with_engine_here` yields to other tasks while the engine is busy
+/// before it hands the call to the blocking pool.
+const INLINE_TRIES: usize = 4;
+
+impl Shared {
+    /// Runs a short engine call (a move, a read) on the calling task when the engine is
+    /// free, or becomes free within a few yields: no hand-off to the blocking pool and back
+    /// (two thread switches, more than the call itself). Held longer by someone (a reload,
+    /// a batch of events), the call goes to the blocking pool as `try_with_engine` does, so
+    /// the async workers never wait for the lock.
+    pub async fn try_with_engine_here<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Engine) -> T + Send + 'static,
+    ) -> Result<T, Panicked> {
+        for _ in 0..INLINE_TRIES {
+            let busy = match self.engine.try_lock() {
+                Ok(guard) => return run_caught_locked(guard, f),
+                // Poisoned: `run_caught` clears it, on the blocking pool.
+                Err(std::sync::TryLockError::Poisoned(_)) => false,
+                Err(std::sync::TryLockError::WouldBlock) => true,
+            };
+            if !busy {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        self.try_with_engine(f).await
+    }
+}
+
 /// The connections of one uid.
 #[derive(Debug, Default)]
 pub struct UserConnections {
@@ -66,12 +96,20 @@ pub struct UserConnections {
 /// Runs `f` on what `m` holds, catching a panic inside while the lock is held: the mutex is
 /// not poisoned by it, and the panic is logged and returned.
 pub(super) fn run_caught<E, T>(m: &Mutex<E>, f: impl FnOnce(&mut E) -> T) -> Result<T, Panicked> {
-    let mut e = m.lock().unwrap_or_else(|p| {
+    let e = m.lock().unwrap_or_else(|p| {
         // Only a panic outside `catch_unwind` below could poison it.
         tracing::error!("the engine's lock was poisoned by a panic; carrying on");
         m.clear_poison();
         p.into_inner()
     });
+    run_caught_locked(e, f)
+}
+
+/// `run_caught` with the lock already taken.
+fn run_caught_locked<E, T>(
+    mut e: std::sync::MutexGuard<'_, E>,
+    f: impl FnOnce(&mut E) -> T,
+) -> Result<T, Panicked> {
     catch_unwind(AssertUnwindSafe(|| f(&mut e))).map_err(|p| {
         let message = panic_message(p.as_ref());
         tracing::error!(

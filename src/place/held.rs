@@ -95,13 +95,36 @@ impl Held {
         tid: ThreadId,
         expected: Option<StartTime>,
     ) -> Result<Held, PlaceError> {
-        Held::thread_with(proc, tid, expected, true)
+        Held::hold_thread(proc, None, tid, expected, true)
+    }
+
+    /// Holds thread `tid` of process `pid` (known from an event or a listing): as `thread`,
+    /// but its stat is read from `/proc/<pid>/task/<tid>/stat`, which exists only while it
+    /// is a thread of `pid`, so its process needs no `status` read.
+    pub fn thread_of(
+        proc: &impl TaskSource,
+        pid: ProcessId,
+        tid: ThreadId,
+        expected: Option<StartTime>,
+    ) -> Result<Held, PlaceError> {
+        Held::hold_thread(proc, Some(pid.get()), tid, expected, true)
     }
 
     /// `thread`, choosing whether to try `PIDFD_THREAD` (tests exercise the older kernels'
     /// path with `false`).
     pub fn thread_with(
         proc: &impl TaskSource,
+        tid: ThreadId,
+        expected: Option<StartTime>,
+        thread_pidfd: bool,
+    ) -> Result<Held, PlaceError> {
+        Held::hold_thread(proc, None, tid, expected, thread_pidfd)
+    }
+
+    /// Holds thread `tid`, of process `tgid` when the caller knows it.
+    fn hold_thread(
+        proc: &impl TaskSource,
+        tgid: Option<u32>,
         tid: ThreadId,
         expected: Option<StartTime>,
         thread_pidfd: bool,
@@ -113,11 +136,14 @@ impl Held {
             Opened::Invalid
         };
         let held = match own {
-            Opened::Fd(fd) => Held::read(proc, tid, Some(fd))?,
-            Opened::Unsupported => Held::read(proc, tid, None)?,
+            Opened::Fd(fd) => Held::read(proc, tgid, tid, Some(fd))?,
+            Opened::Unsupported => Held::read(proc, tgid, tid, None)?,
             Opened::Invalid => {
                 // The process is held, and the thread found in its task list after that.
-                let tgid = proc.tgid(tid)?;
+                let tgid = match tgid {
+                    Some(t) => t,
+                    None => proc.tgid(tid)?,
+                };
                 let fd = match opened(tgid, proc.pidfd(tgid, false))? {
                     Opened::Fd(fd) => fd,
                     // Its process exited (or the thread moved groups by exec): gone.
@@ -135,10 +161,18 @@ impl Held {
         held.checked(proc, expected)
     }
 
-    /// A thread held by its own pidfd (or none): its stat and process read after.
-    fn read(proc: &impl TaskSource, tid: u32, fd: Option<Pidfd>) -> Result<Held, PlaceError> {
-        let stat = proc.stat(tid)?;
-        let tgid = proc.tgid(tid)?;
+    /// A thread held by its own pidfd (or none): its stat and process read after (its
+    /// stat under its process's `task/` when the process is known).
+    fn read(
+        proc: &impl TaskSource,
+        tgid: Option<u32>,
+        tid: u32,
+        fd: Option<Pidfd>,
+    ) -> Result<Held, PlaceError> {
+        let (stat, tgid) = match tgid {
+            Some(tgid) => (proc.task_stat(tgid, tid)?, tgid),
+            None => (proc.stat(tid)?, proc.tgid(tid)?),
+        };
         Ok(Held {
             key: key_of(tgid, tid, &stat),
             stat,

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cgroupfs::{Attacher, CgroupBackend, CgroupFs, FsError, Mount, Refusal};
+use crate::cgroupfs::{CgroupBackend, CgroupFs, FsError, Mount, Refusal};
 use crate::layout;
 use crate::procfs::{ProcError, ProcessId, Procfs, TaskSource, ThreadId};
 
@@ -164,7 +164,6 @@ pub struct Placer<'a, B: CgroupBackend = CgroupFs, P: TaskSource = Procfs> {
     pub cg: &'a B,
     pub map: &'a CgroupMap,
     pub proc: &'a P,
-    attacher: Attacher,
 }
 
 /// Kernels before 6.0 refuse to attach a thread that has not run yet with EINVAL
@@ -173,21 +172,16 @@ const EINVAL_RETRIES: [u64; 3] = [1, 10, 50];
 
 impl<'a, B: CgroupBackend, P: TaskSource> Placer<'a, B, P> {
     pub fn new(cg: &'a B, map: &'a CgroupMap, proc: &'a P) -> Self {
-        Placer {
-            cg,
-            map,
-            proc,
-            attacher: Attacher::new(),
-        }
+        Placer { cg, map, proc }
     }
 
     fn attach(&mut self, file: &Path, id: u32) -> Result<(), FsError> {
-        let mut result = self.cg.attach(&mut self.attacher, file, id);
+        let mut result = self.cg.attach(file, id);
         for ms in EINVAL_RETRIES {
             match &result {
                 Err(e) if e.refusal() == Refusal::Invalid => {
                     sleep(Duration::from_millis(ms));
-                    result = self.cg.attach(&mut self.attacher, file, id);
+                    result = self.cg.attach(file, id);
                 }
                 _ => break,
             }

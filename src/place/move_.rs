@@ -27,16 +27,34 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         target: &Target,
         state: &mut State,
     ) -> Result<Vec<ThreadPlace>, PlaceError> {
+        self.move_held_process_from(held, None, target, state)
+    }
+
+    /// `move_held_process`, given the main thread's cgroup when the caller read it while
+    /// holding the process.
+    pub fn move_held_process_from(
+        &mut self,
+        held: &Held,
+        mut main_cgroup: Option<String>,
+        target: &Target,
+        state: &mut State,
+    ) -> Result<Vec<ThreadPlace>, PlaceError> {
         let pid = held.key().pid();
         let group = target.path();
-        if !self.cg.exists(&group) {
-            return Err(PlaceError::NotSetUp(group));
-        }
         // One read per thread: its cgroup (the class to keep). Threads that exit meanwhile
         // are simply not there.
         let mut before: Vec<(ThreadId, String)> = Vec::new();
-        for tid in self.proc.threads(pid)? {
-            match self.proc.cgroup(pid, tid) {
+        // A process that had one thread when held has no thread for `task/`'s readdir to
+        // skip: its main thread is the list (a thread born since is where its creator is,
+        // and the write takes it along, as it would one born just after a listing).
+        let threads = if held.stat.num_threads == 1 {
+            vec![pid.main_thread()]
+        } else {
+            self.proc.threads(pid)?
+        };
+        for tid in threads {
+            let known = main_cgroup.take_if(|_| tid == pid.main_thread());
+            match known.map_or_else(|| self.proc.cgroup(pid, tid), Ok) {
                 Ok(c) => before.push((tid, c)),
                 Err(ProcError::Gone(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -56,6 +74,10 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
             &self.cg.path(&format!("{group}/{}", files::PROCS)),
             pid.get(),
         ) {
+            // Asked only now: a group in use has its file open already.
+            if e.refusal() == Refusal::Missing && !self.cg.exists(&group) {
+                return Err(PlaceError::NotSetUp(group));
+            }
             return Err(self.refused(held, e));
         }
         if !held.still_there(self.proc) {
@@ -255,8 +277,20 @@ impl<B: CgroupBackend, P: TaskSource> Placer<'_, B, P> {
         state: &mut State,
     ) -> Result<ThreadPlace, PlaceError> {
         let key = held.key();
+        let cgroup = self.proc.cgroup(key.pid(), key.tid())?;
+        self.move_held_thread_from(held, cgroup, class, state)
+    }
+
+    /// `move_held_thread` of a thread whose cgroup the caller read while holding it.
+    pub fn move_held_thread_from(
+        &mut self,
+        held: &Held,
+        cgroup: String,
+        class: Option<&str>,
+        state: &mut State,
+    ) -> Result<ThreadPlace, PlaceError> {
+        let key = held.key();
         let (tid, tgid) = (key.tid(), key.pid().get());
-        let cgroup = self.proc.cgroup(key.pid(), tid)?;
         let Some(Placement { group, .. }) = self
             .map
             .relative(&cgroup)

@@ -324,9 +324,7 @@ fn a_group_not_set_up_and_the_no_internal_process_rule_are_errors() {
     // `vms` enables controllers for its children: the kernel refuses it tasks.
     k.mkdir("vms/termina").unwrap();
     k.write("vms/cgroup.subtree_control", "+cpu").unwrap();
-    let err = k
-        .attach(&mut Attacher::new(), &dir("vms/cgroup.procs"), 100)
-        .unwrap_err();
+    let err = k.attach(&dir("vms/cgroup.procs"), 100).unwrap_err();
     assert_eq!(err.refusal(), Refusal::Busy, "{err}");
     p.move_process(ProcessId::new(100), &target("vm:termina"), None, &mut state)
         .unwrap();

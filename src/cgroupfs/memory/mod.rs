@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-use super::{Attacher, CgroupBackend, FsError, files, join, parent_of};
+use super::{CgroupBackend, FsError, files, join, parent_of};
 use crate::procfs::{Pidfd, ProcError, ProcessId, Stat, TaskSource, ThreadId};
 
 /// The cgroup2 controllers a kernel can have.
@@ -505,7 +505,7 @@ impl CgroupBackend for MemKernel {
         matches!(self.node(&self.path(rel)), Node::Group(k) if k.is_empty())
     }
 
-    fn attach(&self, _open: &mut Attacher, file: &Path, id: u32) -> Result<(), FsError> {
+    fn attach(&self, file: &Path, id: u32) -> Result<(), FsError> {
         let value = id.to_string();
         match self.node(file) {
             Node::File(g, name) if name == files::PROCS || name == files::THREADS => self
@@ -527,6 +527,7 @@ impl TaskSource for MemKernel {
             state: 'S',
             ppid: t.ppid,
             flags: if t.kernel { KTHREAD_FLAG } else { 0 },
+            num_threads: m.tasks.values().filter(|o| o.tgid == t.tgid).count() as u32,
             starttime: t.starttime,
         })
     }

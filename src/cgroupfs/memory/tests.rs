@@ -9,8 +9,7 @@ fn kernel() -> MemKernel {
 }
 
 fn attach(k: &MemKernel, file: &str, id: u32) -> Result<(), Refusal> {
-    k.attach(&mut Attacher::new(), &k.path(file), id)
-        .map_err(|e| e.refusal())
+    k.attach(&k.path(file), id).map_err(|e| e.refusal())
 }
 
 #[test]

@@ -11,7 +11,7 @@ use crate::error::{CliError, CliResult, Kind};
 use crate::model::TaskRef;
 use crate::ops::{self, Dest, Moved};
 use crate::place::Held;
-use crate::procfs::{ProcError, Procfs};
+use crate::procfs::{ProcError, Procfs, TaskKey};
 
 impl Engine {
     /// Holds each target by a pidfd, checks its owner (and `extra`) while held, then moves
@@ -21,14 +21,14 @@ impl Engine {
         caller: &Caller,
         dest: &Dest,
         targets: &[TaskRef],
-        extra: impl Fn(&TaskRef) -> CliResult<()>,
+        extra: impl Fn(&TaskRef, &Held) -> CliResult<()>,
     ) -> Vec<Moved> {
         let mut allowed = Vec::new();
         let mut refused = Vec::new();
         for t in targets {
             match self
                 .check_target(caller, dest, t)
-                .and_then(|held| extra(t).map(|()| held))
+                .and_then(|held| extra(t, &held).map(|()| held))
                 .and_then(|held| {
                     // `extra` read /proc too: still the held task?
                     if held.still_there(&self.session.proc) {
@@ -43,14 +43,12 @@ impl Engine {
         }
         let mut moved = ops::move_held(&mut self.session, dest, allowed);
         moved.extend(refused);
-        // Replies come in the order of the request's targets.
-        let order = |id: u32| {
-            targets
-                .iter()
-                .position(|t| t.id == id)
-                .unwrap_or(usize::MAX)
-        };
-        moved.sort_by_key(|m| order(m.id));
+        // Replies come in the order of the request's targets (an id's first place).
+        let mut order: HashMap<u32, usize> = HashMap::with_capacity(targets.len());
+        for (i, t) in targets.iter().enumerate() {
+            order.entry(t.id).or_insert(i);
+        }
+        moved.sort_by_key(|m| order.get(&m.id).copied().unwrap_or(usize::MAX));
         moved
     }
 
@@ -66,14 +64,15 @@ impl Engine {
     ) -> CliResult<Held> {
         let proc = &self.session.proc;
         let held = ops::hold(proc, dest, t).map_err(CliError::from)?;
-        let owner = proc.ruid(t.id).map_err(proc_fail)?;
-        if !held.still_there(proc) {
-            return Err(gone(t.id));
+        let config = &self.loaded.config;
+        // Whose the target is matters only to a caller who may not touch every process.
+        if !config.touches_any(caller) {
+            let owner = proc.ruid(t.id).map_err(proc_fail)?;
+            if !held.still_there(proc) {
+                return Err(gone(t.id));
+            }
+            config.may_touch(caller, owner).map_err(CliError::denied)?;
         }
-        self.loaded
-            .config
-            .may_touch(caller, owner)
-            .map_err(CliError::denied)?;
         Ok(held)
     }
 
@@ -146,24 +145,25 @@ pub(super) fn caller_limits(proc: &Procfs, caller: &Caller) -> (policy::Limits, 
 }
 
 /// Whether class attributes `attrs` stay within what the caller (limits `caller`) could do
-/// to thread `tid` itself. The kernel checks the target's own limits (task_rlimit of the
+/// to the held thread `key` itself. The kernel checks the target's own limits (task_rlimit of the
 /// target), so the lower of the caller's and the thread's process's applies. The outer
 /// error is a thread that vanished; the inner one names the attribute beyond.
 pub(super) fn within_own(
     proc: &Procfs,
-    tid: u32,
+    key: TaskKey,
     attrs: &crate::sched::TaskAttrs,
     caller: policy::Limits,
     originals: &HashMap<u32, (u64, policy::Sched)>,
     uclamp: bool,
 ) -> CliResult<Result<(), String>> {
+    // The thread is held: its start time is the hold's, not read again.
+    let (tid, starttime) = (key.tid().get(), key.start().get());
     let gone = || {
         CliError::of(
             Kind::NoSuchProcess,
             format!("no such process or thread {tid}"),
         )
     };
-    let starttime = proc.stat(tid).map_err(proc_fail)?.starttime;
     let a = crate::sched::getattr(tid).map_err(|e| match e.raw_os_error() {
         Some(libc::ESRCH) => gone(),
         _ => CliError::of(Kind::Internal, format!("sched_getattr {tid}: {e}")),

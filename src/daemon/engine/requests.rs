@@ -12,8 +12,8 @@ use crate::error::{CliError, CliResult};
 use crate::layout::{self, Target};
 use crate::model::TaskRef;
 use crate::ops::{self, Dest, ThreadDest};
-use crate::place::Placer;
-use crate::procfs::{ProcessId, ThreadId};
+use crate::place::{Held, Placer};
+use crate::procfs::ProcessId;
 
 /// Who asked, as `why` records it.
 fn requested_by(caller: &Caller) -> String {
@@ -104,7 +104,7 @@ impl Engine {
                 },
             )?;
         }
-        let moved = self.move_checked(caller, &Dest::Group(target), targets, |_| Ok(()));
+        let moved = self.move_checked(caller, &Dest::Group(target), targets, |_, _| Ok(()));
         let by = requested_by(caller);
         let s = &mut self.session;
         crate::classify::record_moves(&mut s.state, &s.proc, &moved, &by, true);
@@ -139,7 +139,7 @@ impl Engine {
         asked: &str,
         dest: &Dest,
         targets: &[TaskRef],
-    ) -> impl Fn(&TaskRef) -> CliResult<()> + use<'c> {
+    ) -> impl Fn(&TaskRef, &Held) -> CliResult<()> + use<'c> {
         // The policy sees the class by its own name (whatever alias was asked for) and where
         // it puts the thread.
         let (canonical, cgroup_class) = match dest {
@@ -182,11 +182,10 @@ impl Engine {
             .unwrap_or_default();
         let uclamp = crate::sched::Support::get().uclamp;
         // Each thread's own process group decides what the class means there.
-        move |t: &TaskRef| -> CliResult<()> {
-            let tgid = proc.tgid(t.id).map_err(proc_fail)?;
-            let cgroup = proc
-                .cgroup(ProcessId::new(tgid), ThreadId::new(t.id))
-                .map_err(proc_fail)?;
+        move |_: &TaskRef, held: &Held| -> CliResult<()> {
+            // The hold knows the thread's process and start time: only its cgroup is read.
+            let key = held.key();
+            let cgroup = proc.cgroup(key.pid(), key.tid()).map_err(proc_fail)?;
             let group = map
                 .relative(&cgroup)
                 .and_then(|r| layout::classify(&r))
@@ -204,7 +203,7 @@ impl Engine {
                     .map_err(CliError::denied)?;
             }
             if let (Some(a), Some((limits, note))) = (&attrs, &own) {
-                let beyond = within_own(&proc, t.id, a, *limits, &originals, uclamp)?
+                let beyond = within_own(&proc, key, a, *limits, &originals, uclamp)?
                     .map_err(|why| format!("{why}{note}"));
                 config
                     .authorize_class(caller, &canonical, beyond)

@@ -42,6 +42,25 @@ pub enum Event {
     },
 }
 
+/// For each event, whether a later event of the batch classifies the same whole process
+/// (a process's fork, its exec, a rename of its main thread): `/proc` is read when an event
+/// is handled, not when it happened, so the earlier classification would read the same.
+fn classified_later(events: &[Event]) -> Vec<bool> {
+    let whole = |ev: &Event| match *ev {
+        Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } if pid == tgid => Some(tgid),
+        Event::Exec { tgid, .. } => Some(tgid),
+        _ => None,
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut later = vec![false; events.len()];
+    for (i, ev) in events.iter().enumerate().rev() {
+        if let Some(tgid) = whole(ev) {
+            later[i] = !seen.insert(tgid);
+        }
+    }
+    later
+}
+
 impl Engine {
     /// Applies the rules to everything that runs (at start, after a reload, after lost events).
     /// Records of tasks that exited meanwhile (their exit events may be among the lost ones)
@@ -78,7 +97,8 @@ impl Engine {
     pub fn events(&mut self, events: &[Event]) -> Vec<Recheck> {
         let mut touched = 0;
         let mut rechecks = Vec::new();
-        for ev in events {
+        let later = classified_later(events);
+        for (i, ev) in events.iter().enumerate() {
             // An attached VM's new or renamed thread goes to vcpu or io by its name.
             touched += self.vm_event(ev);
             // Whatever the rules: a task born from one cgqos changed inherited the change.
@@ -111,6 +131,9 @@ impl Engine {
                     touched += usize::from(t || a || w);
                 }
                 _ if self.loaded.rules.rules.is_empty() => {}
+                // The process is classified again further on in this batch, from what /proc
+                // shows then: once is enough (a fork followed by its exec, say).
+                _ if later[i] => {}
                 // A new process, an exec, or a rename of a main thread: the whole process
                 // (its match may have changed).
                 Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } if pid == tgid => {
@@ -224,5 +247,35 @@ impl Engine {
         if state.tasks.len() + state.attrs.len() + state.why.len() != before {
             self.save_quietly();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_classified_again_later_in_the_batch_is_classified_once() {
+        let events = [
+            Event::Fork {
+                pid: 11,
+                tgid: 11,
+                parent: 10,
+            },
+            Event::Fork {
+                pid: 12,
+                tgid: 11,
+                parent: 10,
+            },
+            Event::Exec { pid: 11, tgid: 11 },
+            Event::Comm { pid: 12, tgid: 11 },
+            Event::Exec { pid: 20, tgid: 20 },
+            Event::Exit { pid: 11, tgid: 11 },
+        ];
+        // The fork of 11 is classified by its exec; threads, exits and 20 each count.
+        assert_eq!(
+            classified_later(&events),
+            [true, false, false, false, false, false]
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
-use super::{Config, Grant, Pattern, Principals, Reservation};
+use super::{Config, Grant, GroupGlob, Pattern, Principals, Reservation};
 use crate::layout::Target;
 use crate::rules::Classes;
 use crate::yaml::schema::{self, Map, map_or_null, scalar};
@@ -166,12 +166,12 @@ fn reservation(entry: &Node, ids: &Ids, classes: &Classes) -> Result<Reservation
                 classes.names().join(", ")
             )));
         }
-        None if ts.contains('*') => Pattern::Group(ts.to_string()),
-        None => Pattern::Group(
+        None if ts.contains('*') => Pattern::Group(GroupGlob::new(ts)),
+        None => Pattern::Group(GroupGlob::new(
             Target::parse(ts)
                 .map_err(|e| t.error(format!("policy.reserved.target: {e}")))?
                 .path(),
-        ),
+        )),
     };
     Ok(Reservation {
         pattern,

@@ -33,14 +33,48 @@ impl Principals {
 /// A group pattern (`chrome/background`, `vms/*`, an alias) or a class (`class:urgent`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pattern {
-    Group(String),
+    Group(GroupGlob),
     Class(String),
+}
+
+/// A group pattern, compiled once when the configuration is read (not per check).
+#[derive(Debug, Clone)]
+pub struct GroupGlob {
+    source: String,
+    compiled: crate::matcher::Wildcard,
+}
+
+impl GroupGlob {
+    pub fn new(pattern: impl Into<String>) -> GroupGlob {
+        let source = pattern.into();
+        let compiled = crate::matcher::Wildcard::new(&source, crate::matcher::Mode::Path);
+        GroupGlob { source, compiled }
+    }
+
+    /// `*` matches any run of characters except `/`; everything else literally.
+    pub fn matches(&self, group: &str) -> bool {
+        self.compiled.matches(group)
+    }
+}
+
+impl PartialEq for GroupGlob {
+    fn eq(&self, other: &GroupGlob) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for GroupGlob {}
+
+impl std::fmt::Display for GroupGlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
 }
 
 impl Pattern {
     fn matches_group(&self, group: &str) -> bool {
         match self {
-            Pattern::Group(p) => glob(p, group),
+            Pattern::Group(p) => p.matches(group),
             Pattern::Class(_) => false,
         }
     }
@@ -52,9 +86,9 @@ impl Pattern {
 
 /// `*` matches any run of characters except `/`; everything else literally. Linear in the
 /// group name, which a caller chooses (`crate::matcher`).
+#[cfg(test)]
 fn glob(pattern: &str, text: &str) -> bool {
-    use crate::matcher::{Mode, Wildcard};
-    Wildcard::new(pattern, Mode::Path).matches(text)
+    GroupGlob::new(pattern).matches(text)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,8 +245,14 @@ impl Config {
     }
 
     /// Whether `caller` may place a task whose process has real uid `owner`.
+    /// Whether `caller` may touch every process (root, or named in `any-target`): then a
+    /// target's owner need not be read.
+    pub fn touches_any(&self, caller: &Caller) -> bool {
+        caller.is_root() || self.any_target.contains(caller)
+    }
+
     pub fn may_touch(&self, caller: &Caller, owner: u32) -> Result<(), String> {
-        if caller.is_root() || owner == caller.uid || self.any_target.contains(caller) {
+        if owner == caller.uid || self.touches_any(caller) {
             Ok(())
         } else {
             Err(format!(
