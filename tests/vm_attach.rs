@@ -289,7 +289,7 @@ fn vm_child() {
             .name(format!("worker-{i}"))
             .spawn(move || {
                 // SAFETY: gettid has no preconditions.
-                tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+                tid_tx.send((i, unsafe { libc::gettid() } as u32)).unwrap();
                 if rx.is_some_and(|rx| rx.recv().is_ok()) {
                     let name = std::ffi::CString::new("crosvm_vcpu2").unwrap();
                     // SAFETY: PR_SET_NAME with a NUL-terminated string we own.
@@ -301,7 +301,10 @@ fn vm_child() {
             })
             .unwrap();
     }
-    let tids: Vec<String> = (0..n).map(|_| tid_rx.recv().unwrap().to_string()).collect();
+    // In thread order, whichever started first: the test renames the first (worker-0).
+    let mut tids: Vec<(usize, u32)> = (0..n).map(|_| tid_rx.recv().unwrap()).collect();
+    tids.sort_unstable();
+    let tids: Vec<String> = tids.iter().map(|(_, t)| t.to_string()).collect();
     println!("TIDS {}", tids.join(" "));
     let mut line = String::new();
     while std::io::stdin().read_line(&mut line).unwrap_or(0) > 0 {
