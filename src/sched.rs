@@ -118,6 +118,16 @@ impl TaskAttrs {
         *self == TaskAttrs::default()
     }
 
+    /// These attributes with a real-time policy replaced by SCHED_OTHER (its priority
+    /// dropped; nice, uclamp and the rest kept).
+    pub fn without_real_time(mut self) -> TaskAttrs {
+        if self.policy.is_some_and(is_realtime) {
+            self.policy = Some(SCHED_OTHER);
+            self.priority = None;
+        }
+        self
+    }
+
     /// The attributes a task has now, as a full set (for undo).
     pub fn of(a: &SchedAttr) -> TaskAttrs {
         TaskAttrs {

@@ -461,15 +461,31 @@ fn a_real_time_state_is_refused_in_the_background() {
     bus.rm("SetProcessState", &[u(pid), y(0)]).unwrap();
     bus.rm("SetThreadState", &[u(pid), u(tid), y(0)]).unwrap();
     assert!(cgroup_of_task(pid, tid).ends_with("/chrome/foreground/urgent"));
-    let policy = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
-    // Field 41 is the policy (after the parenthesised comm): 2 is SCHED_RR.
-    let fields: Vec<&str> = policy
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    assert_eq!(fields[41 - 3], "2", "{policy}");
+    // Field 41 of stat is the policy (after the parenthesised comm): 2 is SCHED_RR.
+    let policy = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+        let fields: Vec<String> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        fields[41 - 3].clone()
+    };
+    assert_eq!(policy(), "2");
+    // The process goes to the background: its thread keeps its class, without real time
+    // (resourced demotes it too); back in the foreground, the class's SCHED_RR again.
+    bus.rm("SetProcessState", &[u(pid), y(1)]).unwrap();
+    assert!(cgroup_of_task(pid, tid).ends_with("/chrome/background/urgent"));
+    assert_eq!(policy(), "0", "no real time in the background");
+    bus.rm("SetProcessState", &[u(pid), y(0)]).unwrap();
+    assert!(cgroup_of_task(pid, tid).ends_with("/chrome/foreground/urgent"));
+    assert_eq!(
+        policy(),
+        "2",
+        "the class's real time back in the foreground"
+    );
 }
 
 /// `--dbus` with no bus at the address: the daemon stops with the address and the cause,

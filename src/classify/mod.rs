@@ -10,7 +10,7 @@ use crate::cgroupfs::Refusal;
 use crate::layout;
 use crate::place::{Held, PlaceError, Placer, ThreadPlace};
 use crate::procfs::{ProcessId, Procfs, StartTime, Stat, TaskKey, ThreadId};
-use crate::rules::{ClassDef, Rule, RuleSet};
+use crate::rules::{ClassDef, Classes, Rule, RuleSet};
 use crate::sched::{self, TaskAttrs};
 use crate::session::Session;
 use crate::state::{AttrRecord, State, Why};
@@ -67,6 +67,50 @@ pub fn apply_class(
     by: &str,
 ) -> Result<Applied, PlaceError> {
     apply_class_known(s, key, Known::default(), class, by, false)
+}
+
+/// [`apply_class`] to a thread the caller holds (its cgroup and attributes read now, under
+/// the hold).
+pub fn apply_class_held(
+    s: &mut Session,
+    held: &Held,
+    class: &ClassDef,
+    by: &str,
+) -> Result<Applied, PlaceError> {
+    let known = Known {
+        held: Some(held),
+        ..Known::default()
+    };
+    apply_class_known(s, held.key(), known, class, by, false)
+}
+
+/// After process `pid` moved to another group: applies again the real-time classes of its
+/// threads, so that they lose the real-time policy in a group that allows none and get it
+/// back elsewhere (`layout::Group::real_time`). Each thread is held through the write; one
+/// that exited meanwhile is skipped. Returns how many threads changed.
+pub fn real_time_follows_group(s: &mut Session, classes: &Classes, pid: ProcessId) -> usize {
+    let recorded: Vec<(u32, StartTime, ClassDef, String)> = s
+        .state
+        .why
+        .iter()
+        .filter(|(_, w)| w.pid == pid)
+        .filter_map(|(&tid, w)| {
+            let class = classes.get(w.class.as_deref()?)?;
+            let real_time = class.attrs.policy.is_some_and(sched::is_realtime);
+            real_time.then(|| (tid, w.starttime, class.clone(), w.by.clone()))
+        })
+        .collect();
+    let mut changed = 0;
+    for (tid, start, class, by) in recorded {
+        let Ok(held) = Held::thread_of(&s.proc, pid, ThreadId::new(tid), Some(start)) else {
+            continue;
+        };
+        match apply_class_held(s, &held, &class, &by) {
+            Ok(a) => changed += usize::from(a.attrs_changed),
+            Err(e) => tracing::debug!(tid, "a real-time class not re-applied: {e}"),
+        }
+    }
+    changed
 }
 
 /// What the caller of [`apply_class_known`] already has of the thread, so it is not read
@@ -144,8 +188,12 @@ fn apply_class_inner(
         }
         group = Some(p.group);
     }
-    let (attrs_changed, recorded) =
-        apply_attrs(s, state, key, known.attrs, &class.attrs, inherited)?;
+    // A process group that allows no real-time policy (background) gets the class without it.
+    let attrs = match &group {
+        Some(g) if !layout::allows_real_time(g) => class.attrs.without_real_time(),
+        _ => class.attrs,
+    };
+    let (attrs_changed, recorded) = apply_attrs(s, state, key, known.attrs, &attrs, inherited)?;
     // Re-applying what is already in force changes nothing, not even the record's time.
     let same = state.why.get(&tid).is_some_and(|w| {
         w.starttime == starttime && w.by == by && w.class.as_deref() == Some(class.name.as_str())
@@ -159,7 +207,7 @@ fn apply_class_inner(
                 by: by.to_string(),
                 group,
                 class: Some(class.name.clone()),
-                attrs: class.attrs,
+                attrs,
                 at: now(),
             },
         );

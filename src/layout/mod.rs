@@ -17,8 +17,8 @@ use std::fmt;
 pub use crate::suggest::{closest, suggest};
 pub use table::{
     ARCVM, BROWSER_CLASSES, CHROME, CHROME_GROUPS, DEFAULT_CLASS, IO, Kind, NON_URGENT, URGENT,
-    VCPU, VM_PARTS, VMS, canonical_class, child_path, class_words, classes_of, full_weight, lookup,
-    named_vms, vm_path,
+    VCPU, VM_PARTS, VMS, allows_real_time, canonical_class, child_path, class_words, classes_of,
+    full_weight, lookup, named_vms, vm_path,
 };
 
 /// Where a whole process can be placed.

@@ -115,6 +115,10 @@ pub struct Group {
     pub cpus: Cpus,
     /// Other spellings users may type for it (besides its name).
     pub aliases: &'static [&'static str],
+    /// Whether the threads of a process in it may have a class's real-time policy (a
+    /// process group's own rule; its classes follow it). Where not, the class applies
+    /// with SCHED_OTHER instead, as resourced treats a background process.
+    pub real_time: bool,
     pub children: &'static [Group],
 }
 
@@ -127,6 +131,7 @@ impl Group {
             uclamp: Uclamp::None,
             cpus: Cpus::None,
             aliases: &[],
+            real_time: true,
             children: &[],
         }
     }
@@ -179,6 +184,7 @@ pub const CHROME_GROUPS: &[Group] = &[
     Group {
         weight: Weight::Board(|b| b.cgqos.background_cpu_weight.value),
         cpus: Cpus::NonUrgent,
+        real_time: false,
         children: BACKGROUND_CLASSES,
         ..Group::new("background", Kind::ProcessGroup)
     },
@@ -277,6 +283,12 @@ pub fn child_path(group: &str, child: &str) -> String {
 
 /// The row of a path relative to the cgqos root: a fixed group, or a VM (any name below
 /// `vms`) and its parts. The VM group's own row is built from its [`Vm`] settings.
+/// Whether threads of a process in process group `group` may have a real-time class policy
+/// (see [`Group::real_time`]); anything that is not a layout group may.
+pub fn allows_real_time(group: &str) -> bool {
+    lookup(group).is_none_or(|g| g.real_time)
+}
+
 pub fn lookup(rel: &str) -> Option<Group> {
     let mut group = ROOT;
     for part in rel.split('/').filter(|p| !p.is_empty()) {
@@ -341,6 +353,23 @@ pub fn full_weight(board: &Board, group: &str) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_background_group_refuses_real_time() {
+        assert!(!allows_real_time("chrome/background"));
+        assert!(allows_real_time("chrome/foreground"));
+        assert!(allows_real_time("chrome/ui"));
+        assert!(allows_real_time("vms/termina"));
+        let rr = crate::sched::TaskAttrs {
+            policy: Some(crate::sched::SCHED_RR),
+            priority: Some(8),
+            nice: Some(-8),
+            ..Default::default()
+        };
+        let demoted = rr.without_real_time();
+        assert_eq!(demoted.policy, Some(crate::sched::SCHED_OTHER));
+        assert_eq!((demoted.priority, demoted.nice), (None, Some(-8)));
+    }
 
     fn walk(g: &Group, path: &str, out: &mut Vec<(String, Group)>) {
         out.push((path.to_string(), *g));

@@ -108,6 +108,14 @@ impl Engine {
         let by = requested_by(caller);
         let s = &mut self.session;
         crate::classify::record_moves(&mut s.state, &s.proc, &moved, &by, true);
+        // A thread's real-time class follows its process's group (none in background).
+        for pid in moved
+            .iter()
+            .filter(|m| m.ok)
+            .filter_map(|m| m.key.map(|k| k.pid()))
+        {
+            crate::classify::real_time_follows_group(s, &self.loaded.rules.classes, pid);
+        }
         self.finish_moves(moved, watch)
     }
 
