@@ -17,6 +17,7 @@ use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 
 use super::core::Shared;
+use crate::procfs::{ProcessId, ThreadId};
 
 const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;
@@ -33,7 +34,6 @@ const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 // What the engine reacts to: defined with it, so the engine needs nothing of this module.
 pub use super::engine::Event;
 use super::engine::{RECHECK_AFTER, Recheck};
-use crate::procfs::ThreadId;
 
 /// Decodes every event in one datagram (one or more netlink messages).
 pub fn parse(mut buf: &[u8]) -> Vec<Event> {
@@ -58,19 +58,28 @@ pub fn parse(mut buf: &[u8]) -> Vec<Event> {
             let field = |i: usize| u32_at(ev, 16 + 4 * i);
             let e = match what {
                 // fork_proc_event: parent_pid, parent_tgid, child_pid, child_tgid.
-                Some(PROC_EVENT_FORK) => field(0)
-                    .zip(field(2))
-                    .zip(field(3))
-                    .map(|((parent, pid), tgid)| Event::Fork { pid, tgid, parent }),
-                Some(PROC_EVENT_EXEC) => field(0)
-                    .zip(field(1))
-                    .map(|(pid, tgid)| Event::Exec { pid, tgid }),
-                Some(PROC_EVENT_COMM) => field(0)
-                    .zip(field(1))
-                    .map(|(pid, tgid)| Event::Comm { pid, tgid }),
-                Some(PROC_EVENT_EXIT) => field(0)
-                    .zip(field(1))
-                    .map(|(pid, tgid)| Event::Exit { pid, tgid }),
+                Some(PROC_EVENT_FORK) => {
+                    field(0)
+                        .zip(field(2))
+                        .zip(field(3))
+                        .map(|((parent, tid), pid)| Event::Fork {
+                            tid: ThreadId::new(tid),
+                            pid: ProcessId::new(pid),
+                            parent: ThreadId::new(parent),
+                        })
+                }
+                Some(PROC_EVENT_EXEC) => field(0).zip(field(1)).map(|(tid, pid)| Event::Exec {
+                    tid: ThreadId::new(tid),
+                    pid: ProcessId::new(pid),
+                }),
+                Some(PROC_EVENT_COMM) => field(0).zip(field(1)).map(|(tid, pid)| Event::Comm {
+                    tid: ThreadId::new(tid),
+                    pid: ProcessId::new(pid),
+                }),
+                Some(PROC_EVENT_EXIT) => field(0).zip(field(1)).map(|(tid, pid)| Event::Exit {
+                    tid: ThreadId::new(tid),
+                    pid: ProcessId::new(pid),
+                }),
                 _ => None,
             };
             out.extend(e);
@@ -300,13 +309,22 @@ mod tests {
             parse(&d),
             vec![
                 Event::Fork {
-                    pid: 11,
-                    tgid: 11,
-                    parent: 10
+                    tid: ThreadId::new(11),
+                    pid: ProcessId::new(11),
+                    parent: ThreadId::new(10),
                 },
-                Event::Exec { pid: 11, tgid: 11 },
-                Event::Comm { pid: 12, tgid: 11 },
-                Event::Exit { pid: 11, tgid: 11 },
+                Event::Exec {
+                    tid: ThreadId::new(11),
+                    pid: ProcessId::new(11),
+                },
+                Event::Comm {
+                    tid: ThreadId::new(12),
+                    pid: ProcessId::new(11),
+                },
+                Event::Exit {
+                    tid: ThreadId::new(11),
+                    pid: ProcessId::new(11),
+                },
             ]
         );
     }

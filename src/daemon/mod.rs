@@ -63,24 +63,7 @@ pub fn run(paths: Paths, socket: PathBuf, reset_on_exit: bool, dbus: bool) -> Cl
             idle_timeout: Duration::from_secs(cfg.idle_timeout_secs),
         });
         watch::forget_exits(shared.clone(), exits_rx);
-        // Processes recorded by earlier runs get exit watches too.
-        let adopted: Vec<(u32, u64)> = shared
-            .with_engine(|e| {
-                let list: Vec<(u32, u64)> = e
-                    .session
-                    .state
-                    .tasks
-                    .iter()
-                    .filter(|(_, r)| r.process)
-                    .map(|(&id, r)| (id, r.starttime.get()))
-                    .collect();
-                e.watched.extend(list.iter().map(|(p, _)| *p));
-                list
-            })
-            .await;
-        for (pid, st) in adopted {
-            watch::exit_watch(shared.clone(), pid, st);
-        }
+        watch_adopted_exits(&shared).await;
         // Subscribe before the scan, so nothing that starts meanwhile is missed.
         events::listen(shared.clone(), events_rcvbuf());
         shared.with_engine(|e| e.rescan()).await;
@@ -101,22 +84,48 @@ pub fn run(paths: Paths, socket: PathBuf, reset_on_exit: bool, dbus: bool) -> Cl
         conn::accept_loop(shared.clone(), listener, shutdown()).await;
         server::unbind(&socket_dir);
         if reset_on_exit {
-            let r = shared
-                .with_engine(|e| {
-                    let r = e.reset();
-                    let _ = e.session.save();
-                    r
-                })
-                .await;
-            tracing::info!(
-                "reset on exit: attributes of {} thread(s), cgroups of {} task(s) restored",
-                r.attrs_restored,
-                r.tasks.restored.len()
-            );
+            reset_on_exit_now(&shared).await;
         }
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Processes recorded by earlier runs get exit watches too.
+async fn watch_adopted_exits(shared: &Arc<Shared>) {
+    let adopted: Vec<(u32, u64)> = shared
+        .with_engine(|e| {
+            let list: Vec<(u32, u64)> = e
+                .session
+                .state
+                .tasks
+                .iter()
+                .filter(|(_, r)| r.process)
+                .map(|(&id, r)| (id, r.starttime.get()))
+                .collect();
+            e.watched.extend(list.iter().map(|(p, _)| *p));
+            list
+        })
+        .await;
+    for (pid, st) in adopted {
+        watch::exit_watch(shared.clone(), pid, st);
+    }
+}
+
+/// `--reset-on-exit`: every recorded change undone as the daemon stops.
+async fn reset_on_exit_now(shared: &Arc<Shared>) {
+    let r = shared
+        .with_engine(|e| {
+            let r = e.reset();
+            let _ = e.session.save();
+            r
+        })
+        .await;
+    tracing::info!(
+        "reset on exit: attributes of {} thread(s), cgroups of {} task(s) restored",
+        r.attrs_restored,
+        r.tasks.restored.len()
+    );
 }
 
 /// Receive buffer of the process events socket: 4 MiB, or CGQOS_EVENTS_RCVBUF (tests make it

@@ -17,28 +17,29 @@ pub const RECHECK_AFTER: [std::time::Duration; 2] = [
     std::time::Duration::from_secs(1),
 ];
 
-/// One process event, decoded.
+/// One process event, decoded. `tid` is the task the event is about, `pid` its process (the
+/// kernel's tgid): a process's own event has `tid == pid.main_thread()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// A new task: a process when `pid == tgid`, else a thread of `tgid`. `parent` is the
-    /// kernel's `real_parent`: for a process, the thread that forked it (whose attributes it
-    /// starts with); for a thread, the parent of its process (not its creator).
+    /// A new task. `parent` is the kernel's `real_parent`: for a process, the thread that
+    /// forked it (whose attributes it starts with); for a thread, the parent of its process
+    /// (not its creator).
     Fork {
-        pid: u32,
-        tgid: u32,
-        parent: u32,
+        tid: ThreadId,
+        pid: ProcessId,
+        parent: ThreadId,
     },
     Exec {
-        pid: u32,
-        tgid: u32,
+        tid: ThreadId,
+        pid: ProcessId,
     },
     Comm {
-        pid: u32,
-        tgid: u32,
+        tid: ThreadId,
+        pid: ProcessId,
     },
     Exit {
-        pid: u32,
-        tgid: u32,
+        tid: ThreadId,
+        pid: ProcessId,
     },
 }
 
@@ -47,15 +48,17 @@ pub enum Event {
 /// is handled, not when it happened, so the earlier classification would read the same.
 fn classified_later(events: &[Event]) -> Vec<bool> {
     let whole = |ev: &Event| match *ev {
-        Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } if pid == tgid => Some(tgid),
-        Event::Exec { tgid, .. } => Some(tgid),
+        Event::Fork { tid, pid, .. } | Event::Comm { tid, pid } if tid == pid.main_thread() => {
+            Some(pid)
+        }
+        Event::Exec { pid, .. } => Some(pid),
         _ => None,
     };
     let mut seen = std::collections::HashSet::new();
     let mut later = vec![false; events.len()];
     for (i, ev) in events.iter().enumerate().rev() {
-        if let Some(tgid) = whole(ev) {
-            later[i] = !seen.insert(tgid);
+        if let Some(pid) = whole(ev) {
+            later[i] = !seen.insert(pid);
         }
     }
     later
@@ -104,13 +107,13 @@ impl Engine {
             // Whatever the rules: a task born from one cgqos changed inherited the change.
             // A process's fork event names its creating thread; a thread's names the
             // process's parent, so its creator is inferred within its process.
-            if let Event::Fork { pid, tgid, parent } = *ev {
+            if let Event::Fork {
+                tid,
+                pid: tgid,
+                parent,
+            } = *ev
+            {
                 let s = &mut self.session;
-                let (tid, tgid, parent) = (
-                    ThreadId::new(pid),
-                    ProcessId::new(tgid),
-                    ThreadId::new(parent),
-                );
                 let inherited = if tid == tgid.main_thread() {
                     // Born inside the groups from a creator cgqos moved: its origin too.
                     let origin = crate::classify::inherit_origin(s, parent, tgid);
@@ -122,12 +125,12 @@ impl Engine {
                 touched += usize::from(inherited);
             }
             match *ev {
-                Event::Exit { pid, .. } => {
+                Event::Exit { tid, .. } => {
                     // The task is gone: whatever was recorded for its id is stale.
-                    let state = &mut self.session.state;
-                    let t = state.tasks.remove(&pid).is_some();
-                    let a = state.attrs.remove(&pid).is_some();
-                    let w = state.why.remove(&pid).is_some();
+                    let (state, id) = (&mut self.session.state, tid.get());
+                    let t = state.tasks.remove(&id).is_some();
+                    let a = state.attrs.remove(&id).is_some();
+                    let w = state.why.remove(&id).is_some();
                     touched += usize::from(t || a || w);
                 }
                 _ if self.loaded.rules.rules.is_empty() => {}
@@ -136,18 +139,17 @@ impl Engine {
                 _ if later[i] => {}
                 // A new process, an exec, or a rename of a main thread: the whole process
                 // (its match may have changed).
-                Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } if pid == tgid => {
-                    let task = (ProcessId::new(tgid), None);
-                    touched += self.classify_noting(task, &mut rechecks);
+                Event::Fork { tid, pid, .. } | Event::Comm { tid, pid }
+                    if tid == pid.main_thread() =>
+                {
+                    touched += self.classify_noting((pid, None), &mut rechecks);
                 }
-                Event::Exec { tgid, .. } => {
-                    let task = (ProcessId::new(tgid), None);
-                    touched += self.classify_noting(task, &mut rechecks);
+                Event::Exec { pid, .. } => {
+                    touched += self.classify_noting((pid, None), &mut rechecks);
                 }
                 // A new or renamed thread.
-                Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } => {
-                    let task = (ProcessId::new(tgid), Some(ThreadId::new(pid)));
-                    touched += self.classify_noting(task, &mut rechecks);
+                Event::Fork { tid, pid, .. } | Event::Comm { tid, pid } => {
+                    touched += self.classify_noting((pid, Some(tid)), &mut rechecks);
                 }
             }
         }
@@ -258,19 +260,31 @@ mod tests {
     fn a_process_classified_again_later_in_the_batch_is_classified_once() {
         let events = [
             Event::Fork {
-                pid: 11,
-                tgid: 11,
-                parent: 10,
+                tid: ThreadId::new(11),
+                pid: ProcessId::new(11),
+                parent: ThreadId::new(10),
             },
             Event::Fork {
-                pid: 12,
-                tgid: 11,
-                parent: 10,
+                tid: ThreadId::new(12),
+                pid: ProcessId::new(11),
+                parent: ThreadId::new(10),
             },
-            Event::Exec { pid: 11, tgid: 11 },
-            Event::Comm { pid: 12, tgid: 11 },
-            Event::Exec { pid: 20, tgid: 20 },
-            Event::Exit { pid: 11, tgid: 11 },
+            Event::Exec {
+                tid: ThreadId::new(11),
+                pid: ProcessId::new(11),
+            },
+            Event::Comm {
+                tid: ThreadId::new(12),
+                pid: ProcessId::new(11),
+            },
+            Event::Exec {
+                tid: ThreadId::new(20),
+                pid: ProcessId::new(20),
+            },
+            Event::Exit {
+                tid: ThreadId::new(11),
+                pid: ProcessId::new(11),
+            },
         ];
         // The fork of 11 is classified by its exec; threads, exits and 20 each count.
         assert_eq!(

@@ -121,9 +121,9 @@ impl Engine {
     /// name; the monitor's exit forgets it. How many tasks moved (for the batch's save).
     pub(super) fn vm_event(&mut self, ev: &Event) -> usize {
         let (tid, tgid) = match *ev {
-            Event::Fork { pid, tgid, .. } | Event::Comm { pid, tgid } => (pid, tgid),
-            Event::Exit { pid, tgid } if pid == tgid => {
-                self.vms.remove(&pid);
+            Event::Fork { tid, pid, .. } | Event::Comm { tid, pid } => (tid.get(), pid.get()),
+            Event::Exit { tid, pid } if tid == pid.main_thread() => {
+                self.vms.remove(&pid.get());
                 return 0;
             }
             _ => return 0,
