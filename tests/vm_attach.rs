@@ -447,14 +447,7 @@ fn an_unprivileged_caller_attaches_its_own_monitor_only() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let foreign = d.sleeper();
     let foreign_before = cgroup_of(foreign);
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "unprivileged_attacher",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let out = child_test_command(&std::env::current_exe().unwrap(), "unprivileged_attacher")
         .env("CGQOS_TEST_SOCKET", d.socket())
         .env("CGQOS_TEST_FOREIGN", foreign.to_string())
         .uid(UNPRIV_UID)

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::cgroupfs::Refusal;
 use crate::layout;
 use crate::place::{Held, PlaceError, Placer, ThreadPlace};
-use crate::procfs::{ProcessId, Procfs, StartTime, Stat, TaskKey, ThreadId};
+use crate::procfs::{ProcessId, Procfs, StartTime, TaskKey, ThreadId};
 use crate::rules::{ClassDef, Classes, Rule, RuleSet};
 use crate::sched::{self, TaskAttrs};
 use crate::session::Session;
@@ -61,8 +61,8 @@ impl Applied {
 /// group, and its task attributes. Records the original attributes (first change wins) and
 /// why. Skips writes that would change nothing.
 ///
-/// `key` was resolved by the caller (a held thread, or [`resolve`]): no `/proc/<tid>/stat`
-/// is read again here.
+/// `key` was resolved by the caller (a held thread): no `/proc/<tid>/stat` is read again
+/// here.
 pub fn apply_class(
     s: &mut Session,
     key: TaskKey,
@@ -144,21 +144,6 @@ fn apply_class_known(
     let result = apply_class_inner(s, &mut state, key, known, class, by, inherited);
     s.state = state;
     result
-}
-
-/// A thread's identity from its stat, read once by the caller; kernel threads are refused.
-pub fn resolve(pid: u32, tid: u32, stat: &Stat) -> Result<TaskKey, PlaceError> {
-    if stat.is_kernel_thread() {
-        return Err(PlaceError::KernelThread {
-            id: tid,
-            comm: stat.comm.clone(),
-        });
-    }
-    Ok(TaskKey::new(
-        ProcessId::new(pid),
-        ThreadId::new(tid),
-        StartTime::new(stat.starttime),
-    ))
 }
 
 fn apply_class_inner(
