@@ -319,8 +319,9 @@ fn a_grant_in_the_policy_allows_the_class() {
     let s = as_caller(
         &d,
         0,
+        // In the foreground: a background process's threads get no real-time policy at all.
         &[
-            "move:background",
+            "move:foreground",
             "threads:nice6",
             "threads:urgent",
             "threads:rt50",
