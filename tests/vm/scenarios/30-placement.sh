@@ -48,7 +48,9 @@ t_eq "other thread in the group's default" /chrome/background "$(cg $PID $3)"
 little=0-3
 t_guest arm64-biglittle && little=0-1
 t_eq "non-urgent thread's affinity is the little set" "$little" "$(allowed $PID $t1)"
-t_eq "urgent thread's affinity is all CPUs" "0-3" "$(allowed $PID $t2)"
+# resourced's rule: no thread of a background process gets a big core, urgent or not.
+t_eq "urgent thread of a background process: the little set" "$little" "$(allowed $PID $t2)"
+t_eq "default thread of a background process: the little set" "$little" "$(allowed $PID $PID)"
 
 w=$(/vmtest/cgqos where "$PID")
 t_check "where lists the urgent thread" sh -c "echo '$w' | grep -q '^$t2 .*chrome/background *urgent'"
