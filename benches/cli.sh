@@ -3,10 +3,12 @@
 # shell doing the same write (`sh -c 'echo PID > .../cgroup.procs'`) from the same kernel
 # state. Root, on the host's cgroup2 mount, in a sub-root cgqos-test-clibench-* that it
 # removes (with its state directory, a tmpfs like /run) when it ends.
-#   benches/cli.sh [--rounds N] [--bin [LABEL=]PATH]...   (default: target/release/cgqos)
+#   benches/cli.sh [--rounds N] [--bin [LABEL=]PATH]... [--floor [LABEL=]PATH]...
 # --bin more than once compares binaries (say, `make STATIC=no` against `make`) in the same
 # run, their commands interleaved round by round; LABEL names a binary's rows (default: 1,
-# 2, ...). The first binary sets the group tree up.
+# 2, ...; default binary: target/release/cgqos). The first binary sets the group tree up.
+# --floor adds a row `floor:LABEL` running `PATH --version`: a baseline program, such as a
+# bare Rust `println!`, dynamic or static (the floor of any program built that way).
 # Two kernel states, each with every command alternating round by round:
 #   warm      the bench's own shell writes the pid to the other group just before, so the
 #             measured write finds the cgroup lock's rcu_sync active and waits for no RCU
@@ -21,14 +23,17 @@
 # the p50s to sh's, and the p50 of page faults in the cpu pass.
 set -uo pipefail
 
-rounds=200 bins=() labels=()
+rounds=200 bins=() labels=() floors=()
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--rounds) rounds=$2; shift 2 ;;
 	--bin)
 		if [[ $2 == *=* ]]; then labels+=("${2%%=*}") bins+=("${2#*=}"); else labels+=("$((${#bins[@]} + 1))") bins+=("$2"); fi
 		shift 2 ;;
-	-h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	--floor)
+		if [[ $2 == *=* ]]; then floors+=("$2"); else floors+=("$((${#floors[@]} + 1))=$2"); fi
+		shift 2 ;;
+	-h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "cli.sh: unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -72,7 +77,7 @@ command_of() { # KIND BIN GROUP: sets cmd
 	sh) cmd=(sh -c "echo $child > $root/chrome/$3/cgroup.procs") ;;
 	cli) c_args "$2" --direct move "$child" "$3" ;;
 	cli-nosock) c_args "$2" --socket "$state/no-daemon.sock" move "$child" "$3" ;;
-	version) cmd=("$2" --version) ;;
+	version | floor) cmd=("$2" --version) ;;
 	esac
 }
 # Rows: "kind" for sh, "kind:label" per binary; bin_of maps a row to its binary.
@@ -83,6 +88,11 @@ for i in "${!bins[@]}"; do
 		rows+=("$kind:${labels[$i]}")
 		bin_of[$kind:${labels[$i]}]=${bins[$i]}
 	done
+done
+for f in "${floors[@]}"; do
+	[[ -x ${f#*=} ]] || { echo "cli.sh: no floor program ${f#*=}" >&2; exit 2; }
+	rows+=("floor:${f%%=*}")
+	bin_of[floor:${f%%=*}]=${f#*=}
 done
 states=(warm isolated)
 perf_out=$(mktemp /tmp/cgqos-clibench-perf.XXXXXX)
@@ -122,6 +132,9 @@ pct() { # SAMPLES P
 echo "CLI start-to-exit benchmark, kernel $(uname -r), $rounds warm rounds"
 for i in "${!bins[@]}"; do
 	echo "  ${labels[$i]}: ${bins[$i]} ($(stat -c %s "${bins[$i]}") bytes, $(file -b "${bins[$i]}" | grep -o 'static-pie linked\|statically linked\|dynamically linked'))"
+done
+for f in "${floors[@]}"; do
+	echo "  floor:${f%%=*}: ${f#*=} ($(file -b "${f#*=}" | grep -o 'static-pie linked\|statically linked\|dynamically linked'))"
 done
 printf '%-9s %-18s %8s %8s %10s %7s\n' state command p50_us p90_us x_sh_p50 faults
 for state_kind in "${states[@]}"; do
