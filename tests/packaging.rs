@@ -438,6 +438,54 @@ fn make_install_and_uninstall_into_a_destdir() {
     assert_eq!(files_below(dest.path()), Vec::<String>::new());
 }
 
+/// `make` builds a statically linked binary for the host's triple (docs/deployment.md,
+/// "Install"), and installs it from there; `STATIC=no` is the plain `cargo build --release`.
+/// Checked with `make -n` (what it would run): a release build takes minutes.
+#[test]
+fn make_builds_a_static_binary_for_the_host_unless_told_otherwise() {
+    if Command::new("make").arg("--version").output().is_err() {
+        eprintln!("not run: no make here");
+        return;
+    }
+    let rustc = run(Command::new("rustc").arg("-vV"));
+    let host = rustc
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV names the host");
+    let dry_run = |extra: &[&str]| {
+        let r = run(Command::new("make")
+            .args(["-n", "install", "DESTDIR=/nonexistent/pkg"])
+            .args(extra)
+            .env("CARGO_TARGET_DIR", "/nonexistent/target")
+            .env_remove("RUSTFLAGS")
+            .current_dir(manifest_dir()));
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        r.stdout
+    };
+    let out = dry_run(&[]);
+    let build = out
+        .lines()
+        .find(|l| l.contains(" build --release"))
+        .unwrap_or_else(|| panic!("no cargo build: {out}"));
+    assert!(build.contains("-C target-feature=+crt-static"), "{build}");
+    assert!(build.contains(&format!("--target {host}")), "{build}");
+    assert!(build.contains("--locked"), "{build}");
+    assert!(
+        out.contains(&format!(
+            "0755 /nonexistent/target/{host}/release/cgqos /nonexistent/pkg/usr/bin/cgqos"
+        )),
+        "{out}"
+    );
+    let out = dry_run(&["STATIC=no"]);
+    assert!(!out.contains("crt-static"), "{out}");
+    assert!(!out.contains("--target"), "{out}");
+    assert!(
+        out.contains("0755 /nonexistent/target/release/cgqos /nonexistent/pkg/usr/bin/cgqos"),
+        "{out}"
+    );
+}
+
 #[test]
 fn readme_root_block_runs_as_written_on_a_private_sub_root() {
     let Some(root) = real_subroot("readme") else {
