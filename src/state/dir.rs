@@ -28,7 +28,9 @@ const MAX_STATE_BYTES: u64 = 64 << 20;
 /// The journal is folded into a new snapshot once it would hold more than the snapshot's
 /// bytes plus this: each change then pays for rewriting at most its own size, and a load
 /// reads at most about twice the snapshot (docs/performance.md, "State store").
-const JOURNAL_SLACK: u64 = 64 << 10;
+// Small, so a short-lived command (the CLI replays the journal at every start) reads little;
+// the bound on the cost per change comes from the snapshot term.
+pub(super) const JOURNAL_SLACK: u64 = 4 << 10;
 /// Times a reader without the lock rereads when a compaction replaced the files between
 /// its two reads.
 const READ_RETRIES: usize = 5;

@@ -323,10 +323,13 @@ fn the_journal_is_folded_into_the_snapshot_when_it_outgrows_it() {
         generations.insert(s.generation);
         let (snapshot, journal) = (read(dir.path(), STATE_FILE), read(dir.path(), JOURNAL_FILE));
         largest = largest.max(journal.len());
-        assert!(journal.len() as u64 <= snapshot.len() as u64 + (64 << 10));
+        assert!(journal.len() as u64 <= snapshot.len() as u64 + super::dir::JOURNAL_SLACK);
     }
     assert!(generations.len() > 2, "compacted: {generations:?}");
-    assert!(largest > 64 << 10, "the journal was used: {largest}");
+    assert!(
+        largest as u64 > super::dir::JOURNAL_SLACK,
+        "the journal was used: {largest}"
+    );
     drop(sd);
     let mut sd = StateDir::lock(dir.path()).unwrap();
     assert_eq!(sd.load(Path::new("/cg")).unwrap(), s);
