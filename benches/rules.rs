@@ -17,9 +17,11 @@
 //! 2. **Classification latency**: from the kernel's exec event of a matching program (the
 //!    connector's own timestamp) to the task in its group and class (`/proc/<pid>/cgroup`)
 //!    with its nice value (`/proc/<pid>/stat` field 19), busy-polled; 1,000 execs after a
-//!    warm-up, 2 ms apart. Baseline in the same run: spawn to the child visible in /proc as
-//!    the new program (fork + exec). The daemon's CPU per matching and per non-matching
-//!    process; the same latency for the rule without a group (500 execs).
+//!    warm-up, 2 ms apart, each process kept alive 1.2 s (the daemon's rechecks, 0.1 s and
+//!    1 s after a classification, count in its CPU per process). Baseline in the same run:
+//!    spawn to the child visible in /proc as the new program (fork + exec). The daemon's CPU
+//!    per matching and per non-matching process; the same latency for the rule without a
+//!    group (500 execs).
 //! 3. **Fork storms**: 2,000 forks/s (paced, 2 spawner threads) for 10 s; per 10 forks, 1
 //!    long-lived child (a copy of this binary) whose 2 threads rename themselves 5 ms after
 //!    their creation, 3 short-lived children that exit at once, 6 bare `fork()` + `_exit()`.
