@@ -84,6 +84,15 @@ impl ThreadOutcome {
         }
     }
 
+    /// The threads a rule gave a class.
+    pub fn classified(&self) -> impl Iterator<Item = ThreadId> + '_ {
+        let all = match self {
+            ThreadOutcome::Thread(a) => a.as_slice(),
+            ThreadOutcome::Process(v) => v.as_slice(),
+        };
+        all.iter().map(|a| ThreadId::new(a.tid))
+    }
+
     /// Whether a rule gave any task a class.
     pub fn matched(&self) -> bool {
         match self {
@@ -187,6 +196,46 @@ fn process_rematch_needed(
         Some(_) => false,
         None => rules.decide(rule, main_comm).class.is_some(),
     }
+}
+
+/// Whether a task classified by a rule still has what the rule gave it, so that classifying
+/// it again would change nothing (a recheck, `daemon::engine`): the thread's attributes are
+/// what its `why` record says were applied (one `sched_getattr`); for a process (`tid`
+/// `None`), its main thread's, and the same rule still matches it (its names read again: a
+/// rewritten command line has no event). Its other threads are rechecked one by one (the
+/// caller's list, from the classification). Cgroups are not read: a recheck is for
+/// attributes a program sets itself, which no event reports. `false` means: classify it
+/// again. A task that is gone needs nothing.
+pub fn still_applied(
+    s: &Session,
+    rules: &RuleSet,
+    pid: ProcessId,
+    tid: Option<ThreadId>,
+) -> Result<bool, PlaceError> {
+    let in_force = |tid: ThreadId, label: Option<&str>| -> bool {
+        let Some(w) = s.state.why.get(&tid.get()) else {
+            return false;
+        };
+        if w.pid != pid || label.is_some_and(|l| w.by != l) {
+            return false;
+        }
+        match sched::getattr(tid.get()) {
+            Ok(cur) => !wants_change(&cur, &w.attrs, sched::Support::get().uclamp),
+            // Gone: nothing to apply (its exit event drops the record).
+            Err(e) => e.raw_os_error() == Some(libc::ESRCH),
+        }
+    };
+    if let Some(tid) = tid {
+        return Ok(in_force(tid, None));
+    }
+    let info = process_info_for(&s.proc, pid.get(), rules)?;
+    let Some(rule) = rules.rule_for(&info) else {
+        return Ok(false);
+    };
+    if rules.group_rule_for(&info).is_some_and(|g| g.at != rule.at) {
+        return Ok(false);
+    }
+    Ok(in_force(pid.main_thread(), Some(&rule_label(rule))))
 }
 
 fn rule_label(rule: &Rule) -> String {

@@ -72,13 +72,20 @@ pub(super) fn process_info_for(
         cmdline: String::new(),
         uid: 0,
     };
-    // argv[0] of a rewritten command line is named by the executable: read it for both.
-    if needs.exe || needs.cmdline {
+    if needs.exe {
         info.exe = exe_of(proc, pid);
     }
     if needs.cmdline {
-        let exe = &info.exe;
-        (info.argv0, info.cmdline) = proc.cmdline(pid, MAX_CMDLINE as usize, |b| names(b, exe))?;
+        // argv[0] needs the executable only for a command line rewritten into one string,
+        // or cleared (`app::argv0`): read it then, not for every process.
+        let exe = &mut info.exe;
+        let known = needs.exe;
+        (info.argv0, info.cmdline) = proc.cmdline(pid, MAX_CMDLINE as usize, |b| {
+            if !known && app::argv0_needs_exe(b) {
+                *exe = exe_of(proc, pid);
+            }
+            names(b, exe)
+        })?;
     }
     if needs.comm {
         info.comm = proc.comm(pid)?;

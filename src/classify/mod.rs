@@ -27,7 +27,7 @@ pub const MAX_CMDLINE: u64 = 128 * 1024;
 mod by_rule;
 mod info;
 
-pub use by_rule::{ThreadOutcome, classify_process, classify_thread};
+pub use by_rule::{ThreadOutcome, classify_process, classify_thread, still_applied};
 
 pub use info::process_info;
 use info::process_info_for;

@@ -29,6 +29,16 @@ fn args(cmdline: &[u8]) -> impl Iterator<Item = &[u8]> {
     cmdline.split(|&b| b == 0).filter(|a| !a.is_empty())
 }
 
+/// Whether [`argv0`] of this command line depends on the executable: a cleared one, or one
+/// string with a space (rewritten). Any other is named by its own first argument.
+pub fn argv0_needs_exe(cmdline: &[u8]) -> bool {
+    let mut all = args(cmdline);
+    match all.next() {
+        None => true,
+        Some(first) => all.next().is_none() && first.contains(&b' '),
+    }
+}
+
 /// argv[0] as rules see it (see the module's comment); `exe` is the target of
 /// `/proc/<pid>/exe`, empty when it could not be read.
 pub fn argv0(cmdline: &[u8], exe: &str) -> String {
@@ -79,6 +89,25 @@ impl ProcessInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argv0_needs_the_executable_exactly_when_it_uses_it() {
+        for cmdline in [
+            &b""[..],
+            b"\0\0",
+            b"/bin/prog\0-x\0",
+            b"/usr/lib/chromium/chromium --type=renderer\0",
+            b"prog with spaces\0arg\0",
+            b"one\0",
+        ] {
+            let uses = argv0(cmdline, "/usr/lib/chromium/chromium") != argv0(cmdline, "");
+            assert!(!uses || argv0_needs_exe(cmdline), "{cmdline:?}");
+        }
+        assert!(!argv0_needs_exe(b"/bin/prog\0-x\0"));
+        assert!(argv0_needs_exe(
+            b"/usr/lib/chromium/chromium --type=renderer\0"
+        ));
+    }
 
     const EXE: &str = "/usr/lib/chromium/chromium-headless-shell";
 

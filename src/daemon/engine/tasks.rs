@@ -177,8 +177,16 @@ impl Engine {
                 .why
                 .get(&id)
                 .is_some_and(|w| w.pid == pid && w.by.starts_with("rule "));
-            if ruled {
-                touched += self.classify(pid, tid).0;
+            if !ruled {
+                continue;
+            }
+            // Most tasks still have what they were given: confirming it costs a
+            // `sched_getattr` (and for a process, its names), not a classification.
+            let rules = &self.loaded.rules;
+            use crate::place::PlaceError::Gone;
+            match crate::classify::still_applied(&self.session, rules, pid, tid) {
+                Ok(true) | Err(Gone(_)) => {}
+                _ => touched += self.classify(pid, tid).0,
             }
         }
         if touched > 0 {
@@ -186,18 +194,36 @@ impl Engine {
         }
     }
 
-    /// Classifies `task`; notes it for a recheck when a rule matched it.
+    /// Classifies `task`; notes it for a recheck when a rule matched it: a process as a
+    /// whole (its match) and each of its other classified threads on its own.
     fn classify_noting(&mut self, task: Recheck, rechecks: &mut Vec<Recheck>) -> usize {
-        let (changed, matched) = self.classify(task.0, task.1);
-        if matched {
+        let (pid, tid) = task;
+        let Some(outcome) = self.classify_outcome(pid, tid) else {
+            return 0;
+        };
+        if outcome.matched() {
             rechecks.push(task);
+            if tid.is_none() {
+                let others = outcome.classified().filter(|&t| t != pid.main_thread());
+                rechecks.extend(others.map(|t| (pid, Some(t))));
+            }
         }
-        changed
+        outcome.changed()
     }
 
     /// Classifies a process (or one of its threads); a task that is gone is not an error.
     /// Returns how many tasks changed, and whether a rule gave any of them a class.
     fn classify(&mut self, pid: ProcessId, tid: Option<ThreadId>) -> (usize, bool) {
+        self.classify_outcome(pid, tid)
+            .map_or((0, false), |o| (o.changed(), o.matched()))
+    }
+
+    /// [`Engine::classify`]'s outcome; `None`: gone, or an error (logged).
+    fn classify_outcome(
+        &mut self,
+        pid: ProcessId,
+        tid: Option<ThreadId>,
+    ) -> Option<crate::classify::ThreadOutcome> {
         use crate::classify::ThreadOutcome;
         let rules = std::mem::take(&mut self.loaded.rules);
         let r = match tid {
@@ -207,12 +233,12 @@ impl Engine {
         };
         self.loaded.rules = rules;
         match r {
-            Ok(o) => (o.changed(), o.matched()),
-            Err(crate::place::PlaceError::Gone(_)) => (0, false),
+            Ok(o) => Some(o),
+            Err(crate::place::PlaceError::Gone(_)) => None,
             Err(e) => {
                 let tid = tid.unwrap_or(pid.main_thread());
                 tracing::warn!(pid = pid.get(), tid = tid.get(), "rule not applied: {e}");
-                (0, false)
+                None
             }
         }
     }
