@@ -13,6 +13,9 @@ use crate::ops::{self, Dest, Moved};
 use crate::place::Held;
 use crate::procfs::{ProcError, Procfs, TaskKey};
 
+/// A check of a held target beyond its owner (a thread class's attributes, say).
+pub(super) type ExtraCheck<'a> = dyn Fn(&TaskRef, &Held) -> CliResult<()> + 'a;
+
 impl Engine {
     /// Holds each target by a pidfd, checks its owner (and `extra`, if any) while held, then
     /// moves the ones allowed, still held; refusals are per target.
@@ -21,7 +24,7 @@ impl Engine {
         caller: &Caller,
         dest: &Dest,
         targets: &[TaskRef],
-        extra: Option<&dyn Fn(&TaskRef, &Held) -> CliResult<()>>,
+        extra: Option<&ExtraCheck<'_>>,
     ) -> Vec<Moved> {
         let mut allowed = Vec::new();
         let mut refused = Vec::new();
