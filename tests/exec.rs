@@ -336,7 +336,8 @@ fn unprivileged_exec(d: &Daemon, args: &[&str]) -> Run {
 #[test]
 fn an_unprivileged_caller_goes_through_the_daemon_and_its_policy() {
     let config = "socket:\n  mode: \"0666\"\npolicy:\n  reserved:\n    - target: class:urgent\n      users: [12345]\n";
-    let Some(d) = Daemon::new("exec", config, None) else {
+    // Debug: a move applied in full is logged at that level only.
+    let Some(d) = Daemon::with("exec", config, None, &[], &[("CGQOS_LOG", "debug")]) else {
         return;
     };
     let shown = format!("/{}", d.root.file_name().unwrap().to_str().unwrap());

@@ -270,14 +270,16 @@ pub(super) async fn handle(
 ) -> Reply {
     let c = caller.clone();
     let op = req.op();
-    let summary = summarize(&req);
+    // Shared with the engine call, for the log line after it (summarised only if logged).
+    let req = Arc::new(req);
     // A reload reads files: not with the engine held.
-    let (reply, watch) = if matches!(req, Request::Reload) {
+    let (reply, watch) = if matches!(*req, Request::Reload) {
         (watch::reload_request(shared, &c, id).await, Vec::new())
     } else {
         // A panic inside is logged by `try_with_engine`; the caller learns no more.
         let reply_id = id.clone();
-        let call = move |e: &mut super::engine::Engine| e.handle(&c, id, &req);
+        let asked = req.clone();
+        let call = move |e: &mut super::engine::Engine| e.handle(&c, id, &asked);
         // Moves, pings and `where` are short: on this task. What writes groups or reads many
         // files (status, vm, restrict, reset) goes to the blocking pool.
         let short = matches!(op, "move" | "move_threads" | "ping" | "where");
@@ -295,25 +297,25 @@ pub(super) async fn handle(
             (r, Vec::new())
         })
     };
-    log_reply(caller, op, &summary, &reply);
+    log_reply(caller, op, &req, &reply);
     for (pid, starttime) in watch {
         watch::exit_watch(shared.clone(), pid, starttime);
     }
     reply
 }
 
-/// Logs what came of a request: refusals by the policy as warnings, reads at debug level.
-fn log_reply(caller: &Caller, op: &str, summary: &str, reply: &Reply) {
+/// Logs what came of a request: refusals by the policy and moves applied in part as
+/// warnings, failures and changes at info level; reads and moves applied in full at debug
+/// level (a line per placement is a formatted write per request). A disabled level builds
+/// no summary: tracing evaluates the arguments of enabled events only.
+fn log_reply(caller: &Caller, op: &str, req: &Request, reply: &Reply) {
+    let (uid, pid) = (caller.uid, caller.pid.unwrap_or(0));
     match (&reply.error, &reply.result) {
-        (Some(err), _) if err.code == Code::Denied => tracing::warn!(
-            uid = caller.uid,
-            pid = caller.pid.unwrap_or(0),
-            op,
-            "denied: {summary}: {}",
-            err.message
-        ),
+        (Some(err), _) if err.code == Code::Denied => {
+            tracing::warn!(uid, pid, op, "denied: {}: {}", summarize(req), err.message)
+        }
         (Some(err), _) => tracing::info!(
-            uid = caller.uid, pid = caller.pid.unwrap_or(0), op, code = ?err.code, "failed: {summary}: {}", err.message
+            uid, pid, op, code = ?err.code, "failed: {}: {}", summarize(req), err.message
         ),
         (None, Some(result)) if op == "move" || op == "move_threads" => {
             let refused: Vec<String> = result
@@ -324,36 +326,22 @@ fn log_reply(caller: &Caller, op: &str, summary: &str, reply: &Reply) {
                 .map(|m| format!("{} ({})", m["id"], m["error"].as_str().unwrap_or("")))
                 .collect();
             if refused.is_empty() {
-                tracing::info!(
-                    uid = caller.uid,
-                    pid = caller.pid.unwrap_or(0),
-                    op,
-                    "applied: {summary}"
-                );
+                tracing::debug!(uid, pid, op, "applied: {}", summarize(req));
             } else {
                 tracing::warn!(
-                    uid = caller.uid,
-                    pid = caller.pid.unwrap_or(0),
+                    uid,
+                    pid,
                     op,
-                    "applied in part: {summary}; not moved: {}",
+                    "applied in part: {}; not moved: {}",
+                    summarize(req),
                     refused.join(", ")
                 );
             }
         }
         _ if op == "ping" || op == "status" || op == "where" => {
-            tracing::debug!(
-                uid = caller.uid,
-                pid = caller.pid.unwrap_or(0),
-                op,
-                "{summary}"
-            )
+            tracing::debug!(uid, pid, op, "{}", summarize(req))
         }
-        _ => tracing::info!(
-            uid = caller.uid,
-            pid = caller.pid.unwrap_or(0),
-            op,
-            "applied: {summary}"
-        ),
+        _ => tracing::info!(uid, pid, op, "applied: {}", summarize(req)),
     }
 }
 

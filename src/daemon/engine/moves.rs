@@ -13,30 +13,36 @@ use crate::ops::{self, Dest, Moved};
 use crate::place::Held;
 use crate::procfs::{ProcError, Procfs, TaskKey};
 
+/// A check of a held target beyond its owner (a thread class's attributes, say).
+pub(super) type ExtraCheck<'a> = dyn Fn(&TaskRef, &Held) -> CliResult<()> + 'a;
+
 impl Engine {
-    /// Holds each target by a pidfd, checks its owner (and `extra`) while held, then moves
-    /// the ones allowed, still held; refusals are per target.
+    /// Holds each target by a pidfd, checks its owner (and `extra`, if any) while held, then
+    /// moves the ones allowed, still held; refusals are per target.
     pub(super) fn move_checked(
         &mut self,
         caller: &Caller,
         dest: &Dest,
         targets: &[TaskRef],
-        extra: impl Fn(&TaskRef, &Held) -> CliResult<()>,
+        extra: Option<&ExtraCheck<'_>>,
     ) -> Vec<Moved> {
         let mut allowed = Vec::new();
         let mut refused = Vec::new();
         for t in targets {
-            match self
-                .check_target(caller, dest, t)
-                .and_then(|held| extra(t, &held).map(|()| held))
-                .and_then(|held| {
-                    // `extra` read /proc too: still the held task?
-                    if held.still_there(&self.session.proc) {
-                        Ok(held)
-                    } else {
-                        Err(gone(t.id))
-                    }
-                }) {
+            let checked = self.check_target(caller, dest, t).and_then(|held| {
+                let Some(extra) = extra else {
+                    // `check_target` polled the hold after its last read.
+                    return Ok(held);
+                };
+                extra(t, &held)?;
+                // `extra` read /proc too: still the held task?
+                if held.still_there(&self.session.proc) {
+                    Ok(held)
+                } else {
+                    Err(gone(t.id))
+                }
+            });
+            match checked {
                 Ok(held) => allowed.push(ops::Task::Held(held)),
                 Err(e) => refused.push(Moved::failed(t.id, e)),
             }

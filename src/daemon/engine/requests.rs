@@ -104,7 +104,7 @@ impl Engine {
                 },
             )?;
         }
-        let moved = self.move_checked(caller, &Dest::Group(target), targets, |_, _| Ok(()));
+        let moved = self.move_checked(caller, &Dest::Group(target), targets, None);
         let by = requested_by(caller);
         let s = &mut self.session;
         crate::classify::record_moves(&mut s.state, &s.proc, &moved, &by, true);
@@ -129,7 +129,7 @@ impl Engine {
         let dest = ops::thread_dest(class, &self.loaded.rules.classes, requested_by(caller))
             .map_err(CliError::bad_input)?;
         let check = self.thread_check(caller, class, &dest, targets);
-        let moved = self.move_checked(caller, &dest, targets, check);
+        let moved = self.move_checked(caller, &dest, targets, Some(&check));
         if let Dest::Thread(ThreadDest::Vm(_)) = dest {
             // Thread classes record their own why; VM classes are recorded here.
             let by = requested_by(caller);

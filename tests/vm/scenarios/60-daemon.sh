@@ -12,7 +12,8 @@ if t_guest x86_64-nocpuset x86_64-nouclamp; then
 fi
 /vmtest/cgqos teardown >/dev/null 2>&1
 mkdir -p /etc/cgqos
-/vmtest/cgqos daemon >/tmp/daemon.log 2>&1 &
+# Debug level: a move applied in full is logged at debug (docs/deployment.md "Logging").
+CGQOS_LOG=debug /vmtest/cgqos daemon >/tmp/daemon.log 2>&1 &
 d=$!
 i=0
 while [ $i -lt 100 ] && [ ! -S /run/cgqos/cgqos.sock ]; do
