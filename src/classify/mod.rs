@@ -92,6 +92,14 @@ pub fn apply_class_held(
 /// back elsewhere (`layout::Group::real_time`). Each thread is held through the write; one
 /// that exited meanwhile is skipped. Returns how many threads changed.
 pub fn real_time_follows_group(s: &mut Session, classes: &Classes, pid: ProcessId) -> usize {
+    // No class is real-time (the shipped ones are not): nothing to look up on a move.
+    if !classes
+        .0
+        .iter()
+        .any(|c| c.attrs.policy.is_some_and(sched::is_realtime))
+    {
+        return 0;
+    }
     let recorded: Vec<(u32, StartTime, ClassDef, String)> = s
         .state
         .why
