@@ -365,6 +365,22 @@ mod tests {
     }
 
     #[test]
+    fn cgroup_classes_are_the_layout_tables_with_their_aliases() {
+        let word = |w: &str| CgroupClass::parse(w).map(CgroupClass::layout_class);
+        assert_eq!(word("urgent"), Some(Some(crate::layout::URGENT)));
+        assert_eq!(word("non-urgent"), Some(Some(crate::layout::NON_URGENT)));
+        assert_eq!(
+            word("nonurgent"),
+            word("non-urgent"),
+            "an alias of the table"
+        );
+        assert_eq!(word("default"), Some(None));
+        assert_eq!(word("middle"), None);
+        assert_eq!(CgroupClass::words(), "urgent, default or non-urgent");
+        assert_eq!(CgroupClass::DEFAULT.name(), "default");
+    }
+
+    #[test]
     fn schedqos_names_and_cgroup_class_names_resolve() {
         let c = Classes::default();
         assert_eq!(c.get("QOS_BACKGROUND").unwrap().name, "background");
