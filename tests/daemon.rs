@@ -197,19 +197,7 @@ fn an_unprivileged_caller_may_place_its_own_processes_only() {
         .gid(UNPRIV_UID)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let line = |tag: &str| {
-        text.split(tag)
-            .nth(1)
-            .and_then(|r| r.lines().next())
-            .unwrap_or_else(|| {
-                panic!(
-                    "no {tag} in {text} {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            })
-            .to_string()
-    };
+    let line = |tag: &str| tagged_line(&out, tag);
     let mine = line("MINE ");
     assert!(
         mine.contains("\"ok\":true") && mine.contains("chrome/background"),

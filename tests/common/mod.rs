@@ -240,6 +240,22 @@ pub fn child_test_command(exe: &Path, name: &str) -> Command {
     c
 }
 
+/// The rest of the line after `tag` in a helper program's stdout (a helper prints results as
+/// `TAG value`); panics with both outputs when there is none.
+pub fn tagged_line(out: &Output, tag: &str) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(tag)
+        .nth(1)
+        .and_then(|r| r.lines().next())
+        .unwrap_or_else(|| {
+            panic!(
+                "no {tag} in {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .to_string()
+}
+
 /// Removes what is left of a test's cgroup sub-root, deepest first (cgroupfs directories go
 /// with `rmdir`, never recursively). The last resort after `teardown`; errors are ignored.
 pub fn remove_tree(root: &Path) {
