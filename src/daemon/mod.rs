@@ -43,8 +43,10 @@ pub fn run(paths: Paths, socket: PathBuf, reset_on_exit: bool, dbus: bool) -> Cl
     let cfg = engine.loaded.config.clone();
     let std_listener =
         server::bind(&mut socket_dir, cfg.socket_mode, cfg.socket_gid).map_err(socket_err)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread serves every connection and watch: requests never contend for the engine
+    // among themselves, and one wake-up serves every ready connection. What may take long
+    // (status, reload, reset, vm, restrict, exits, a busy engine) runs on the blocking pool.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::new(Exit::Failure, format!("tokio runtime: {e}")))?;
