@@ -45,6 +45,20 @@ pub struct StateDir {
     journal: Option<Appender>,
     /// The baseline of the last value loaded or committed.
     token: u64,
+    /// Whether the directory outlives a reboot (not tmpfs or ramfs): only then are writes
+    /// flushed to the device (fsync, fdatasync). Checked once, when locked.
+    on_disk: bool,
+}
+
+/// Whether the file system of `dir` keeps its files in memory only (tmpfs, ramfs): a flush
+/// there does nothing a reboot would not undo anyway. Unknown counts as a disk.
+fn in_memory(dir: &OwnedFd) -> bool {
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    rustix::fs::fstatfs(dir).is_ok_and(|st| {
+        let magic = st.f_type as u64;
+        magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
+    })
 }
 
 /// The open journal.
@@ -331,15 +345,21 @@ impl StateDir {
         }
         Ok(StateDir {
             dir: dir.to_path_buf(),
-            fd,
             _lock: lock,
             journal: None,
             token: 0,
+            on_disk: !in_memory(&fd),
+            fd,
         })
     }
 
     pub fn path(&self) -> PathBuf {
         self.dir.join(STATE_FILE)
+    }
+
+    #[cfg(test)]
+    pub(super) fn flushes(&self) -> bool {
+        self.on_disk
     }
 
     /// Reads the state of `root` (the snapshot, then the journal replayed; a torn last line
@@ -395,7 +415,7 @@ impl StateDir {
     }
 
     /// Makes every change to `state` since it was loaded or last saved durable: appended to
-    /// the journal (one line per changed record, one write, fdatasync), or, for a value this
+    /// the journal (one line per changed record, one write, fdatasync on a disk), or, for a value this
     /// directory did not load, after a wholesale `clear`, or when the journal has outgrown
     /// the snapshot, written whole as a new snapshot.
     pub fn save(&mut self, state: &mut State) -> Result<(), StateError> {
@@ -410,7 +430,12 @@ impl StateDir {
         if j.len + lines.len() as u64 > j.snapshot_len + JOURNAL_SLACK {
             return self.compact(state);
         }
-        if let Err(source) = j.file.write_all(&lines).and_then(|()| j.file.sync_data()) {
+        let on_disk = self.on_disk;
+        let appended = j
+            .file
+            .write_all(&lines)
+            .and_then(|()| if on_disk { j.file.sync_data() } else { Ok(()) });
+        if let Err(source) = appended {
             // A partial line may be on disk: the next commit starts afresh from a snapshot.
             self.journal = None;
             return Err(StateError::Io {
@@ -451,7 +476,7 @@ impl StateDir {
 
     /// Replaces `name` atomically with `bytes`: a new temporary file (O_EXCL: never an
     /// existing file or a symlink), fsync, rename over `name`, fsync of the directory (so
-    /// the snapshot is in place before its journal is). Returns the file, open for
+    /// the snapshot is in place before its journal is); the two fsyncs on a disk only. Returns the file, open for
     /// appending.
     fn replace(&self, name: &str, bytes: &[u8]) -> Result<File, StateError> {
         let tmp_name = format!(".{name}.tmp");
@@ -470,10 +495,14 @@ impl StateDir {
         }
         .map_err(err(&tmp_name))?;
         f.write_all(bytes).map_err(err(&tmp_name))?;
-        f.sync_all().map_err(err(&tmp_name))?;
+        if self.on_disk {
+            f.sync_all().map_err(err(&tmp_name))?;
+        }
         rustix::fs::renameat(&self.fd, tmp_name.as_str(), &self.fd, name)
             .map_err(|e| err(name)(e.into()))?;
-        rustix::fs::fsync(&self.fd).map_err(|e| err(".")(e.into()))?;
+        if self.on_disk {
+            rustix::fs::fsync(&self.fd).map_err(|e| err(".")(e.into()))?;
+        }
         Ok(f)
     }
 

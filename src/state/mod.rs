@@ -5,7 +5,9 @@
 //! resets cgroups, starts clean) as a snapshot (`state.json`, replaced atomically: write to
 //! a temporary file, fsync, rename) and a journal of the changes since
 //! (`state.journal`, one self-checking line per changed record, appended and fdatasync'd
-//! before a change is acknowledged). A commit costs the changed records, not the whole
+//! before a change is acknowledged). On tmpfs or ramfs (the default `/run`) nothing is
+//! flushed: a written line already survives the daemon's death (it is in the page cache),
+//! and nothing there survives a reboot, flushed or not, nor do the tasks it records. A commit costs the changed records, not the whole
 //! state; the snapshot is rewritten when the journal outgrows it (amortised O(1) per
 //! change). An exclusive `flock` on a lock file serialises concurrent cgqos commands.
 

@@ -407,3 +407,27 @@ fn clear_removes_the_snapshot_and_the_journal() {
     assert!(!dir.path().join(JOURNAL_FILE).exists());
     assert!(read_unlocked(dir.path()).unwrap().is_none());
 }
+
+/// Writes are flushed (fsync, fdatasync) on a disk only: on tmpfs they would survive
+/// nothing more. Both kinds of directory still save and load alike.
+#[test]
+fn flushed_on_a_disk_not_on_tmpfs() {
+    let is_tmpfs = |p: &Path| rustix::fs::statfs(p).unwrap().f_type as u64 == 0x0102_1994;
+    let shm = Path::new("/dev/shm");
+    let disk = tempfile::tempdir().unwrap();
+    let mut dirs = vec![(disk.path().to_path_buf(), !is_tmpfs(disk.path()))];
+    let mem = is_tmpfs(shm).then(|| tempfile::tempdir_in(shm).unwrap());
+    dirs.extend(mem.iter().map(|d| (d.path().to_path_buf(), false)));
+    for (dir, flushed) in dirs {
+        let mut sd = StateDir::lock(&dir).unwrap();
+        assert_eq!(sd.flushes(), flushed, "{}", dir.display());
+        let mut s = sd.load(Path::new("/cg")).unwrap();
+        s.remember(ThreadId::new(10), rec(5, "/a"));
+        sd.save(&mut s).unwrap();
+        s.remember(ThreadId::new(11), rec(6, "/b"));
+        sd.save(&mut s).unwrap();
+        drop(sd);
+        let mut sd = StateDir::lock(&dir).unwrap();
+        assert_eq!(sd.load(Path::new("/cg")).unwrap().tasks, s.tasks);
+    }
+}
