@@ -28,7 +28,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Runs `f` on the engine off the async workers (file I/O and fsync inside). A panic in
+    /// Runs `f` on the engine off the runtime's thread (file I/O and fsync inside). A panic in
     /// `f` is logged and goes on unwinding in the caller's task; the engine stays usable.
     pub async fn with_engine<T: Send + 'static>(
         self: &Arc<Self>,
@@ -63,7 +63,7 @@ impl Shared {
     /// free, or becomes free within a few yields: no hand-off to the blocking pool and back
     /// (two thread switches, more than the call itself). Held longer by someone (a reload,
     /// a batch of events), the call goes to the blocking pool as `try_with_engine` does, so
-    /// the async workers never wait for the lock.
+    /// the runtime's one thread, which serves every connection, never waits for the lock.
     pub async fn try_with_engine_here<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&mut Engine) -> T + Send + 'static,
