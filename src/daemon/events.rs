@@ -5,12 +5,18 @@
 //! second, separate classification, not a duplicate to drop). A task that exits before it is
 //! handled is a normal event. When the kernel reports lost events (ENOBUFS: the receive
 //! buffer overflowed), the daemon rescans /proc, so nothing stays unclassified.
+//!
+//! Two sockets, each with a classic BPF filter that the kernel runs before queueing: one
+//! passes fork, exec and comm events and wakes the thread; the other passes exits, which only
+//! drop records (whose every use checks the task's start time anyway), and is read when the
+//! first wakes the thread, or [`EXIT_LAG`] after it did. So a process that starts and exits
+//! costs two wake-ups, not three, and events of no use (uid, gid, sid, ptrace, coredump) none.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
@@ -18,6 +24,7 @@ use rustix::net::{RecvFlags, SendFlags};
 
 use super::core::Shared;
 use crate::procfs::{ProcessId, ThreadId};
+use crate::sys::SockFilter;
 
 const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;
@@ -31,17 +38,60 @@ const PROC_EVENT_EXEC: u32 = 0x0000_0002;
 const PROC_EVENT_COMM: u32 = 0x0000_0200;
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 
+/// The events that wake the thread: they classify.
+const WAKING: [u32; 3] = [PROC_EVENT_FORK, PROC_EVENT_EXEC, PROC_EVENT_COMM];
+/// The events read without a wake-up of their own.
+const EXITS: [u32; 1] = [PROC_EVENT_EXIT];
+/// How long exits may wait in their socket after the last wake-up: then the thread watches
+/// that socket too (one timer wake-up after a burst of activity; none when idle).
+pub const EXIT_LAG: Duration = Duration::from_millis(250);
+/// Rechecks are due on this grid, so that processes started a few ms apart share a wake-up.
+const RECHECK_GRID: Duration = Duration::from_millis(16);
+
+/// A classic BPF program that passes a proc connector message whose `proc_event.what` is
+/// one of `accept` and drops every other (a message too short to hold it included).
+fn event_filter(accept: &[u32]) -> Vec<SockFilter> {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    let op = |code, jt, k| SockFilter { code, jt, jf: 0, k };
+    // The datagram starts at the netlink header; `what` follows the cn_msg header.
+    let what_at = (NLMSG_HDRLEN + CN_MSG_LEN) as u32;
+    let mut program = vec![op(LD_W_ABS, 0, what_at)];
+    let n = accept.len();
+    for (i, &what) in accept.iter().enumerate() {
+        // An absolute load reads big-endian; the kernel wrote `what` in its own order.
+        let loaded = u32::from_be_bytes(what.to_ne_bytes());
+        // Past the other comparisons and the drop, to the pass.
+        let to_pass = u8::try_from(n - i).expect("a short list");
+        program.push(op(JEQ_K, to_pass, loaded));
+    }
+    program.push(op(RET_K, 0, 0));
+    program.push(op(RET_K, 0, u32::MAX));
+    program
+}
+
 // What the engine reacts to: defined with it, so the engine needs nothing of this module.
 pub use super::engine::Event;
 use super::engine::{RECHECK_AFTER, Recheck};
 
+/// An event and its kernel timestamp (`proc_event.timestamp_ns`, CLOCK_MONOTONIC): events
+/// of the two sockets are put back in order by it.
+type Timed = (u64, Event);
+
 /// Decodes every event in one datagram (one or more netlink messages).
-pub fn parse(mut buf: &[u8]) -> Vec<Event> {
+pub fn parse(buf: &[u8]) -> Vec<Event> {
+    let mut out = Vec::new();
+    parse_timed(buf, &mut out);
+    out.into_iter().map(|(_, e)| e).collect()
+}
+
+/// [`parse`], keeping each event's timestamp; appends to `out`.
+fn parse_timed(mut buf: &[u8], out: &mut Vec<Timed>) {
     let u32_at = |b: &[u8], o: usize| -> Option<u32> {
         b.get(o..o + 4)
             .map(|s| u32::from_ne_bytes(s.try_into().expect("4 bytes")))
     };
-    let mut out = Vec::new();
     while buf.len() >= NLMSG_HDRLEN {
         let Some(len) = u32_at(buf, 0).map(|l| l as usize) else {
             break;
@@ -54,35 +104,10 @@ pub fn parse(mut buf: &[u8]) -> Vec<Event> {
         if msg.len() >= CN_MSG_LEN && u32_at(msg, 0) == Some(CN_IDX_PROC) {
             let ev = &msg[CN_MSG_LEN..];
             // proc_event: what, cpu, timestamp_ns (u64), then the union at offset 16.
-            let what = u32_at(ev, 0);
-            let field = |i: usize| u32_at(ev, 16 + 4 * i);
-            let e = match what {
-                // fork_proc_event: parent_pid, parent_tgid, child_pid, child_tgid.
-                Some(PROC_EVENT_FORK) => {
-                    field(0)
-                        .zip(field(2))
-                        .zip(field(3))
-                        .map(|((parent, tid), pid)| Event::Fork {
-                            tid: ThreadId::new(tid),
-                            pid: ProcessId::new(pid),
-                            parent: ThreadId::new(parent),
-                        })
-                }
-                Some(PROC_EVENT_EXEC) => field(0).zip(field(1)).map(|(tid, pid)| Event::Exec {
-                    tid: ThreadId::new(tid),
-                    pid: ProcessId::new(pid),
-                }),
-                Some(PROC_EVENT_COMM) => field(0).zip(field(1)).map(|(tid, pid)| Event::Comm {
-                    tid: ThreadId::new(tid),
-                    pid: ProcessId::new(pid),
-                }),
-                Some(PROC_EVENT_EXIT) => field(0).zip(field(1)).map(|(tid, pid)| Event::Exit {
-                    tid: ThreadId::new(tid),
-                    pid: ProcessId::new(pid),
-                }),
-                _ => None,
-            };
-            out.extend(e);
+            let at = ev
+                .get(8..16)
+                .map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes")));
+            out.extend(decode(u32_at(ev, 0), |i| u32_at(ev, 16 + 4 * i)).map(|e| (at, e)));
         }
         // Messages are 4-byte aligned.
         let next = (len + 3) & !3;
@@ -91,11 +116,38 @@ pub fn parse(mut buf: &[u8]) -> Vec<Event> {
         }
         buf = &buf[next..];
     }
-    out
 }
 
-/// Opens the connector and subscribes. `rcvbuf` bytes of receive buffer (root may exceed
-/// rmem_max with SO_RCVBUFFORCE).
+/// One `proc_event` of type `what`, its union's fields by index.
+fn decode(what: Option<u32>, field: impl Fn(usize) -> Option<u32>) -> Option<Event> {
+    match what? {
+        // fork_proc_event: parent_pid, parent_tgid, child_pid, child_tgid.
+        PROC_EVENT_FORK => field(0)
+            .zip(field(2))
+            .zip(field(3))
+            .map(|((parent, tid), pid)| Event::Fork {
+                tid: ThreadId::new(tid),
+                pid: ProcessId::new(pid),
+                parent: ThreadId::new(parent),
+            }),
+        PROC_EVENT_EXEC => field(0).zip(field(1)).map(|(tid, pid)| Event::Exec {
+            tid: ThreadId::new(tid),
+            pid: ProcessId::new(pid),
+        }),
+        PROC_EVENT_COMM => field(0).zip(field(1)).map(|(tid, pid)| Event::Comm {
+            tid: ThreadId::new(tid),
+            pid: ProcessId::new(pid),
+        }),
+        PROC_EVENT_EXIT => field(0).zip(field(1)).map(|(tid, pid)| Event::Exit {
+            tid: ThreadId::new(tid),
+            pid: ProcessId::new(pid),
+        }),
+        _ => None,
+    }
+}
+
+/// Opens the connector and subscribes to every event. `rcvbuf` bytes of receive buffer (root
+/// may exceed rmem_max with SO_RCVBUFFORCE).
 pub fn open(rcvbuf: usize) -> io::Result<OwnedFd> {
     let fd = super::watch::netlink_socket(rustix::net::netlink::CONNECTOR, CN_IDX_PROC, false)?;
     if let Err(e) = rustix::net::sockopt::set_socket_recv_buffer_size_force(&fd, rcvbuf) {
@@ -123,12 +175,37 @@ pub fn open(rcvbuf: usize) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// [`open`], passing only the events of types `accept` (the others are dropped by the
+/// kernel, before they are queued). Events queued before the filter is attached may be of
+/// any type: the reader copes.
+pub fn open_filtered(rcvbuf: usize, accept: &[u32]) -> io::Result<OwnedFd> {
+    let fd = open(rcvbuf)?;
+    crate::sys::attach_socket_filter(fd.as_fd(), &event_filter(accept))?;
+    Ok(fd)
+}
+
+/// The two sockets: one that wakes the thread, and the exits (see the module's note).
+struct Sockets {
+    waking: OwnedFd,
+    exits: OwnedFd,
+}
+
+impl Sockets {
+    fn open(rcvbuf: usize) -> io::Result<Sockets> {
+        Ok(Sockets {
+            waking: open_filtered(rcvbuf, &WAKING)?,
+            exits: open_filtered(rcvbuf, &EXITS)?,
+        })
+    }
+}
+
 /// Listens on a dedicated thread: events are read in batches and applied under one engine
-/// lock per batch; ENOBUFS triggers a full rescan. Tasks a batch classified are classified
-/// again after each of `RECHECK_AFTER` (`Rechecks`), between batches.
+/// lock per batch, with the rechecks then due; ENOBUFS on either socket triggers a full
+/// rescan (which also drops the records of tasks that exited). Tasks a batch classified are classified again after each of
+/// `RECHECK_AFTER` (`Rechecks`).
 pub fn listen(shared: Arc<Shared>, rcvbuf: usize) {
-    let fd = match open(rcvbuf) {
-        Ok(fd) => fd,
+    let sockets = match Sockets::open(rcvbuf) {
+        Ok(s) => s,
         Err(e) => {
             tracing::warn!(
                 "process events connector unavailable ({e}): rules apply only at start and on reload"
@@ -139,72 +216,93 @@ pub fn listen(shared: Arc<Shared>, rcvbuf: usize) {
     tracing::info!("listening to process events (receive buffer {rcvbuf} bytes)");
     std::thread::Builder::new()
         .name("cgqos-events".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut rechecks = Rechecks::default();
-            loop {
-                if !wait_readable(&fd, rechecks.next_due()) {
-                    let due = rechecks.take_due(Instant::now());
-                    let _ = super::core::run_caught(&shared.engine, |e| e.recheck(&due));
-                    continue;
-                }
-                let Some((events, lost)) = read_batch(&fd, &mut buf) else {
-                    return;
-                };
-                if lost {
-                    tracing::warn!(
-                        "process events were lost (receive buffer overflow): rescanning /proc"
-                    );
-                }
-                // A panic in one batch is logged (by `run_caught`) and the thread goes on: rules
-                // keep applying to what starts next.
-                let classified = super::core::run_caught(&shared.engine, |e| {
-                    if lost {
-                        e.rescan();
-                        Vec::new()
-                    } else {
-                        e.events(&events)
-                    }
-                });
-                if let Ok(tasks) = classified {
-                    rechecks.add(Instant::now(), &tasks);
-                }
-            }
-        })
+        .spawn(move || listen_on(&shared, &sockets))
         .expect("spawn the events thread");
 }
 
-/// Waits until the socket is readable (true) or `until` has come (false). Without `until`,
-/// returns at once: the blocking read waits.
-fn wait_readable(fd: &OwnedFd, until: Option<Instant>) -> bool {
-    let Some(until) = until else { return true };
+/// The events thread's loop; returns when a socket fails.
+fn listen_on(shared: &Shared, sockets: &Sockets) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut rechecks = Rechecks::new(Instant::now());
+    // Exits wait in their socket until `exits_due`; then (`watch_exits`) it is polled too.
+    let mut exits_due = Instant::now();
+    let mut watch_exits = true;
     loop {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let mut pfd = [PollFd::new(fd, PollFlags::IN)];
-        let wait = Timespec {
-            tv_sec: left.as_secs() as i64,
-            tv_nsec: i64::from(left.subsec_nanos()),
+        let lag_left = (!watch_exits).then_some(exits_due);
+        let until = [rechecks.next_due(), lag_left].into_iter().flatten().min();
+        wait_readable(sockets, watch_exits, until);
+        let now = Instant::now();
+        // Woken by the lag's end and nothing else (the exits read below): the exits socket
+        // is watched until the next wake-up, so an idle daemon has no timer.
+        watch_exits = !watch_exits && now >= exits_due;
+        exits_due = now + EXIT_LAG;
+        let mut events = Vec::new();
+        // Exits first: every exit read now happened before the events read after it.
+        let Some(exits_lost) = read_batch(&sockets.exits, &mut buf, &mut events) else {
+            return;
         };
-        match rustix::event::poll(&mut pfd, Some(&wait)) {
-            Ok(0) => return false,
-            Err(Errno::INTR) => continue,
-            // Readable, or an error the read will report.
-            _ => return true,
+        let Some(lost) = read_batch(&sockets.waking, &mut buf, &mut events) else {
+            return;
+        };
+        // Stable: a datagram's events keep their order.
+        events.sort_by_key(|&(at, _)| at);
+        let events: Vec<Event> = events.into_iter().map(|(_, e)| e).collect();
+        let due = rechecks.take_due(now);
+        if events.is_empty() && due.is_empty() && !lost && !exits_lost {
+            continue;
+        }
+        if lost || exits_lost {
+            tracing::warn!("process events were lost (receive buffer overflow): rescanning /proc");
+        }
+        // A panic in one batch is logged (by `run_caught`) and the thread goes on: rules
+        // keep applying to what starts next.
+        let classified = super::core::run_caught(&shared.engine, |e| {
+            if lost || exits_lost {
+                e.rescan();
+                return Vec::new();
+            }
+            let classified = e.events(&events);
+            e.recheck(&due);
+            classified
+        });
+        if let Ok(tasks) = classified {
+            rechecks.add(Instant::now(), &tasks);
         }
     }
 }
 
-/// Reads one batch: blocks for the first datagram, then drains what is queued (at most
-/// 4096 events). `lost`: the kernel dropped events meanwhile. `None`: the socket failed.
-fn read_batch(fd: &OwnedFd, buf: &mut [u8]) -> Option<(Vec<Event>, bool)> {
-    let mut events = Vec::new();
-    let mut lost = false;
-    let mut flags = RecvFlags::empty();
+/// Waits until the waking socket (or, with `exits`, the exits socket) is readable, or
+/// `until` has come.
+fn wait_readable(sockets: &Sockets, exits: bool, until: Option<Instant>) {
     loop {
-        let n = match rustix::net::recv(fd, &mut buf[..], flags) {
+        let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return;
+        }
+        let wait = left.map(|l| Timespec {
+            tv_sec: l.as_secs() as i64,
+            tv_nsec: i64::from(l.subsec_nanos()),
+        });
+        let mut pfd = [
+            PollFd::new(&sockets.waking, PollFlags::IN),
+            PollFd::new(&sockets.exits, PollFlags::IN),
+        ];
+        let n = if exits { 2 } else { 1 };
+        match rustix::event::poll(&mut pfd[..n], wait.as_ref()) {
+            Err(Errno::INTR) => continue,
+            // Readable, timed out, or an error the read will report.
+            _ => return,
+        }
+    }
+}
+
+/// Reads what is queued on `fd` without waiting (at most 4096 events), appending to
+/// `events`. `Some(true)`: the kernel dropped events meanwhile. `None`: the socket failed.
+fn read_batch(fd: &OwnedFd, buf: &mut [u8], events: &mut Vec<Timed>) -> Option<bool> {
+    let mut lost = false;
+    let start = events.len();
+    while events.len() - start < 4096 {
+        let n = match rustix::net::recv(fd, &mut buf[..], RecvFlags::DONTWAIT) {
             Ok((n, _)) => n,
             Err(Errno::NOBUFS) => {
                 lost = true;
@@ -220,30 +318,47 @@ fn read_batch(fd: &OwnedFd, buf: &mut [u8]) -> Option<(Vec<Event>, bool)> {
                 return None;
             }
         };
-        events.extend(parse(&buf[..n]));
-        flags = RecvFlags::DONTWAIT;
-        if events.len() >= 4096 {
-            break;
-        }
+        parse_timed(&buf[..n], events);
     }
-    Some((events, lost))
+    Some(lost)
 }
 
-/// Tasks to classify again, each after every delay of `RECHECK_AFTER`. The delays are
-/// constant, so each queue stays in time order. Bounded: in a fork storm, tasks beyond
-/// `MAX_RECHECKS` per queue are not rechecked (their events classified them already).
-#[derive(Default)]
+/// Tasks to classify again, each after every delay of `RECHECK_AFTER`, rounded up to
+/// [`RECHECK_GRID`]. The delays are constant, so each queue stays in time order. Bounded: in
+/// a fork storm, tasks beyond `MAX_RECHECKS` per queue are not rechecked (their events
+/// classified them already).
 struct Rechecks {
+    /// The grid's origin.
+    start: Instant,
     queues: [VecDeque<(Instant, Recheck)>; RECHECK_AFTER.len()],
 }
 
 const MAX_RECHECKS: usize = 16 * 1024;
 
 impl Rechecks {
+    fn new(start: Instant) -> Rechecks {
+        Rechecks {
+            start,
+            queues: Default::default(),
+        }
+    }
+
+    /// `t`, rounded up to the grid.
+    fn on_grid(&self, t: Instant) -> Instant {
+        let grid = RECHECK_GRID.as_nanos();
+        let steps = t
+            .saturating_duration_since(self.start)
+            .as_nanos()
+            .div_ceil(grid);
+        self.start + Duration::from_nanos((steps * grid) as u64)
+    }
+
     fn add(&mut self, now: Instant, tasks: &[Recheck]) {
-        for (queue, delay) in self.queues.iter_mut().zip(RECHECK_AFTER) {
+        for (i, delay) in RECHECK_AFTER.into_iter().enumerate() {
+            let due = self.on_grid(now + delay);
+            let queue = &mut self.queues[i];
             let room = MAX_RECHECKS.saturating_sub(queue.len());
-            queue.extend(tasks.iter().take(room).map(|&t| (now + delay, t)));
+            queue.extend(tasks.iter().take(room).map(|&t| (due, t)));
         }
     }
 
@@ -335,19 +450,77 @@ mod tests {
         let t0 = Instant::now();
         let a = (ProcessId::new(7), Some(ThreadId::new(8)));
         let b = (ProcessId::new(7), None);
-        let mut r = Rechecks::default();
+        let mut r = Rechecks::new(t0);
         assert_eq!(r.next_due(), None);
         r.add(t0, &[a, b, a]);
-        assert_eq!(r.next_due(), Some(t0 + RECHECK_AFTER[0]));
-        assert!(r.take_due(t0).is_empty());
-        assert_eq!(r.take_due(t0 + RECHECK_AFTER[0]), vec![b, a], "once each");
-        assert_eq!(r.next_due(), Some(t0 + RECHECK_AFTER[1]));
-        assert_eq!(r.take_due(t0 + RECHECK_AFTER[1]), vec![b, a]);
+        let [first, second] = RECHECK_AFTER.map(|d| r.on_grid(t0 + d));
+        assert!(first >= t0 + RECHECK_AFTER[0] && first < t0 + RECHECK_AFTER[0] + RECHECK_GRID);
+        assert_eq!(r.next_due(), Some(first));
+        assert!(r.take_due(t0 + RECHECK_AFTER[0] / 2).is_empty());
+        assert_eq!(r.take_due(first), vec![b, a], "once each");
+        assert_eq!(r.next_due(), Some(second));
+        assert_eq!(r.take_due(second), vec![b, a]);
         assert_eq!(r.next_due(), None);
+        // Tasks classified a few ms apart share their rechecks' wake-ups.
+        let later = t0 + Duration::from_millis(3);
+        r.add(later, &[b]);
+        r.add(later + Duration::from_millis(4), &[a]);
+        assert_eq!(
+            r.queues[0].front().map(|e| e.0),
+            r.queues[0].back().map(|e| e.0)
+        );
+        r.queues.iter_mut().for_each(VecDeque::clear);
         let many = vec![a; MAX_RECHECKS + 10];
         r.add(t0, &many);
         r.add(t0, &many);
         assert!(r.queues.iter().all(|q| q.len() == MAX_RECHECKS));
+    }
+
+    /// The filters on the real kernel: each socket gets only its types, a child's included.
+    #[test]
+    fn filtered_sockets_pass_only_their_event_types() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: the proc connector needs root");
+            return;
+        }
+        let sockets = Sockets::open(1 << 20).expect("open the connector");
+        let mut buf = vec![0u8; 64 * 1024];
+        let drain = |fd: &OwnedFd, buf: &mut [u8]| {
+            let mut events = Vec::new();
+            read_batch(fd, buf, &mut events).expect("read");
+            events.into_iter().map(|(_, e)| e).collect::<Vec<_>>()
+        };
+        // What was queued before the filters were attached may be of any type.
+        drain(&sockets.waking, &mut buf);
+        drain(&sockets.exits, &mut buf);
+        let child = std::process::Command::new("true")
+            .status()
+            .expect("run true");
+        assert!(child.success());
+        std::thread::sleep(Duration::from_millis(50));
+        let (waking, exits) = (
+            drain(&sockets.waking, &mut buf),
+            drain(&sockets.exits, &mut buf),
+        );
+        assert!(waking.iter().all(|e| !matches!(e, Event::Exit { .. })));
+        assert!(waking.iter().any(|e| matches!(e, Event::Fork { .. })));
+        assert!(waking.iter().any(|e| matches!(e, Event::Exec { .. })));
+        assert!(!exits.is_empty());
+        assert!(exits.iter().all(|e| matches!(e, Event::Exit { .. })));
+    }
+
+    #[test]
+    fn event_filter_compares_in_load_order_and_ends_in_drop_then_pass() {
+        let p = event_filter(&WAKING);
+        assert_eq!(p.len(), WAKING.len() + 3);
+        assert_eq!(p[0].k as usize, NLMSG_HDRLEN + CN_MSG_LEN);
+        for (i, what) in WAKING.iter().enumerate() {
+            let jeq = &p[1 + i];
+            assert_eq!(jeq.k.to_be_bytes(), what.to_ne_bytes());
+            // The jump lands on the last instruction: the pass.
+            assert_eq!(1 + i + 1 + usize::from(jeq.jt), p.len() - 1);
+        }
+        assert_eq!((p[p.len() - 2].k, p[p.len() - 1].k), (0, u32::MAX));
     }
 
     #[test]
