@@ -6,11 +6,14 @@
 //! handled is a normal event. When the kernel reports lost events (ENOBUFS: the receive
 //! buffer overflowed), the daemon rescans /proc, so nothing stays unclassified.
 //!
-//! Two sockets, each with a classic BPF filter that the kernel runs before queueing: one
-//! passes fork, exec and comm events and wakes the thread; the other passes exits, which only
-//! drop records (whose every use checks the task's start time anyway), and is read when the
-//! first wakes the thread, or [`EXIT_LAG`] after it did. So a process that starts and exits
-//! costs two wake-ups, not three, and events of no use (uid, gid, sid, ptrace, coredump) none.
+//! Two sockets, each with a classic BPF filter that the kernel runs before queueing. The
+//! waking one passes execs, renames and new threads, and wakes the thread. The quiet one
+//! passes exits (they only drop records, whose every use checks the task's start time anyway)
+//! and new processes (most exec at once, and their exec classifies them), and is read, before
+//! the waking one, whenever the thread wakes, or [`QUIET_LAG`] after it did; the events of
+//! both are put back in the kernel's order by their timestamps. So a process that starts,
+//! execs and exits costs one wake-up when processes start often, not three, and events of no
+//! use (uid, gid, sid, ptrace, coredump) none.
 
 use std::collections::VecDeque;
 use std::io;
@@ -38,42 +41,88 @@ const PROC_EVENT_EXEC: u32 = 0x0000_0002;
 const PROC_EVENT_COMM: u32 = 0x0000_0200;
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 
-/// The events that wake the thread: they classify.
-const WAKING: [u32; 3] = [PROC_EVENT_FORK, PROC_EVENT_EXEC, PROC_EVENT_COMM];
-/// The events read without a wake-up of their own.
-const EXITS: [u32; 1] = [PROC_EVENT_EXIT];
-/// How long exits may wait in their socket after the last wake-up: then the thread watches
-/// that socket too (one timer wake-up after a burst of activity; none when idle).
-pub const EXIT_LAG: Duration = Duration::from_millis(250);
-/// Rechecks are due on this grid, so that processes started a few ms apart share a wake-up.
-const RECHECK_GRID: Duration = Duration::from_millis(16);
-
-/// A classic BPF program that passes a proc connector message whose `proc_event.what` is
-/// one of `accept` and drops every other (a message too short to hold it included).
-fn event_filter(accept: &[u32]) -> Vec<SockFilter> {
-    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    let op = |code, jt, k| SockFilter { code, jt, jf: 0, k };
-    // The datagram starts at the netlink header; `what` follows the cn_msg header.
-    let what_at = (NLMSG_HDRLEN + CN_MSG_LEN) as u32;
-    let mut program = vec![op(LD_W_ABS, 0, what_at)];
-    let n = accept.len();
-    for (i, &what) in accept.iter().enumerate() {
-        // An absolute load reads big-endian; the kernel wrote `what` in its own order.
-        let loaded = u32::from_be_bytes(what.to_ne_bytes());
-        // Past the other comparisons and the drop, to the pass.
-        let to_pass = u8::try_from(n - i).expect("a short list");
-        program.push(op(JEQ_K, to_pass, loaded));
-    }
-    program.push(op(RET_K, 0, 0));
-    program.push(op(RET_K, 0, u32::MAX));
-    program
-}
-
 // What the engine reacts to: defined with it, so the engine needs nothing of this module.
 pub use super::engine::Event;
 use super::engine::{RECHECK_AFTER, Recheck};
+
+/// How long the quiet socket's events may wait after the last wake-up: then the thread
+/// watches that socket too (one timer wake-up after a burst of activity; none when idle).
+/// A process forked without an exec (a zygote's child) is classified within it.
+pub const QUIET_LAG: Duration = Duration::from_millis(16);
+/// Rechecks are due on this grid, so that processes started a few ms apart share a wake-up.
+const RECHECK_GRID: Duration = Duration::from_millis(16);
+
+/// Classic BPF, the few instructions the filters use.
+mod bpf {
+    use crate::sys::SockFilter;
+
+    /// A = the 32-bit word at `at` (an absolute load reads big-endian).
+    pub fn load(at: usize) -> SockFilter {
+        op(0x20, 0, 0, at as u32) // BPF_LD | BPF_W | BPF_ABS
+    }
+    /// X = A.
+    pub fn tax() -> SockFilter {
+        op(0x07, 0, 0, 0) // BPF_MISC | BPF_TAX
+    }
+    /// Skips `yes` instructions if A == `k` (as the kernel wrote it), else `no`.
+    pub fn jeq(k: u32, yes: u8, no: u8) -> SockFilter {
+        op(0x15, yes, no, u32::from_be_bytes(k.to_ne_bytes())) // BPF_JMP | BPF_JEQ | BPF_K
+    }
+    /// Skips `yes` instructions if A == X, else `no`.
+    pub fn jeq_x(yes: u8, no: u8) -> SockFilter {
+        op(0x1d, yes, no, 0) // BPF_JMP | BPF_JEQ | BPF_X
+    }
+    pub fn drop() -> SockFilter {
+        op(0x06, 0, 0, 0) // BPF_RET | BPF_K
+    }
+    pub fn pass() -> SockFilter {
+        op(0x06, 0, 0, u32::MAX)
+    }
+    fn op(code: u16, jt: u8, jf: u8, k: u32) -> SockFilter {
+        SockFilter { code, jt, jf, k }
+    }
+}
+
+/// Where the filters look: the datagram starts at the netlink header, `proc_event` follows
+/// the cn_msg header; a fork's child_pid and child_tgid are its union's third and fourth.
+const WHAT_AT: usize = NLMSG_HDRLEN + CN_MSG_LEN;
+const CHILD_PID_AT: usize = WHAT_AT + 16 + 8;
+const CHILD_TGID_AT: usize = WHAT_AT + 16 + 12;
+
+/// The waking socket's filter: execs, renames and new threads (a message too short for a
+/// load is dropped by the kernel).
+fn waking_filter() -> Vec<SockFilter> {
+    use bpf::*;
+    vec![
+        load(WHAT_AT),
+        jeq(PROC_EVENT_EXEC, 7, 0),
+        jeq(PROC_EVENT_COMM, 6, 0),
+        jeq(PROC_EVENT_FORK, 0, 4),
+        load(CHILD_PID_AT),
+        tax(),
+        load(CHILD_TGID_AT),
+        // A new process (child_pid == child_tgid) is the quiet socket's.
+        jeq_x(0, 1),
+        drop(),
+        pass(),
+    ]
+}
+
+/// The quiet socket's filter: exits and new processes.
+fn quiet_filter() -> Vec<SockFilter> {
+    use bpf::*;
+    vec![
+        load(WHAT_AT),
+        jeq(PROC_EVENT_EXIT, 6, 0),
+        jeq(PROC_EVENT_FORK, 0, 4),
+        load(CHILD_PID_AT),
+        tax(),
+        load(CHILD_TGID_AT),
+        jeq_x(1, 0),
+        drop(),
+        pass(),
+    ]
+}
 
 /// An event and its kernel timestamp (`proc_event.timestamp_ns`, CLOCK_MONOTONIC): events
 /// of the two sockets are put back in order by it.
@@ -175,26 +224,26 @@ pub fn open(rcvbuf: usize) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// [`open`], passing only the events of types `accept` (the others are dropped by the
-/// kernel, before they are queued). Events queued before the filter is attached may be of
-/// any type: the reader copes.
-pub fn open_filtered(rcvbuf: usize, accept: &[u32]) -> io::Result<OwnedFd> {
+/// [`open`], passing only the events `filter` passes (the others are dropped by the kernel,
+/// before they are queued). Events queued before the filter is attached may be of any type:
+/// the reader copes.
+fn open_filtered(rcvbuf: usize, filter: &[SockFilter]) -> io::Result<OwnedFd> {
     let fd = open(rcvbuf)?;
-    crate::sys::attach_socket_filter(fd.as_fd(), &event_filter(accept))?;
+    crate::sys::attach_socket_filter(fd.as_fd(), filter)?;
     Ok(fd)
 }
 
-/// The two sockets: one that wakes the thread, and the exits (see the module's note).
+/// The two sockets: one that wakes the thread, one read when it wakes (module's note).
 struct Sockets {
     waking: OwnedFd,
-    exits: OwnedFd,
+    quiet: OwnedFd,
 }
 
 impl Sockets {
     fn open(rcvbuf: usize) -> io::Result<Sockets> {
         Ok(Sockets {
-            waking: open_filtered(rcvbuf, &WAKING)?,
-            exits: open_filtered(rcvbuf, &EXITS)?,
+            waking: open_filtered(rcvbuf, &waking_filter())?,
+            quiet: open_filtered(rcvbuf, &quiet_filter())?,
         })
     }
 }
@@ -224,40 +273,45 @@ pub fn listen(shared: Arc<Shared>, rcvbuf: usize) {
 fn listen_on(shared: &Shared, sockets: &Sockets) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut rechecks = Rechecks::new(Instant::now());
-    // Exits wait in their socket until `exits_due`; then (`watch_exits`) it is polled too.
-    let mut exits_due = Instant::now();
-    let mut watch_exits = true;
+    // The quiet socket is polled (`watch_quiet`) unless the waking one had events less than
+    // `QUIET_LAG` ago (until `quiet_due`): a stream of processes then costs one wake-up
+    // each, and a lone exit or zygote fork one, as before.
+    let mut quiet_due = Instant::now();
+    let mut watch_quiet = true;
     loop {
-        let lag_left = (!watch_exits).then_some(exits_due);
+        let lag_left = (!watch_quiet).then_some(quiet_due);
         let until = [rechecks.next_due(), lag_left].into_iter().flatten().min();
-        wait_readable(sockets, watch_exits, until);
+        wait_readable(sockets, watch_quiet, until);
         let now = Instant::now();
-        // Woken by the lag's end and nothing else (the exits read below): the exits socket
-        // is watched until the next wake-up, so an idle daemon has no timer.
-        watch_exits = !watch_exits && now >= exits_due;
-        exits_due = now + EXIT_LAG;
         let mut events = Vec::new();
-        // Exits first: every exit read now happened before the events read after it.
-        let Some(exits_lost) = read_batch(&sockets.exits, &mut buf, &mut events) else {
+        // The quiet socket first: whatever it holds now happened before what the waking
+        // one holds after.
+        let Some(quiet_lost) = read_batch(&sockets.quiet, &mut buf, &mut events) else {
             return;
         };
+        let quiet = events.len();
         let Some(lost) = read_batch(&sockets.waking, &mut buf, &mut events) else {
             return;
         };
+        if events.len() > quiet {
+            (watch_quiet, quiet_due) = (false, now + QUIET_LAG);
+        } else if now >= quiet_due {
+            watch_quiet = true;
+        }
         // Stable: a datagram's events keep their order.
         events.sort_by_key(|&(at, _)| at);
         let events: Vec<Event> = events.into_iter().map(|(_, e)| e).collect();
         let due = rechecks.take_due(now);
-        if events.is_empty() && due.is_empty() && !lost && !exits_lost {
+        if events.is_empty() && due.is_empty() && !lost && !quiet_lost {
             continue;
         }
-        if lost || exits_lost {
+        if lost || quiet_lost {
             tracing::warn!("process events were lost (receive buffer overflow): rescanning /proc");
         }
         // A panic in one batch is logged (by `run_caught`) and the thread goes on: rules
         // keep applying to what starts next.
         let classified = super::core::run_caught(&shared.engine, |e| {
-            if lost || exits_lost {
+            if lost || quiet_lost {
                 e.rescan();
                 return Vec::new();
             }
@@ -271,9 +325,9 @@ fn listen_on(shared: &Shared, sockets: &Sockets) {
     }
 }
 
-/// Waits until the waking socket (or, with `exits`, the exits socket) is readable, or
-/// `until` has come.
-fn wait_readable(sockets: &Sockets, exits: bool, until: Option<Instant>) {
+/// Waits until the waking socket (or, with `quiet`, the quiet one) is readable, or `until`
+/// has come.
+fn wait_readable(sockets: &Sockets, quiet: bool, until: Option<Instant>) {
     loop {
         let left = until.map(|u| u.saturating_duration_since(Instant::now()));
         if left.is_some_and(|l| l.is_zero()) {
@@ -285,9 +339,9 @@ fn wait_readable(sockets: &Sockets, exits: bool, until: Option<Instant>) {
         });
         let mut pfd = [
             PollFd::new(&sockets.waking, PollFlags::IN),
-            PollFd::new(&sockets.exits, PollFlags::IN),
+            PollFd::new(&sockets.quiet, PollFlags::IN),
         ];
-        let n = if exits { 2 } else { 1 };
+        let n = if quiet { 2 } else { 1 };
         match rustix::event::poll(&mut pfd[..n], wait.as_ref()) {
             Err(Errno::INTR) => continue,
             // Readable, timed out, or an error the read will report.
@@ -476,9 +530,10 @@ mod tests {
         assert!(r.queues.iter().all(|q| q.len() == MAX_RECHECKS));
     }
 
-    /// The filters on the real kernel: each socket gets only its types, a child's included.
+    /// The filters on the real kernel: each socket gets only its events, those of a child
+    /// process and of a thread of this one included.
     #[test]
-    fn filtered_sockets_pass_only_their_event_types() {
+    fn filtered_sockets_pass_only_their_events() {
         if !rustix::process::geteuid().is_root() {
             eprintln!("skipped: the proc connector needs root");
             return;
@@ -492,35 +547,83 @@ mod tests {
         };
         // What was queued before the filters were attached may be of any type.
         drain(&sockets.waking, &mut buf);
-        drain(&sockets.exits, &mut buf);
+        drain(&sockets.quiet, &mut buf);
         let child = std::process::Command::new("true")
-            .status()
+            .spawn()
             .expect("run true");
-        assert!(child.success());
+        let child_pid = ProcessId::new(child.id());
+        assert!(child.wait_with_output().expect("wait").status.success());
+        let me = ProcessId::new(std::process::id());
+        let thread = std::thread::spawn(rustix::thread::gettid)
+            .join()
+            .expect("join");
+        let thread = ThreadId::new(thread.as_raw_nonzero().get() as u32);
         std::thread::sleep(Duration::from_millis(50));
-        let (waking, exits) = (
+        let (waking, quiet) = (
             drain(&sockets.waking, &mut buf),
-            drain(&sockets.exits, &mut buf),
+            drain(&sockets.quiet, &mut buf),
         );
-        assert!(waking.iter().all(|e| !matches!(e, Event::Exit { .. })));
-        assert!(waking.iter().any(|e| matches!(e, Event::Fork { .. })));
-        assert!(waking.iter().any(|e| matches!(e, Event::Exec { .. })));
-        assert!(!exits.is_empty());
-        assert!(exits.iter().all(|e| matches!(e, Event::Exit { .. })));
-    }
-
-    #[test]
-    fn event_filter_compares_in_load_order_and_ends_in_drop_then_pass() {
-        let p = event_filter(&WAKING);
-        assert_eq!(p.len(), WAKING.len() + 3);
-        assert_eq!(p[0].k as usize, NLMSG_HDRLEN + CN_MSG_LEN);
-        for (i, what) in WAKING.iter().enumerate() {
-            let jeq = &p[1 + i];
-            assert_eq!(jeq.k.to_be_bytes(), what.to_ne_bytes());
-            // The jump lands on the last instruction: the pass.
-            assert_eq!(1 + i + 1 + usize::from(jeq.jt), p.len() - 1);
+        let process_fork =
+            |e: &Event| matches!(*e, Event::Fork { tid, pid, .. } if tid == pid.main_thread());
+        for e in &waking {
+            assert!(
+                !process_fork(e) && !matches!(e, Event::Exit { .. }),
+                "{e:?}"
+            );
         }
-        assert_eq!((p[p.len() - 2].k, p[p.len() - 1].k), (0, u32::MAX));
+        for e in &quiet {
+            assert!(process_fork(e) || matches!(e, Event::Exit { .. }), "{e:?}");
+        }
+        let has = |list: &[Event], want: Event| {
+            list.iter().any(|e| match (*e, want) {
+                (Event::Fork { tid, pid, .. }, Event::Fork { tid: t, pid: p, .. }) => {
+                    tid == t && pid == p
+                }
+                (a, b) => a == b,
+            })
+        };
+        let pid_fork = Event::Fork {
+            tid: child_pid.main_thread(),
+            pid: child_pid,
+            parent: ThreadId::new(0),
+        };
+        assert!(has(&quiet, pid_fork), "{quiet:?}");
+        assert!(
+            has(
+                &waking,
+                Event::Exec {
+                    tid: child_pid.main_thread(),
+                    pid: child_pid
+                }
+            ),
+            "{waking:?}"
+        );
+        assert!(
+            has(
+                &quiet,
+                Event::Exit {
+                    tid: child_pid.main_thread(),
+                    pid: child_pid
+                }
+            ),
+            "{quiet:?}"
+        );
+        let thread_fork = Event::Fork {
+            tid: thread,
+            pid: me,
+            parent: ThreadId::new(0),
+        };
+        assert!(has(&waking, thread_fork), "{waking:?}");
+        assert!(
+            has(
+                &quiet,
+                Event::Exit {
+                    tid: thread,
+                    pid: me
+                }
+            ),
+            "{quiet:?}"
+        );
     }
 
     #[test]
