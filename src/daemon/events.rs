@@ -9,9 +9,10 @@
 //! Two sockets, each with a classic BPF filter that the kernel runs before queueing. The
 //! waking one passes execs, renames and new threads, and wakes the thread. The quiet one
 //! passes exits (they only drop records, whose every use checks the task's start time anyway)
-//! and new processes (most exec at once, and their exec classifies them), and is read, before
-//! the waking one, whenever the thread wakes, or [`QUIET_LAG`] after it did; the events of
-//! both are put back in the kernel's order by their timestamps. So a process that starts,
+//! and new processes (most exec at once, and their exec classifies them); it is read, before
+//! the waking one, whenever the thread wakes, and watched too once the waking one has been
+//! still for [`QUIET_LAG`]; the events of both are put back in the kernel's order by their
+//! timestamps. So a process that starts,
 //! execs and exits costs one wake-up when processes start often, not three, and events of no
 //! use (uid, gid, sid, ptrace, coredump) none.
 
