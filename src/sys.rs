@@ -2,8 +2,8 @@
 //! `rustix` offers. The scheduler attribute syscalls (no crate wraps `sched_attr` with its
 //! uclamp fields), tokio's `AsyncFd` registration, `localtime_r` (the local time zone is
 //! libc's), `sysconf(_SC_NPROCESSORS_ONLN)`, a flag-setting signal handler, and `exec`'s
-//! `clone3(CLONE_INTO_CGROUP)` with the signal mask and wait around it. Everything else
-//! goes through `rustix`.
+//! `clone3(CLONE_INTO_CGROUP)` with the signal mask and wait around it, and a socket's
+//! classic BPF filter (`SO_ATTACH_FILTER`). Everything else goes through `rustix`.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -29,6 +29,36 @@ pub struct SchedAttr {
     pub sched_period: u64,
     pub sched_util_min: u32,
     pub sched_util_max: u32,
+}
+
+/// One classic BPF instruction (`struct sock_filter`).
+pub type SockFilter = libc::sock_filter;
+
+/// `SO_ATTACH_FILTER`: the kernel runs `program` on each packet before queueing it to the
+/// socket and drops those it returns 0 for (the socket's reader is not woken for them).
+pub fn attach_socket_filter(fd: BorrowedFd<'_>, program: &[SockFilter]) -> io::Result<()> {
+    let len =
+        u16::try_from(program.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at `len` live instructions for the call's duration; the kernel
+    // copies (and checks) the program, and reads, never writes, through `filter`.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const prog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// `sched_getattr(2)`: a task's attributes (`tid` 0: the calling thread).

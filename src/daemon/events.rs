@@ -5,12 +5,22 @@
 //! second, separate classification, not a duplicate to drop). A task that exits before it is
 //! handled is a normal event. When the kernel reports lost events (ENOBUFS: the receive
 //! buffer overflowed), the daemon rescans /proc, so nothing stays unclassified.
+//!
+//! Two sockets, each with a classic BPF filter that the kernel runs before queueing. The
+//! waking one passes execs, renames and new threads, and wakes the thread. The quiet one
+//! passes exits (they only drop records, whose every use checks the task's start time anyway)
+//! and new processes (most exec at once, and their exec classifies them); it is read, before
+//! the waking one, whenever the thread wakes, and watched too once the waking one has been
+//! still for [`QUIET_LAG`]; the events of both are put back in the kernel's order by their
+//! timestamps. So a process that starts,
+//! execs and exits costs one wake-up when processes start often, not three, and events of no
+//! use (uid, gid, sid, ptrace, coredump) none.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
@@ -18,6 +28,10 @@ use rustix::net::{RecvFlags, SendFlags};
 
 use super::core::Shared;
 use crate::procfs::{ProcessId, ThreadId};
+use crate::sys::SockFilter;
+
+mod filter;
+use filter::{quiet_filter, waking_filter};
 
 const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;
@@ -35,13 +49,30 @@ const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 pub use super::engine::Event;
 use super::engine::{RECHECK_AFTER, Recheck};
 
+/// How long the quiet socket's events may wait after the last wake-up: then the thread
+/// watches that socket too (one timer wake-up after a burst of activity; none when idle).
+/// A process forked without an exec (a zygote's child) is classified within it.
+pub const QUIET_LAG: Duration = Duration::from_millis(16);
+/// Rechecks are due on this grid, so that processes started a few ms apart share a wake-up.
+const RECHECK_GRID: Duration = Duration::from_millis(16);
+
+/// An event and its kernel timestamp (`proc_event.timestamp_ns`, CLOCK_MONOTONIC): events
+/// of the two sockets are put back in order by it.
+type Timed = (u64, Event);
+
 /// Decodes every event in one datagram (one or more netlink messages).
-pub fn parse(mut buf: &[u8]) -> Vec<Event> {
+pub fn parse(buf: &[u8]) -> Vec<Event> {
+    let mut out = Vec::new();
+    parse_timed(buf, &mut out);
+    out.into_iter().map(|(_, e)| e).collect()
+}
+
+/// [`parse`], keeping each event's timestamp; appends to `out`.
+fn parse_timed(mut buf: &[u8], out: &mut Vec<Timed>) {
     let u32_at = |b: &[u8], o: usize| -> Option<u32> {
         b.get(o..o + 4)
             .map(|s| u32::from_ne_bytes(s.try_into().expect("4 bytes")))
     };
-    let mut out = Vec::new();
     while buf.len() >= NLMSG_HDRLEN {
         let Some(len) = u32_at(buf, 0).map(|l| l as usize) else {
             break;
@@ -54,35 +85,10 @@ pub fn parse(mut buf: &[u8]) -> Vec<Event> {
         if msg.len() >= CN_MSG_LEN && u32_at(msg, 0) == Some(CN_IDX_PROC) {
             let ev = &msg[CN_MSG_LEN..];
             // proc_event: what, cpu, timestamp_ns (u64), then the union at offset 16.
-            let what = u32_at(ev, 0);
-            let field = |i: usize| u32_at(ev, 16 + 4 * i);
-            let e = match what {
-                // fork_proc_event: parent_pid, parent_tgid, child_pid, child_tgid.
-                Some(PROC_EVENT_FORK) => {
-                    field(0)
-                        .zip(field(2))
-                        .zip(field(3))
-                        .map(|((parent, tid), pid)| Event::Fork {
-                            tid: ThreadId::new(tid),
-                            pid: ProcessId::new(pid),
-                            parent: ThreadId::new(parent),
-                        })
-                }
-                Some(PROC_EVENT_EXEC) => field(0).zip(field(1)).map(|(tid, pid)| Event::Exec {
-                    tid: ThreadId::new(tid),
-                    pid: ProcessId::new(pid),
-                }),
-                Some(PROC_EVENT_COMM) => field(0).zip(field(1)).map(|(tid, pid)| Event::Comm {
-                    tid: ThreadId::new(tid),
-                    pid: ProcessId::new(pid),
-                }),
-                Some(PROC_EVENT_EXIT) => field(0).zip(field(1)).map(|(tid, pid)| Event::Exit {
-                    tid: ThreadId::new(tid),
-                    pid: ProcessId::new(pid),
-                }),
-                _ => None,
-            };
-            out.extend(e);
+            let at = ev
+                .get(8..16)
+                .map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes")));
+            out.extend(decode(u32_at(ev, 0), |i| u32_at(ev, 16 + 4 * i)).map(|e| (at, e)));
         }
         // Messages are 4-byte aligned.
         let next = (len + 3) & !3;
@@ -91,11 +97,38 @@ pub fn parse(mut buf: &[u8]) -> Vec<Event> {
         }
         buf = &buf[next..];
     }
-    out
 }
 
-/// Opens the connector and subscribes. `rcvbuf` bytes of receive buffer (root may exceed
-/// rmem_max with SO_RCVBUFFORCE).
+/// One `proc_event` of type `what`, its union's fields by index.
+fn decode(what: Option<u32>, field: impl Fn(usize) -> Option<u32>) -> Option<Event> {
+    match what? {
+        // fork_proc_event: parent_pid, parent_tgid, child_pid, child_tgid.
+        PROC_EVENT_FORK => field(0)
+            .zip(field(2))
+            .zip(field(3))
+            .map(|((parent, tid), pid)| Event::Fork {
+                tid: ThreadId::new(tid),
+                pid: ProcessId::new(pid),
+                parent: ThreadId::new(parent),
+            }),
+        PROC_EVENT_EXEC => field(0).zip(field(1)).map(|(tid, pid)| Event::Exec {
+            tid: ThreadId::new(tid),
+            pid: ProcessId::new(pid),
+        }),
+        PROC_EVENT_COMM => field(0).zip(field(1)).map(|(tid, pid)| Event::Comm {
+            tid: ThreadId::new(tid),
+            pid: ProcessId::new(pid),
+        }),
+        PROC_EVENT_EXIT => field(0).zip(field(1)).map(|(tid, pid)| Event::Exit {
+            tid: ThreadId::new(tid),
+            pid: ProcessId::new(pid),
+        }),
+        _ => None,
+    }
+}
+
+/// Opens the connector and subscribes to every event. `rcvbuf` bytes of receive buffer (root
+/// may exceed rmem_max with SO_RCVBUFFORCE).
 pub fn open(rcvbuf: usize) -> io::Result<OwnedFd> {
     let fd = super::watch::netlink_socket(rustix::net::netlink::CONNECTOR, CN_IDX_PROC, false)?;
     if let Err(e) = rustix::net::sockopt::set_socket_recv_buffer_size_force(&fd, rcvbuf) {
@@ -123,12 +156,37 @@ pub fn open(rcvbuf: usize) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// [`open`], passing only the events `filter` passes (the others are dropped by the kernel,
+/// before they are queued). Events queued before the filter is attached may be of any type:
+/// the reader copes.
+fn open_filtered(rcvbuf: usize, filter: &[SockFilter]) -> io::Result<OwnedFd> {
+    let fd = open(rcvbuf)?;
+    crate::sys::attach_socket_filter(fd.as_fd(), filter)?;
+    Ok(fd)
+}
+
+/// The two sockets: one that wakes the thread, one read when it wakes (module's note).
+struct Sockets {
+    waking: OwnedFd,
+    quiet: OwnedFd,
+}
+
+impl Sockets {
+    fn open(rcvbuf: usize) -> io::Result<Sockets> {
+        Ok(Sockets {
+            waking: open_filtered(rcvbuf, &waking_filter())?,
+            quiet: open_filtered(rcvbuf, &quiet_filter())?,
+        })
+    }
+}
+
 /// Listens on a dedicated thread: events are read in batches and applied under one engine
-/// lock per batch; ENOBUFS triggers a full rescan. Tasks a batch classified are classified
-/// again after each of `RECHECK_AFTER` (`Rechecks`), between batches.
+/// lock per batch, with the rechecks then due; ENOBUFS on either socket triggers a full
+/// rescan (which also drops the records of tasks that exited). Tasks a batch classified are classified again after each of
+/// `RECHECK_AFTER` (`Rechecks`).
 pub fn listen(shared: Arc<Shared>, rcvbuf: usize) {
-    let fd = match open(rcvbuf) {
-        Ok(fd) => fd,
+    let sockets = match Sockets::open(rcvbuf) {
+        Ok(s) => s,
         Err(e) => {
             tracing::warn!(
                 "process events connector unavailable ({e}): rules apply only at start and on reload"
@@ -139,72 +197,98 @@ pub fn listen(shared: Arc<Shared>, rcvbuf: usize) {
     tracing::info!("listening to process events (receive buffer {rcvbuf} bytes)");
     std::thread::Builder::new()
         .name("cgqos-events".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut rechecks = Rechecks::default();
-            loop {
-                if !wait_readable(&fd, rechecks.next_due()) {
-                    let due = rechecks.take_due(Instant::now());
-                    let _ = super::core::run_caught(&shared.engine, |e| e.recheck(&due));
-                    continue;
-                }
-                let Some((events, lost)) = read_batch(&fd, &mut buf) else {
-                    return;
-                };
-                if lost {
-                    tracing::warn!(
-                        "process events were lost (receive buffer overflow): rescanning /proc"
-                    );
-                }
-                // A panic in one batch is logged (by `run_caught`) and the thread goes on: rules
-                // keep applying to what starts next.
-                let classified = super::core::run_caught(&shared.engine, |e| {
-                    if lost {
-                        e.rescan();
-                        Vec::new()
-                    } else {
-                        e.events(&events)
-                    }
-                });
-                if let Ok(tasks) = classified {
-                    rechecks.add(Instant::now(), &tasks);
-                }
-            }
-        })
+        .spawn(move || listen_on(&shared, &sockets))
         .expect("spawn the events thread");
 }
 
-/// Waits until the socket is readable (true) or `until` has come (false). Without `until`,
-/// returns at once: the blocking read waits.
-fn wait_readable(fd: &OwnedFd, until: Option<Instant>) -> bool {
-    let Some(until) = until else { return true };
+/// The events thread's loop; returns when a socket fails.
+fn listen_on(shared: &Shared, sockets: &Sockets) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut rechecks = Rechecks::new(Instant::now());
+    // The quiet socket is polled (`watch_quiet`) unless the waking one had events less than
+    // `QUIET_LAG` ago (until `quiet_due`): a stream of processes then costs one wake-up
+    // each, and a lone exit or zygote fork one, as before.
+    let mut quiet_due = Instant::now();
+    let mut watch_quiet = true;
     loop {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let mut pfd = [PollFd::new(fd, PollFlags::IN)];
-        let wait = Timespec {
-            tv_sec: left.as_secs() as i64,
-            tv_nsec: i64::from(left.subsec_nanos()),
+        let lag_left = (!watch_quiet).then_some(quiet_due);
+        let until = [rechecks.next_due(), lag_left].into_iter().flatten().min();
+        wait_readable(sockets, watch_quiet, until);
+        let now = Instant::now();
+        let mut events = Vec::new();
+        // The quiet socket first: whatever it holds now happened before what the waking
+        // one holds after.
+        let Some(quiet_lost) = read_batch(&sockets.quiet, &mut buf, &mut events) else {
+            return;
         };
-        match rustix::event::poll(&mut pfd, Some(&wait)) {
-            Ok(0) => return false,
-            Err(Errno::INTR) => continue,
-            // Readable, or an error the read will report.
-            _ => return true,
+        let quiet = events.len();
+        let Some(lost) = read_batch(&sockets.waking, &mut buf, &mut events) else {
+            return;
+        };
+        if events.len() > quiet {
+            (watch_quiet, quiet_due) = (false, now + QUIET_LAG);
+        } else if now >= quiet_due {
+            watch_quiet = true;
+        }
+        // Stable: a datagram's events keep their order.
+        events.sort_by_key(|&(at, _)| at);
+        let events: Vec<Event> = events.into_iter().map(|(_, e)| e).collect();
+        let due = rechecks.take_due(now);
+        if events.is_empty() && due.is_empty() && !lost && !quiet_lost {
+            continue;
+        }
+        if lost || quiet_lost {
+            tracing::warn!("process events were lost (receive buffer overflow): rescanning /proc");
+        }
+        // A panic in one batch is logged (by `run_caught`) and the thread goes on: rules
+        // keep applying to what starts next.
+        let classified = super::core::run_caught(&shared.engine, |e| {
+            if lost || quiet_lost {
+                e.rescan();
+                return Vec::new();
+            }
+            let classified = e.events(&events);
+            e.recheck(&due);
+            classified
+        });
+        if let Ok(tasks) = classified {
+            rechecks.add(Instant::now(), &tasks);
         }
     }
 }
 
-/// Reads one batch: blocks for the first datagram, then drains what is queued (at most
-/// 4096 events). `lost`: the kernel dropped events meanwhile. `None`: the socket failed.
-fn read_batch(fd: &OwnedFd, buf: &mut [u8]) -> Option<(Vec<Event>, bool)> {
-    let mut events = Vec::new();
-    let mut lost = false;
-    let mut flags = RecvFlags::empty();
+/// Waits until the waking socket (or, with `quiet`, the quiet one) is readable, or `until`
+/// has come.
+fn wait_readable(sockets: &Sockets, quiet: bool, until: Option<Instant>) {
     loop {
-        let n = match rustix::net::recv(fd, &mut buf[..], flags) {
+        let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return;
+        }
+        let wait = left.map(|l| Timespec {
+            tv_sec: l.as_secs() as i64,
+            tv_nsec: i64::from(l.subsec_nanos()),
+        });
+        let mut pfd = [
+            PollFd::new(&sockets.waking, PollFlags::IN),
+            PollFd::new(&sockets.quiet, PollFlags::IN),
+        ];
+        let n = if quiet { 2 } else { 1 };
+        match rustix::event::poll(&mut pfd[..n], wait.as_ref()) {
+            Err(Errno::INTR) => continue,
+            // Readable, timed out, or an error the read will report.
+            _ => return,
+        }
+    }
+}
+
+/// Reads what is queued on `fd` without waiting (at most 4096 events), appending to
+/// `events`. `Some(true)`: the kernel dropped events meanwhile. `None`: the socket failed.
+fn read_batch(fd: &OwnedFd, buf: &mut [u8], events: &mut Vec<Timed>) -> Option<bool> {
+    let mut lost = false;
+    let start = events.len();
+    while events.len() - start < 4096 {
+        let n = match rustix::net::recv(fd, &mut buf[..], RecvFlags::DONTWAIT) {
             Ok((n, _)) => n,
             Err(Errno::NOBUFS) => {
                 lost = true;
@@ -220,30 +304,47 @@ fn read_batch(fd: &OwnedFd, buf: &mut [u8]) -> Option<(Vec<Event>, bool)> {
                 return None;
             }
         };
-        events.extend(parse(&buf[..n]));
-        flags = RecvFlags::DONTWAIT;
-        if events.len() >= 4096 {
-            break;
-        }
+        parse_timed(&buf[..n], events);
     }
-    Some((events, lost))
+    Some(lost)
 }
 
-/// Tasks to classify again, each after every delay of `RECHECK_AFTER`. The delays are
-/// constant, so each queue stays in time order. Bounded: in a fork storm, tasks beyond
-/// `MAX_RECHECKS` per queue are not rechecked (their events classified them already).
-#[derive(Default)]
+/// Tasks to classify again, each after every delay of `RECHECK_AFTER`, rounded up to
+/// [`RECHECK_GRID`]. The delays are constant, so each queue stays in time order. Bounded: in
+/// a fork storm, tasks beyond `MAX_RECHECKS` per queue are not rechecked (their events
+/// classified them already).
 struct Rechecks {
+    /// The grid's origin.
+    start: Instant,
     queues: [VecDeque<(Instant, Recheck)>; RECHECK_AFTER.len()],
 }
 
 const MAX_RECHECKS: usize = 16 * 1024;
 
 impl Rechecks {
+    fn new(start: Instant) -> Rechecks {
+        Rechecks {
+            start,
+            queues: Default::default(),
+        }
+    }
+
+    /// `t`, rounded up to the grid.
+    fn on_grid(&self, t: Instant) -> Instant {
+        let grid = RECHECK_GRID.as_nanos();
+        let steps = t
+            .saturating_duration_since(self.start)
+            .as_nanos()
+            .div_ceil(grid);
+        self.start + Duration::from_nanos((steps * grid) as u64)
+    }
+
     fn add(&mut self, now: Instant, tasks: &[Recheck]) {
-        for (queue, delay) in self.queues.iter_mut().zip(RECHECK_AFTER) {
+        for (i, delay) in RECHECK_AFTER.into_iter().enumerate() {
+            let due = self.on_grid(now + delay);
+            let queue = &mut self.queues[i];
             let room = MAX_RECHECKS.saturating_sub(queue.len());
-            queue.extend(tasks.iter().take(room).map(|&t| (now + delay, t)));
+            queue.extend(tasks.iter().take(room).map(|&t| (due, t)));
         }
     }
 
@@ -335,19 +436,126 @@ mod tests {
         let t0 = Instant::now();
         let a = (ProcessId::new(7), Some(ThreadId::new(8)));
         let b = (ProcessId::new(7), None);
-        let mut r = Rechecks::default();
+        let mut r = Rechecks::new(t0);
         assert_eq!(r.next_due(), None);
         r.add(t0, &[a, b, a]);
-        assert_eq!(r.next_due(), Some(t0 + RECHECK_AFTER[0]));
-        assert!(r.take_due(t0).is_empty());
-        assert_eq!(r.take_due(t0 + RECHECK_AFTER[0]), vec![b, a], "once each");
-        assert_eq!(r.next_due(), Some(t0 + RECHECK_AFTER[1]));
-        assert_eq!(r.take_due(t0 + RECHECK_AFTER[1]), vec![b, a]);
+        let [first, second] = RECHECK_AFTER.map(|d| r.on_grid(t0 + d));
+        assert!(first >= t0 + RECHECK_AFTER[0] && first < t0 + RECHECK_AFTER[0] + RECHECK_GRID);
+        assert_eq!(r.next_due(), Some(first));
+        assert!(r.take_due(t0 + RECHECK_AFTER[0] / 2).is_empty());
+        assert_eq!(r.take_due(first), vec![b, a], "once each");
+        assert_eq!(r.next_due(), Some(second));
+        assert_eq!(r.take_due(second), vec![b, a]);
         assert_eq!(r.next_due(), None);
+        // Tasks classified a few ms apart share their rechecks' wake-ups.
+        let later = t0 + Duration::from_millis(3);
+        r.add(later, &[b]);
+        r.add(later + Duration::from_millis(4), &[a]);
+        assert_eq!(
+            r.queues[0].front().map(|e| e.0),
+            r.queues[0].back().map(|e| e.0)
+        );
+        r.queues.iter_mut().for_each(VecDeque::clear);
         let many = vec![a; MAX_RECHECKS + 10];
         r.add(t0, &many);
         r.add(t0, &many);
         assert!(r.queues.iter().all(|q| q.len() == MAX_RECHECKS));
+    }
+
+    /// The filters on the real kernel: each socket gets only its events, those of a child
+    /// process and of a thread of this one included.
+    #[test]
+    fn filtered_sockets_pass_only_their_events() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: the proc connector needs root");
+            return;
+        }
+        let sockets = Sockets::open(1 << 20).expect("open the connector");
+        let mut buf = vec![0u8; 64 * 1024];
+        let drain = |fd: &OwnedFd, buf: &mut [u8]| {
+            let mut events = Vec::new();
+            read_batch(fd, buf, &mut events).expect("read");
+            events.into_iter().map(|(_, e)| e).collect::<Vec<_>>()
+        };
+        // What was queued before the filters were attached may be of any type.
+        drain(&sockets.waking, &mut buf);
+        drain(&sockets.quiet, &mut buf);
+        let child = std::process::Command::new("true")
+            .spawn()
+            .expect("run true");
+        let child_pid = ProcessId::new(child.id());
+        assert!(child.wait_with_output().expect("wait").status.success());
+        let me = ProcessId::new(std::process::id());
+        let thread = std::thread::spawn(rustix::thread::gettid)
+            .join()
+            .expect("join");
+        let thread = ThreadId::new(thread.as_raw_nonzero().get() as u32);
+        std::thread::sleep(Duration::from_millis(50));
+        let (waking, quiet) = (
+            drain(&sockets.waking, &mut buf),
+            drain(&sockets.quiet, &mut buf),
+        );
+        let process_fork =
+            |e: &Event| matches!(*e, Event::Fork { tid, pid, .. } if tid == pid.main_thread());
+        for e in &waking {
+            assert!(
+                !process_fork(e) && !matches!(e, Event::Exit { .. }),
+                "{e:?}"
+            );
+        }
+        for e in &quiet {
+            assert!(process_fork(e) || matches!(e, Event::Exit { .. }), "{e:?}");
+        }
+        let has = |list: &[Event], want: Event| {
+            list.iter().any(|e| match (*e, want) {
+                (Event::Fork { tid, pid, .. }, Event::Fork { tid: t, pid: p, .. }) => {
+                    tid == t && pid == p
+                }
+                (a, b) => a == b,
+            })
+        };
+        let pid_fork = Event::Fork {
+            tid: child_pid.main_thread(),
+            pid: child_pid,
+            parent: ThreadId::new(0),
+        };
+        assert!(has(&quiet, pid_fork), "{quiet:?}");
+        assert!(
+            has(
+                &waking,
+                Event::Exec {
+                    tid: child_pid.main_thread(),
+                    pid: child_pid
+                }
+            ),
+            "{waking:?}"
+        );
+        assert!(
+            has(
+                &quiet,
+                Event::Exit {
+                    tid: child_pid.main_thread(),
+                    pid: child_pid
+                }
+            ),
+            "{quiet:?}"
+        );
+        let thread_fork = Event::Fork {
+            tid: thread,
+            pid: me,
+            parent: ThreadId::new(0),
+        };
+        assert!(has(&waking, thread_fork), "{waking:?}");
+        assert!(
+            has(
+                &quiet,
+                Event::Exit {
+                    tid: thread,
+                    pid: me
+                }
+            ),
+            "{quiet:?}"
+        );
     }
 
     #[test]
