@@ -16,9 +16,10 @@
 #   isolated  100 ms of quiet before each command: the write waits for a grace period
 # and, with `perf` installed, a third pass `cpu`: the warm state with each command run under
 # `perf stat` (its CPU time and page faults, not wall time).
-# The commands: `sh` (the echo) and, per binary, `cli` (--direct), `cli-nosock` (no --direct,
-# the socket path does not exist: what a plain `cgqos move` costs when no daemon runs) and
-# `version` (`cgqos --version`: the binary's start-up alone, nothing moved).
+# The commands: `sh` (the echo) and, per binary, `cli` (--direct), `cli-recorded` (--direct
+# without --cgroup-root: the root recorded in the state, as a user types it), `cli-nosock` (no
+# --direct, the socket path does not exist: what a plain `cgqos move` costs when no daemon
+# runs) and `version` (`cgqos --version`: the binary's start-up alone, nothing moved).
 # Prints p50 / p90 per row (microseconds: wall time, CPU time in the cpu pass), the ratio of
 # the p50s to sh's, and the p50 of page faults in the cpu pass.
 set -uo pipefail
@@ -33,7 +34,7 @@ while [[ $# -gt 0 ]]; do
 	--floor)
 		if [[ $2 == *=* ]]; then floors+=("$2"); else floors+=("$((${#floors[@]} + 1))=$2"); fi
 		shift 2 ;;
-	-h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "cli.sh: unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -76,6 +77,7 @@ command_of() { # KIND BIN GROUP: sets cmd
 	case $1 in
 	sh) cmd=(sh -c "echo $child > $root/chrome/$3/cgroup.procs") ;;
 	cli) c_args "$2" --direct move "$child" "$3" ;;
+	cli-recorded) cmd=("$2" -qq --state-dir "$state" --direct move "$child" "$3") ;;
 	cli-nosock) c_args "$2" --socket "$state/no-daemon.sock" move "$child" "$3" ;;
 	version | floor) cmd=("$2" --version) ;;
 	esac
@@ -84,7 +86,7 @@ command_of() { # KIND BIN GROUP: sets cmd
 declare -A bin_of samples faults
 rows=(sh)
 for i in "${!bins[@]}"; do
-	for kind in cli cli-nosock version; do
+	for kind in cli cli-recorded cli-nosock version; do
 		rows+=("$kind:${labels[$i]}")
 		bin_of[$kind:${labels[$i]}]=${bins[$i]}
 	done

@@ -354,8 +354,12 @@ impl Procfs {
     /// Many records: read to the end (`fs::read`), not with one read.
     pub fn mountinfo(&self) -> Result<String, ProcError> {
         let path = self.root.join("self/mountinfo");
-        fs::read(&path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
+        // Room for a few hundred mounts up front: `fs::read` of a size-0 file starts with
+        // 32-byte reads and doubles, eight calls for twenty mounts.
+        let mut bytes = Vec::with_capacity(16 << 10);
+        fs::File::open(&path)
+            .and_then(|mut f| io::Read::read_to_end(&mut f, &mut bytes))
+            .map(|_| String::from_utf8_lossy(&bytes).into_owned())
             .map_err(|source| ProcError::Io { path, source })
     }
 }

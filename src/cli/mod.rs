@@ -379,6 +379,12 @@ impl Ctx {
         if let Some(r) = crate::state::recorded_root(&self.g.state_dir)? {
             return Ok(r);
         }
+        self.mount_root()
+    }
+
+    /// The cgroup2 mount showing the hierarchy's root (else the first one): the cgqos root
+    /// when neither `--cgroup-root` nor the state names one.
+    fn mount_root(&self) -> CliResult<PathBuf> {
         let mounts = crate::cgroupfs::cgroup2_mounts(&self.mountinfo());
         mounts
             .iter()
@@ -455,11 +461,16 @@ impl Ctx {
     }
 
     /// Everything a command that moves tasks needs, with the state file locked and loaded.
+    /// The root is `cgroup_root`'s, taken from the state this loads (one read of it).
     pub fn session(&self) -> CliResult<Session> {
-        let cg = self.cgroupfs()?;
-        let map = self.map(cg.root());
         let mut sd = self.state_dir()?;
-        let state = sd.load(cg.root())?;
+        let (root, state) = sd.load_for(|recorded| match (&self.g.cgroup_root, recorded) {
+            (Some(given), _) => Ok(given.clone()),
+            (None, Some(recorded)) => Ok(recorded.to_path_buf()),
+            (None, None) => self.mount_root(),
+        })?;
+        let cg = CgroupFs::new(root);
+        let map = self.map(cg.root());
         Ok(Session {
             map,
             proc: self.procfs(),

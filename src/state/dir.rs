@@ -167,10 +167,13 @@ fn read_snapshot(dir: &OwnedFd, path: &Path) -> Result<Option<(State, u64)>, Sta
 /// The whole of a regular file, refused beyond `MAX_STATE_BYTES` (never cut short: a cut
 /// journal would look like a torn one).
 fn read_capped(f: &File) -> io::Result<Vec<u8>> {
-    if !f.metadata()?.is_file() {
+    let meta = f.metadata()?;
+    if !meta.is_file() {
         return Err(io::Error::other("not a regular file"));
     }
-    let mut bytes = Vec::new();
+    // Room for the whole file and the read that finds its end: two reads, not a dozen
+    // growing ones (`take` hides the size from `read_to_end`).
+    let mut bytes = Vec::with_capacity(meta.len().min(MAX_STATE_BYTES) as usize + 1);
     f.take(MAX_STATE_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_STATE_BYTES {
         return Err(io::Error::other(format!(
@@ -307,15 +310,21 @@ impl StateDir {
     /// Creates the directory if needed (mode 0755), checks it is safe, and takes the lock
     /// (blocking, a few seconds at most).
     pub fn lock(dir: &Path) -> Result<StateDir, StateError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(|source| StateError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        let fd = open_checked(dir)?;
+        // Made only when missing: opening an existing one is one call, not three.
+        let fd = match open_checked(dir) {
+            Err(StateError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(dir)
+                    .map_err(|source| StateError::Io {
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+                open_checked(dir)?
+            }
+            r => r?,
+        };
         let lock_path = dir.join(LOCK_FILE);
         let lock =
             open_at(&fd, LOCK_FILE, OFlags::RDWR | OFlags::CREATE, 0o600).map_err(|source| {
@@ -366,10 +375,21 @@ impl StateDir {
     /// is dropped and cut off); an absent state is an empty one. A state recorded for
     /// another root is refused, never rewritten; so is a file of an unknown version.
     pub fn load(&mut self, root: &Path) -> Result<State, StateError> {
+        let given = |_: Option<&Path>| Ok::<_, StateError>(root.to_path_buf());
+        self.load_for(given).map(|(_, state)| state)
+    }
+
+    /// `load` for the root `pick` chooses from the one recorded (if any): one read of the
+    /// state where finding the root first and then loading would read it twice. Returns the
+    /// root with the state.
+    pub fn load_for<E: From<StateError>>(
+        &mut self,
+        pick: impl FnOnce(Option<&Path>) -> Result<PathBuf, E>,
+    ) -> Result<(PathBuf, State), E> {
         let path = self.path();
         self.journal = None;
         let (mut state, journal) = match read_on_disk(&self.fd, &self.dir, true)? {
-            Found::NewerJournal => return Err(newer_journal(&self.dir)),
+            Found::NewerJournal => return Err(newer_journal(&self.dir).into()),
             // A fresh state records the groups it creates from the start.
             Found::Nothing => {
                 let fresh = State {
@@ -388,13 +408,15 @@ impl StateDir {
                 (d.state, j)
             }
         };
+        let root = pick(state.root.as_deref())?;
         if let Some(other) = &state.root {
-            if !same_dir(other, root) {
+            if !same_dir(other, &root) {
                 return Err(StateError::OtherRoot {
                     path,
                     other: other.display().to_string(),
                     ours: root.display().to_string(),
-                });
+                }
+                .into());
             }
         }
         if let Some(j) = &journal {
@@ -407,11 +429,11 @@ impl StateDir {
         // A version 1 snapshot has no journal: the first commit writes a version 2 one.
         self.journal = journal.filter(|_| state.version == VERSION);
         state.version = VERSION;
-        state.root.get_or_insert_with(|| root.to_path_buf());
+        state.root.get_or_insert_with(|| root.clone());
         state.settle();
         self.token = next_token();
         state.baseline = Baseline(Some(self.token));
-        Ok(state)
+        Ok((root, state))
     }
 
     /// Makes every change to `state` since it was loaded or last saved durable: appended to

@@ -64,6 +64,41 @@ fn state_of_another_root_is_not_mixed_in() {
     ));
 }
 #[test]
+fn load_for_takes_the_recorded_root_and_asks_only_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sd = StateDir::lock(dir.path()).unwrap();
+    // Nothing recorded: the picked root, which the first commit records.
+    let (root, mut s) = sd
+        .load_for(|recorded| {
+            assert_eq!(recorded, None);
+            Ok::<_, StateError>(PathBuf::from("/one"))
+        })
+        .unwrap();
+    assert_eq!(root, PathBuf::from("/one"));
+    sd.save(&mut s).unwrap();
+    let (root, _) = sd
+        .load_for(|recorded| Ok::<_, StateError>(recorded.unwrap().to_path_buf()))
+        .unwrap();
+    assert_eq!(root, PathBuf::from("/one"));
+    // A root picked against the recorded one is refused, as `load` refuses it.
+    let e = sd
+        .load_for(|_| Ok::<_, StateError>(PathBuf::from("/two")))
+        .unwrap_err();
+    assert!(matches!(e, StateError::OtherRoot { .. }), "{e}");
+}
+
+#[test]
+fn a_missing_state_directory_is_made_and_an_existing_file_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("a/b");
+    StateDir::lock(&nested).unwrap();
+    assert!(nested.join(LOCK_FILE).exists());
+    let file = dir.path().join("file");
+    fs::write(&file, "").unwrap();
+    assert!(StateDir::lock(&file).is_err());
+}
+
+#[test]
 fn a_planted_temporary_symlink_is_replaced_not_followed() {
     let dir = tempfile::tempdir().unwrap();
     let target = tempfile::NamedTempFile::new().unwrap();
