@@ -180,7 +180,10 @@ impl Global {
     }
 }
 
+// Deferred: only the subcommand that runs builds its arguments (the start-up of every
+// command: docs/performance.md, "CLI start-up, third pass").
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum Command {
     /// Detect CPU tiers: which CPUs are usable and which are little
     Detect(detect::DetectArgs),
