@@ -46,33 +46,39 @@ const CHILD_TGID_AT: usize = WHAT_AT + 16 + 12;
 /// load is dropped by the kernel).
 pub(super) fn waking_filter() -> Vec<SockFilter> {
     use bpf::*;
-    vec![
+    let mut program = vec![
         load(WHAT_AT),
         jeq(PROC_EVENT_EXEC, 7, 0),
         jeq(PROC_EVENT_COMM, 6, 0),
         jeq(PROC_EVENT_FORK, 0, 4),
-        load(CHILD_PID_AT),
-        tax(),
-        load(CHILD_TGID_AT),
-        // A new process (child_pid == child_tgid) is the quiet socket's.
-        jeq_x(0, 1),
-        drop(),
-        pass(),
-    ]
+    ];
+    // A new process is the quiet socket's: dropped here, a new thread passed.
+    program.extend(if_new_process(0, 1));
+    program.extend([drop(), pass()]);
+    program
 }
 
 /// The quiet socket's filter: exits and new processes.
 pub(super) fn quiet_filter() -> Vec<SockFilter> {
     use bpf::*;
-    vec![
+    let mut program = vec![
         load(WHAT_AT),
         jeq(PROC_EVENT_EXIT, 6, 0),
         jeq(PROC_EVENT_FORK, 0, 4),
+    ];
+    program.extend(if_new_process(1, 0));
+    program.extend([drop(), pass()]);
+    program
+}
+
+/// For a fork event: skips `yes` instructions after these four if the child is a new
+/// process (child_pid == child_tgid), `no` if it is a new thread.
+fn if_new_process(yes: u8, no: u8) -> [SockFilter; 4] {
+    use bpf::*;
+    [
         load(CHILD_PID_AT),
         tax(),
         load(CHILD_TGID_AT),
-        jeq_x(1, 0),
-        drop(),
-        pass(),
+        jeq_x(yes, no),
     ]
 }
