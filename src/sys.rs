@@ -2,9 +2,8 @@
 //! `rustix` offers. The scheduler attribute syscalls (no crate wraps `sched_attr` with its
 //! uclamp fields), tokio's `AsyncFd` registration, `localtime_r` (the local time zone is
 //! libc's), `sysconf(_SC_NPROCESSORS_ONLN)`, a flag-setting signal handler, and `exec`'s
-//! `clone3(CLONE_INTO_CGROUP)` with the signal mask and wait around it, a socket's
-//! classic BPF filter (`SO_ATTACH_FILTER`) and `recvmmsg` (several datagrams in one call).
-//! Everything else goes through `rustix`.
+//! `clone3(CLONE_INTO_CGROUP)` with the signal mask and wait around it, and a socket's
+//! classic BPF filter (`SO_ATTACH_FILTER`). Everything else goes through `rustix`.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -60,54 +59,6 @@ pub fn attach_socket_filter(fd: BorrowedFd<'_>, program: &[SockFilter]) -> io::R
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-/// The most datagrams one [`recv_datagrams`] call takes.
-pub const MAX_DATAGRAMS: usize = 64;
-
-/// `recvmmsg(2)` without waiting: up to `lens.len()` (at most [`MAX_DATAGRAMS`]) datagrams in
-/// one system call, the i-th into the i-th `slot`-byte chunk of `buf`, its length in
-/// `lens[i]` (`None`: it did not fit and was cut). Returns how many came; EAGAIN when none
-/// was queued. Fewer than asked means the queue was empty then.
-pub fn recv_datagrams(
-    fd: BorrowedFd<'_>,
-    buf: &mut [u8],
-    slot: usize,
-    lens: &mut [Option<usize>],
-) -> io::Result<usize> {
-    let count = (buf.len() / slot.max(1)).min(lens.len()).min(MAX_DATAGRAMS);
-    let mut iov = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; MAX_DATAGRAMS];
-    for (v, chunk) in iov.iter_mut().zip(buf.chunks_exact_mut(slot.max(1))) {
-        v.iov_base = chunk.as_mut_ptr().cast();
-        v.iov_len = chunk.len();
-    }
-    // SAFETY: an all-zero `mmsghdr` is a valid value (null pointers, zero lengths and flags).
-    let mut msgs: [libc::mmsghdr; MAX_DATAGRAMS] = unsafe { std::mem::zeroed() };
-    for (i, m) in msgs.iter_mut().enumerate().take(count) {
-        m.msg_hdr.msg_iov = iov.as_mut_ptr().wrapping_add(i);
-        m.msg_hdr.msg_iovlen = 1;
-    }
-    // SAFETY: each of the first `count` headers points at its own iovec, which points at a
-    // distinct chunk of `buf`; `buf`, `iov` and `msgs` are live and exclusively ours for the
-    // call. No address, control buffer or timeout is passed; the kernel writes only the
-    // chunks and each header's `msg_len` and `msg_flags`.
-    let r = unsafe {
-        libc::recvmmsg(
-            fd.as_raw_fd(),
-            msgs.as_mut_ptr(),
-            count as libc::c_uint,
-            libc::MSG_DONTWAIT,
-            std::ptr::null_mut(),
-        )
-    };
-    let got = usize::try_from(r).map_err(|_| io::Error::last_os_error())?;
-    for (len, m) in lens.iter_mut().zip(&msgs[..got]) {
-        *len = (m.msg_hdr.msg_flags & libc::MSG_TRUNC == 0).then_some(m.msg_len as usize);
-    }
-    Ok(got)
 }
 
 /// `sched_getattr(2)`: a task's attributes (`tid` 0: the calling thread).

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
-use rustix::net::SendFlags;
+use rustix::net::{RecvFlags, SendFlags};
 
 use super::core::Shared;
 use crate::procfs::{ProcessId, ThreadId};
@@ -283,48 +283,31 @@ fn wait_readable(sockets: &Sockets, quiet: bool, until: Option<Instant>) {
 }
 
 /// Reads what is queued on `fd` without waiting (at most 4096 events), appending to
-/// `events`: up to [`sys::MAX_DATAGRAMS`] datagrams per `recvmmsg`, and no further call once
-/// one found the queue empty (a proc connector datagram is about 80 bytes, one event).
-/// `Some(true)`: the kernel dropped events meanwhile (or a datagram did not fit its slot).
-/// `None`: the socket failed.
+/// `events`. `Some(true)`: the kernel dropped events meanwhile. `None`: the socket failed.
 fn read_batch(fd: &OwnedFd, buf: &mut [u8], events: &mut Vec<Timed>) -> Option<bool> {
-    use crate::sys;
     let mut lost = false;
     let start = events.len();
-    let mut lens = [None; sys::MAX_DATAGRAMS];
-    let asked = (buf.len() / DATAGRAM_SLOT).min(sys::MAX_DATAGRAMS);
     while events.len() - start < 4096 {
-        let got = match sys::recv_datagrams(fd.as_fd(), buf, DATAGRAM_SLOT, &mut lens) {
-            Ok(n) => n,
-            Err(e) => match e.raw_os_error() {
-                Some(libc::ENOBUFS) => {
-                    lost = true;
-                    continue;
-                }
-                Some(libc::EAGAIN) => break,
-                Some(libc::EINTR) => continue,
-                _ => {
-                    tracing::error!("process events: {e}; rules now apply only on reload");
-                    return None;
-                }
-            },
-        };
-        for (chunk, len) in buf.chunks_exact(DATAGRAM_SLOT).zip(&lens[..got]) {
-            match len {
-                Some(n) => parse_timed(&chunk[..*n], events),
-                None => lost = true,
+        let n = match rustix::net::recv(fd, &mut buf[..], RecvFlags::DONTWAIT) {
+            Ok((n, _)) => n,
+            Err(Errno::NOBUFS) => {
+                lost = true;
+                continue;
             }
-        }
-        if got < asked {
-            break;
-        }
+            Err(Errno::AGAIN) => break,
+            Err(Errno::INTR) => continue,
+            Err(e) => {
+                tracing::error!(
+                    "process events: {}; rules now apply only on reload",
+                    io::Error::from(e)
+                );
+                return None;
+            }
+        };
+        parse_timed(&buf[..n], events);
     }
     Some(lost)
 }
-
-/// The room for one datagram in a batch's buffer: proc connector datagrams are one event each
-/// (under 100 bytes); one cut short counts as lost events (a rescan).
-const DATAGRAM_SLOT: usize = 1024;
 
 /// Tasks to classify again, each after every delay of `RECHECK_AFTER`, rounded up to
 /// [`RECHECK_GRID`]. The delays are constant, so each queue stays in time order. Bounded: in
