@@ -351,7 +351,7 @@ impl Procfs {
         .ok_or_else(|| ProcError::Format(self.root.join(rel)))
     }
 
-    /// Many records: read to the end (`fs::read`), not with one read.
+    /// Many records: read to the end, not with one read.
     pub fn mountinfo(&self) -> Result<String, ProcError> {
         let path = self.root.join("self/mountinfo");
         // Room for a few hundred mounts up front: `fs::read` of a size-0 file starts with

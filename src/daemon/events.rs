@@ -9,12 +9,11 @@
 //! Two sockets, each with a classic BPF filter that the kernel runs before queueing. The
 //! waking one passes execs, renames and new threads, and wakes the thread. The quiet one
 //! passes exits (they only drop records, whose every use checks the task's start time anyway)
-//! and new processes (most exec at once, and their exec classifies them); it is read, before
+//! and new processes (most exec at once, and their exec classifies them); it is read, after
 //! the waking one, whenever the thread wakes, and watched too once the waking one has been
 //! still for [`QUIET_LAG`]; the events of both are put back in the kernel's order by their
-//! timestamps. So a process that starts,
-//! execs and exits costs one wake-up when processes start often, not three, and events of no
-//! use (uid, gid, sid, ptrace, coredump) none.
+//! timestamps. So a process that starts, execs and exits costs one wake-up when processes
+//! start often, not three, and events of no use (uid, gid, sid, ptrace, coredump) none.
 
 use std::collections::VecDeque;
 use std::io;
@@ -182,8 +181,8 @@ impl Sockets {
 
 /// Listens on a dedicated thread: events are read in batches and applied under one engine
 /// lock per batch, with the rechecks then due; ENOBUFS on either socket triggers a full
-/// rescan (which also drops the records of tasks that exited). Tasks a batch classified are classified again after each of
-/// `RECHECK_AFTER` (`Rechecks`).
+/// rescan (which also drops the records of tasks that exited). Tasks a batch classified are
+/// classified again after each of `RECHECK_AFTER` (`Rechecks`).
 pub fn listen(shared: Arc<Shared>, rcvbuf: usize) {
     let sockets = match Sockets::open(rcvbuf) {
         Ok(s) => s,
@@ -216,16 +215,18 @@ fn listen_on(shared: &Shared, sockets: &Sockets) {
         wait_readable(sockets, watch_quiet, until);
         let now = Instant::now();
         let mut events = Vec::new();
-        // The quiet socket first: whatever it holds now happened before what the waking
-        // one holds after.
-        let Some(quiet_lost) = read_batch(&sockets.quiet, &mut buf, &mut events) else {
-            return;
-        };
-        let quiet = events.len();
+        // The waking socket first: every event it gave happened before the quiet socket is
+        // read, so the exits and forks that came before it are in this batch too. (Read the
+        // other way round, an exit queued between the two reads would reach the engine a
+        // batch after the exec of a new task that reused the id, and drop its record.)
         let Some(lost) = read_batch(&sockets.waking, &mut buf, &mut events) else {
             return;
         };
-        if events.len() > quiet {
+        let woken = !events.is_empty();
+        let Some(quiet_lost) = read_batch(&sockets.quiet, &mut buf, &mut events) else {
+            return;
+        };
+        if woken {
             (watch_quiet, quiet_due) = (false, now + QUIET_LAG);
         } else if now >= quiet_due {
             watch_quiet = true;

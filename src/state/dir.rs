@@ -437,9 +437,9 @@ impl StateDir {
     }
 
     /// Makes every change to `state` since it was loaded or last saved durable: appended to
-    /// the journal (one line per changed record, one write, fdatasync on a disk), or, for a value this
-    /// directory did not load, after a wholesale `clear`, or when the journal has outgrown
-    /// the snapshot, written whole as a new snapshot.
+    /// the journal (one line per changed record, one write, fdatasync on a disk), or, for a
+    /// value this directory did not load, after a wholesale `clear`, or when the journal has
+    /// outgrown the snapshot, written whole as a new snapshot.
     pub fn save(&mut self, state: &mut State) -> Result<(), StateError> {
         let current = state.baseline.0 == Some(self.token) && !state.cleared();
         let Some(j) = self.journal.as_mut().filter(|_| current) else {
@@ -498,8 +498,8 @@ impl StateDir {
 
     /// Replaces `name` atomically with `bytes`: a new temporary file (O_EXCL: never an
     /// existing file or a symlink), fsync, rename over `name`, fsync of the directory (so
-    /// the snapshot is in place before its journal is); the two fsyncs on a disk only. Returns the file, open for
-    /// appending.
+    /// the snapshot is in place before its journal is); the two fsyncs on a disk only.
+    /// Returns the file, open for appending.
     fn replace(&self, name: &str, bytes: &[u8]) -> Result<File, StateError> {
         let tmp_name = format!(".{name}.tmp");
         let err = |p: &str| {
