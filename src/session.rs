@@ -18,6 +18,17 @@ pub struct Session {
     pub proc: Procfs,
     pub sd: StateDir,
     pub state: State,
+    /// Told at each save which tasks gained or lost their last record (the daemon's events
+    /// thread keeps the kernel's set of creators whose new processes wake it).
+    pub records_watch: Option<Box<dyn RecordsWatch>>,
+}
+
+/// Follows which task ids have a record (of origin, original attributes, or why).
+pub trait RecordsWatch: Send {
+    /// `id` has a record now (`true`) or none any more (`false`).
+    fn set(&mut self, id: u32, recorded: bool);
+    /// No task has a record any more.
+    fn clear(&mut self);
 }
 
 impl Session {
@@ -26,7 +37,19 @@ impl Session {
     }
 
     pub fn save(&mut self) -> CliResult<()> {
+        if let Some(watch) = self.records_watch.as_deref_mut() {
+            self.state.report_records(watch);
+        }
         Ok(self.sd.save(&mut self.state)?)
+    }
+
+    /// Starts telling `watch` of the records' changes, first of every task recorded now.
+    pub fn watch_records(&mut self, mut watch: Box<dyn RecordsWatch>) {
+        watch.clear();
+        for id in self.state.recorded_ids() {
+            watch.set(id, true);
+        }
+        self.records_watch = Some(watch);
     }
 }
 

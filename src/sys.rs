@@ -2,8 +2,9 @@
 //! `rustix` offers. The scheduler attribute syscalls (no crate wraps `sched_attr` with its
 //! uclamp fields), tokio's `AsyncFd` registration, `localtime_r` (the local time zone is
 //! libc's), `sysconf(_SC_NPROCESSORS_ONLN)`, a flag-setting signal handler, and `exec`'s
-//! `clone3(CLONE_INTO_CGROUP)` with the signal mask and wait around it, and a socket's
-//! classic BPF filter (`SO_ATTACH_FILTER`). Everything else goes through `rustix`.
+//! `clone3(CLONE_INTO_CGROUP)` with the signal mask and wait around it, a socket's classic
+//! BPF filter (`SO_ATTACH_FILTER`), and an eBPF socket filter with the hash map it looks up
+//! (`bpf(2)`, `SO_ATTACH_BPF`). Everything else goes through `rustix`.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -52,6 +53,250 @@ pub fn attach_socket_filter(fd: BorrowedFd<'_>, program: &[SockFilter]) -> io::R
             libc::SO_ATTACH_FILTER,
             (&raw const prog).cast(),
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// One eBPF instruction (`struct bpf_insn`): opcode, destination and source registers (low
+/// and high nibble), offset, immediate.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BpfInsn {
+    pub code: u8,
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+// bpf(2) commands and the few constants the socket filter needs (linux/bpf.h).
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+/// Elements are allocated when inserted: an empty set costs next to nothing.
+const BPF_F_NO_PREALLOC: u32 = 1;
+/// `SO_ATTACH_BPF`: 50 where the architecture uses asm-generic/socket.h.
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
+))]
+const SO_ATTACH_BPF: Option<libc::c_int> = Some(50);
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
+)))]
+const SO_ATTACH_BPF: Option<libc::c_int> = None;
+
+/// `union bpf_attr` for BPF_MAP_CREATE, up to `map_flags`.
+#[repr(C)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// `union bpf_attr` for the element commands: map fd, then pointers to the key and the
+/// value (or the next key), and the update flags.
+#[repr(C)]
+struct MapElemAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// `union bpf_attr` for BPF_PROG_LOAD, up to `prog_flags`.
+#[repr(C)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+}
+
+/// `bpf(2)` with `attr`, a repr(C) prefix of `union bpf_attr` (the kernel zero-fills the
+/// rest).
+fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live, exclusively borrowed repr(C) struct of the size passed; the
+    // kernel reads it (and writes nothing back for these commands), and reads or writes only
+    // through the pointers the caller put in it, which the caller keeps alive for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            std::mem::size_of::<A>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn owned_fd(fd: libc::c_long) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let fd = libc::c_int::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this new descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A set of `u32` in the kernel: an eBPF hash map (4-byte keys, 1-byte values) that an eBPF
+/// program looks up, changed from here one key at a time.
+#[derive(Debug)]
+pub struct BpfSet(OwnedFd);
+
+impl BpfSet {
+    /// An empty set of at most `max` keys (root, or CAP_BPF).
+    pub fn new(max: u32) -> io::Result<BpfSet> {
+        let mut attr = MapCreateAttr {
+            map_type: BPF_MAP_TYPE_HASH,
+            key_size: 4,
+            value_size: 1,
+            max_entries: max,
+            map_flags: BPF_F_NO_PREALLOC,
+        };
+        bpf(BPF_MAP_CREATE, &mut attr)
+            .and_then(owned_fd)
+            .map(BpfSet)
+    }
+
+    /// The map's descriptor, for a program that looks it up.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.0.as_fd()
+    }
+
+    fn elem(&self, key: &u32, value: u64, flags: u64) -> MapElemAttr {
+        MapElemAttr {
+            map_fd: self.0.as_raw_fd() as u32,
+            pad: 0,
+            key: std::ptr::from_ref(key) as u64,
+            value,
+            flags,
+        }
+    }
+
+    /// Adds `key` (E2BIG when the set is full).
+    pub fn insert(&self, key: u32) -> io::Result<()> {
+        let one = 1u8;
+        // BPF_ANY: create or overwrite.
+        let mut attr = self.elem(&key, std::ptr::from_ref(&one) as u64, 0);
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+    }
+
+    /// Removes `key`; a key that is not there is not an error.
+    pub fn remove(&self, key: u32) -> io::Result<()> {
+        let mut attr = self.elem(&key, 0, 0);
+        match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            r => r.map(drop),
+        }
+    }
+
+    /// Removes every key.
+    pub fn clear(&self) -> io::Result<()> {
+        loop {
+            let mut next = 0u32;
+            // No key (a null pointer): the first key. Deleting it makes the next call
+            // return the new first, so the loop ends when the map is empty (ENOENT).
+            let mut attr = MapElemAttr {
+                map_fd: self.0.as_raw_fd() as u32,
+                pad: 0,
+                key: 0,
+                value: std::ptr::from_mut(&mut next) as u64,
+                flags: 0,
+            };
+            match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                Err(e) => return Err(e),
+                Ok(_) => self.remove(next)?,
+            }
+        }
+    }
+}
+
+/// Loads `program` as an eBPF socket filter; the error of a program the verifier refuses
+/// carries the end of its log.
+pub fn load_socket_filter(program: &[BpfInsn]) -> io::Result<OwnedFd> {
+    // cgqos's own licence: the program calls no GPL-only helper.
+    let license = c"BSD-3-Clause";
+    let mut log = vec![0u8; 16 * 1024];
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_SOCKET_FILTER,
+        insn_cnt: u32::try_from(program.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+        insns: program.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+    };
+    match bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => owned_fd(fd),
+        Err(e)
+            if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EINVAL) =>
+        {
+            // Load again with the verifier's log, to say why.
+            attr.log_level = 1;
+            attr.log_size = log.len() as u32;
+            attr.log_buf = log.as_mut_ptr() as u64;
+            let _ = bpf(BPF_PROG_LOAD, &mut attr);
+            let text = String::from_utf8_lossy(&log);
+            let text = text.trim_end_matches('\0').trim_end();
+            let tail: String = text.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+            Err(io::Error::new(e.kind(), format!("{e}: {tail}")))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `SO_ATTACH_BPF`: the kernel runs the loaded socket filter `program` on each packet before
+/// queueing it to the socket (replacing any filter attached before).
+pub fn attach_socket_bpf(fd: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
+    let Some(opt) = SO_ATTACH_BPF else {
+        return Err(io::Error::from_raw_os_error(libc::ENOPROTOOPT));
+    };
+    let prog: libc::c_int = program.as_raw_fd();
+    // SAFETY: `prog` is a live c_int for the call's duration; the kernel only reads it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&raw const prog).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if r == 0 {

@@ -479,6 +479,7 @@ impl Ctx {
             proc: self.procfs(),
             sd,
             state,
+            records_watch: None,
             cg,
         })
     }

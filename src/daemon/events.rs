@@ -6,14 +6,17 @@
 //! handled is a normal event. When the kernel reports lost events (ENOBUFS: the receive
 //! buffer overflowed), the daemon rescans /proc, so nothing stays unclassified.
 //!
-//! Two sockets, each with a classic BPF filter that the kernel runs before queueing. The
-//! waking one passes execs, renames and new threads, and wakes the thread. The quiet one
-//! passes exits (they only drop records, whose every use checks the task's start time anyway)
-//! and new processes (most exec at once, and their exec classifies them); it is read, after
-//! the waking one, whenever the thread wakes, and watched too once the waking one has been
-//! still for [`QUIET_LAG`]; the events of both are put back in the kernel's order by their
-//! timestamps. So a process that starts, execs and exits costs one wake-up when processes
-//! start often, not three, and events of no use (uid, gid, sid, ptrace, coredump) none.
+//! Two sockets, each with a filter that the kernel runs before queueing. The waking one
+//! passes execs, renames, new threads, and the new processes of [`Creators`] (the tasks cgqos
+//! has a record of, in an eBPF map its eBPF filter looks up), and wakes the thread. The quiet
+//! one (classic BPF) passes exits (they only drop records, whose every use checks the task's
+//! start time anyway) and every new process (most exec at once, and their exec classifies
+//! them); it is read, after the waking one, whenever the thread wakes, and watched too once
+//! the waking one has been still for [`QUIET_LAG`]; the events of both are put back in the
+//! kernel's order by their timestamps, and a new process that came on both counts once. So a
+//! process that starts, execs and exits costs one wake-up when processes start often, not
+//! three; a recorded creator's child forked without exec is classified on its fork event;
+//! events of no use (uid, gid, sid, ptrace, coredump) cost nothing.
 
 use std::collections::VecDeque;
 use std::io;
@@ -30,7 +33,7 @@ use crate::procfs::{ProcessId, ThreadId};
 use crate::sys::SockFilter;
 
 mod filter;
-use filter::{quiet_filter, waking_filter};
+use filter::{quiet_filter, waking_filter_every_fork, waking_program};
 
 const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;
@@ -50,7 +53,7 @@ use super::engine::{RECHECK_AFTER, Recheck};
 
 /// How long the quiet socket's events may wait after the last wake-up: then the thread
 /// watches that socket too (one timer wake-up after a burst of activity; none when idle).
-/// A process forked without an exec (a zygote's child) is classified within it.
+/// A process forked without an exec by a creator without a record is classified within it.
 pub const QUIET_LAG: Duration = Duration::from_millis(16);
 /// Rechecks are due on this grid, so that processes started a few ms apart share a wake-up.
 const RECHECK_GRID: Duration = Duration::from_millis(16);
@@ -166,16 +169,93 @@ fn open_filtered(rcvbuf: usize, filter: &[SockFilter]) -> io::Result<OwnedFd> {
 
 /// The two sockets: one that wakes the thread, one read when it wakes (module's note).
 struct Sockets {
-    waking: OwnedFd,
+    waking: Arc<OwnedFd>,
     quiet: OwnedFd,
 }
 
 impl Sockets {
-    fn open(rcvbuf: usize) -> io::Result<Sockets> {
-        Ok(Sockets {
-            waking: open_filtered(rcvbuf, &waking_filter())?,
-            quiet: open_filtered(rcvbuf, &quiet_filter())?,
-        })
+    /// The sockets, and the set of creators whose new processes wake the thread.
+    fn open(rcvbuf: usize) -> io::Result<(Sockets, Creators)> {
+        let waking = Arc::new(open(rcvbuf)?);
+        let creators = Creators::attach(waking.clone())?;
+        let quiet = open_filtered(rcvbuf, &quiet_filter())?;
+        Ok((Sockets { waking, quiet }, creators))
+    }
+}
+
+/// The most creators the kernel's set holds; past that, every fork wakes the thread.
+const MAX_CREATORS: u32 = 1 << 16;
+
+/// The creators whose new processes wake the events thread at once: every task cgqos has a
+/// record of (its children start with what cgqos gave it, and a rule that matched it
+/// matches them on their fork event). Kept in step by the engine at each save
+/// (`Session::watch_records`). Another process's new child waits on the quiet socket: it
+/// execs at once, or carries the names of a creator no rule matched.
+///
+/// Without the set (a kernel without eBPF socket filters, or a full set), the waking socket
+/// passes every fork: the same order of events, one wake-up more per new process.
+pub struct Creators {
+    set: Option<crate::sys::BpfSet>,
+    /// The ids in `set`: a record that changes (a task moved again) costs no system call.
+    ids: std::collections::HashSet<u32>,
+    waking: Arc<OwnedFd>,
+}
+
+impl Creators {
+    /// Attaches the waking socket's filter: the creators' program, or every fork.
+    fn attach(waking: Arc<OwnedFd>) -> io::Result<Creators> {
+        let set = crate::sys::BpfSet::new(MAX_CREATORS).and_then(|set| {
+            let program = crate::sys::load_socket_filter(&waking_program(set.fd()))?;
+            crate::sys::attach_socket_bpf(waking.as_fd(), program.as_fd())?;
+            Ok(set)
+        });
+        let mut creators = Creators {
+            set: None,
+            ids: Default::default(),
+            waking,
+        };
+        match set {
+            Ok(set) => creators.set = Some(set),
+            Err(e) => creators.every_fork(&e)?,
+        }
+        Ok(creators)
+    }
+
+    /// Falls back to waking on every fork (the set failed with `why`).
+    fn every_fork(&mut self, why: &io::Error) -> io::Result<()> {
+        tracing::info!(
+            "process events: no set of creators in the kernel ({why}); every new process wakes the events thread"
+        );
+        self.set = None;
+        self.ids = Default::default();
+        crate::sys::attach_socket_filter(self.waking.as_fd(), &waking_filter_every_fork())
+    }
+
+    fn change(&mut self, f: impl FnOnce(&crate::sys::BpfSet) -> io::Result<()>) {
+        let Some(set) = &self.set else {
+            return;
+        };
+        if let Err(e) = f(set).or_else(|e| self.every_fork(&e)) {
+            tracing::error!("process events: cannot filter the waking socket: {e}");
+        }
+    }
+}
+
+impl crate::session::RecordsWatch for Creators {
+    fn set(&mut self, id: u32, recorded: bool) {
+        if self.set.is_none() {
+            return;
+        }
+        match recorded {
+            true if self.ids.insert(id) => self.change(|set| set.insert(id)),
+            false if self.ids.remove(&id) => self.change(|set| set.remove(id)),
+            _ => {}
+        }
+    }
+
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.change(crate::sys::BpfSet::clear);
     }
 }
 
@@ -184,7 +264,7 @@ impl Sockets {
 /// rescan (which also drops the records of tasks that exited). Tasks a batch classified are
 /// classified again after each of `RECHECK_AFTER` (`Rechecks`).
 pub fn listen(shared: Arc<Shared>, rcvbuf: usize) {
-    let sockets = match Sockets::open(rcvbuf) {
+    let (sockets, creators) = match Sockets::open(rcvbuf) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(
@@ -194,6 +274,10 @@ pub fn listen(shared: Arc<Shared>, rcvbuf: usize) {
         }
     };
     tracing::info!("listening to process events (receive buffer {rcvbuf} bytes)");
+    let watch = |e: &mut super::engine::Engine| e.session.watch_records(Box::new(creators));
+    if super::core::run_caught(&shared.engine, watch).is_err() {
+        return;
+    }
     std::thread::Builder::new()
         .name("cgqos-events".into())
         .spawn(move || listen_on(&shared, &sockets))
@@ -209,6 +293,7 @@ fn listen_on(shared: &Shared, sockets: &Sockets) {
     // each, and a lone exit or zygote fork one, as before.
     let mut quiet_due = Instant::now();
     let mut watch_quiet = true;
+    let mut both = OnBoth::default();
     loop {
         let lag_left = (!watch_quiet).then_some(quiet_due);
         let until = [rechecks.next_due(), lag_left].into_iter().flatten().min();
@@ -223,9 +308,13 @@ fn listen_on(shared: &Shared, sockets: &Sockets) {
             return;
         };
         let woken = !events.is_empty();
+        let waking_end = events.len();
         let Some(quiet_lost) = read_batch(&sockets.quiet, &mut buf, &mut events) else {
             return;
         };
+        // A new process of a recorded creator came on both sockets: once is enough.
+        both.note(&events[..waking_end]);
+        both.drop_seen(&mut events, waking_end);
         if woken {
             (watch_quiet, quiet_due) = (false, now + QUIET_LAG);
         } else if now >= quiet_due {
@@ -255,6 +344,54 @@ fn listen_on(shared: &Shared, sockets: &Sockets) {
         if let Ok(tasks) = classified {
             rechecks.add(Instant::now(), &tasks);
         }
+    }
+}
+
+/// The new processes the waking socket passed lately (their creators are in the set), which
+/// the quiet socket passes too: by their kernel timestamp and id, so that the quiet copy is
+/// dropped, in the same batch or a later one.
+#[derive(Default)]
+struct OnBoth {
+    seen: std::collections::HashSet<(u64, ThreadId)>,
+    /// `seen`'s entries, oldest first (some may be gone from it already).
+    order: VecDeque<(u64, ThreadId)>,
+}
+
+/// The quiet copy of a fork is queued within microseconds of the waking one: a few hundred
+/// remembered are plenty.
+const ON_BOTH_KEPT: usize = 512;
+
+impl OnBoth {
+    fn process_fork(&(at, ev): &Timed) -> Option<(u64, ThreadId)> {
+        match ev {
+            Event::Fork { tid, pid, .. } if tid == pid.main_thread() => Some((at, tid)),
+            _ => None,
+        }
+    }
+
+    /// Remembers the new processes among `events` (from the waking socket).
+    fn note(&mut self, events: &[Timed]) {
+        for key in events.iter().filter_map(Self::process_fork) {
+            if self.order.len() == ON_BOTH_KEPT
+                && let Some(old) = self.order.pop_front()
+            {
+                self.seen.remove(&old);
+            }
+            self.order.push_back(key);
+            self.seen.insert(key);
+        }
+    }
+
+    /// Drops from `events[from..]` (the quiet socket's) each new process already seen.
+    fn drop_seen(&mut self, events: &mut Vec<Timed>, from: usize) {
+        if self.seen.is_empty() {
+            return;
+        }
+        let mut i = 0;
+        events.retain(|e| {
+            i += 1;
+            i <= from || Self::process_fork(e).is_none_or(|key| !self.seen.remove(&key))
+        });
     }
 }
 
@@ -463,41 +600,78 @@ mod tests {
         assert!(r.queues.iter().all(|q| q.len() == MAX_RECHECKS));
     }
 
+    /// Events of the real kernel, read from both sockets after `act` ran (50 ms later).
+    fn after(sockets: &Sockets, act: impl FnOnce()) -> (Vec<Event>, Vec<Event>) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut drain = |fd: &OwnedFd| {
+            let mut events = Vec::new();
+            read_batch(fd, &mut buf, &mut events).expect("read");
+            events.into_iter().map(|(_, e)| e).collect::<Vec<_>>()
+        };
+        // What was queued before (the filters' attachment included) may be of any type.
+        drain(&sockets.waking);
+        drain(&sockets.quiet);
+        act();
+        std::thread::sleep(Duration::from_millis(50));
+        (drain(&sockets.waking), drain(&sockets.quiet))
+    }
+
+    /// Runs `true` and returns its pid.
+    fn run_true() -> ProcessId {
+        let child = std::process::Command::new("true")
+            .spawn()
+            .expect("run true");
+        let pid = ProcessId::new(child.id());
+        assert!(child.wait_with_output().expect("wait").status.success());
+        pid
+    }
+
+    fn process_fork(e: &Event) -> bool {
+        matches!(*e, Event::Fork { tid, pid, .. } if tid == pid.main_thread())
+    }
+
+    /// Whether `list` has `want` (a fork whatever its creator).
+    fn has(list: &[Event], want: Event) -> bool {
+        list.iter().any(|e| match (*e, want) {
+            (Event::Fork { tid, pid, .. }, Event::Fork { tid: t, pid: p, .. }) => {
+                tid == t && pid == p
+            }
+            (a, b) => a == b,
+        })
+    }
+
+    fn fork_of(pid: ProcessId) -> Event {
+        Event::Fork {
+            tid: pid.main_thread(),
+            pid,
+            parent: ThreadId::new(0),
+        }
+    }
+
     /// The filters on the real kernel: each socket gets only its events, those of a child
-    /// process and of a thread of this one included.
+    /// process and of a thread of this one included; a new process wakes the thread only
+    /// when its creating thread or its creator's process is in the set of creators.
     #[test]
     fn filtered_sockets_pass_only_their_events() {
         if !rustix::process::geteuid().is_root() {
             eprintln!("skipped: the proc connector needs root");
             return;
         }
-        let sockets = Sockets::open(1 << 20).expect("open the connector");
-        let mut buf = vec![0u8; 64 * 1024];
-        let drain = |fd: &OwnedFd, buf: &mut [u8]| {
-            let mut events = Vec::new();
-            read_batch(fd, buf, &mut events).expect("read");
-            events.into_iter().map(|(_, e)| e).collect::<Vec<_>>()
-        };
-        // What was queued before the filters were attached may be of any type.
-        drain(&sockets.waking, &mut buf);
-        drain(&sockets.quiet, &mut buf);
-        let child = std::process::Command::new("true")
-            .spawn()
-            .expect("run true");
-        let child_pid = ProcessId::new(child.id());
-        assert!(child.wait_with_output().expect("wait").status.success());
-        let me = ProcessId::new(std::process::id());
-        let thread = std::thread::spawn(rustix::thread::gettid)
-            .join()
-            .expect("join");
-        let thread = ThreadId::new(thread.as_raw_nonzero().get() as u32);
-        std::thread::sleep(Duration::from_millis(50));
-        let (waking, quiet) = (
-            drain(&sockets.waking, &mut buf),
-            drain(&sockets.quiet, &mut buf),
+        let (sockets, mut creators) = Sockets::open(1 << 20).expect("open the connector");
+        assert!(
+            creators.set.is_some(),
+            "this kernel runs eBPF socket filters, so the set of creators must be in use"
         );
-        let process_fork =
-            |e: &Event| matches!(*e, Event::Fork { tid, pid, .. } if tid == pid.main_thread());
+        let me = ProcessId::new(std::process::id());
+        let mut child = ProcessId::new(0);
+        let mut thread = ThreadId::new(0);
+        let (waking, quiet) = after(&sockets, || {
+            child = run_true();
+            let tid = std::thread::spawn(rustix::thread::gettid)
+                .join()
+                .expect("join");
+            thread = ThreadId::new(tid.as_raw_nonzero().get() as u32);
+        });
         for e in &waking {
             assert!(
                 !process_fork(e) && !matches!(e, Event::Exit { .. }),
@@ -507,56 +681,114 @@ mod tests {
         for e in &quiet {
             assert!(process_fork(e) || matches!(e, Event::Exit { .. }), "{e:?}");
         }
-        let has = |list: &[Event], want: Event| {
-            list.iter().any(|e| match (*e, want) {
-                (Event::Fork { tid, pid, .. }, Event::Fork { tid: t, pid: p, .. }) => {
-                    tid == t && pid == p
-                }
-                (a, b) => a == b,
-            })
+        assert!(has(&quiet, fork_of(child)), "{quiet:?}");
+        let exec = Event::Exec {
+            tid: child.main_thread(),
+            pid: child,
         };
-        let pid_fork = Event::Fork {
-            tid: child_pid.main_thread(),
-            pid: child_pid,
-            parent: ThreadId::new(0),
+        assert!(has(&waking, exec), "{waking:?}");
+        let exit = Event::Exit {
+            tid: child.main_thread(),
+            pid: child,
         };
-        assert!(has(&quiet, pid_fork), "{quiet:?}");
-        assert!(
-            has(
-                &waking,
-                Event::Exec {
-                    tid: child_pid.main_thread(),
-                    pid: child_pid
-                }
-            ),
-            "{waking:?}"
-        );
-        assert!(
-            has(
-                &quiet,
-                Event::Exit {
-                    tid: child_pid.main_thread(),
-                    pid: child_pid
-                }
-            ),
-            "{quiet:?}"
-        );
+        assert!(has(&quiet, exit), "{quiet:?}");
         let thread_fork = Event::Fork {
             tid: thread,
             pid: me,
             parent: ThreadId::new(0),
         };
         assert!(has(&waking, thread_fork), "{waking:?}");
-        assert!(
-            has(
-                &quiet,
-                Event::Exit {
-                    tid: thread,
-                    pid: me
-                }
-            ),
-            "{quiet:?}"
+        let thread_exit = Event::Exit {
+            tid: thread,
+            pid: me,
+        };
+        assert!(has(&quiet, thread_exit), "{quiet:?}");
+
+        // This process in the set: its new process wakes the thread (and is on the quiet
+        // socket too, as every new process is).
+        use crate::session::RecordsWatch;
+        creators.set(me.get(), true);
+        let (waking, quiet) = after(&sockets, || child = run_true());
+        assert!(has(&waking, fork_of(child)), "{waking:?}");
+        assert!(has(&quiet, fork_of(child)), "{quiet:?}");
+
+        // Only the creating thread in the set (not its process): the same.
+        creators.set(me.get(), false);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let spawner = std::thread::spawn(move || {
+            tx.send(rustix::thread::gettid().as_raw_nonzero().get() as u32)
+                .expect("send");
+            wait.recv().expect("go");
+            run_true()
+        });
+        let spawner_tid = rx.recv().expect("the spawner's id");
+        creators.set(spawner_tid, true);
+        let (waking, _) = after(&sockets, || {
+            go.send(()).expect("go");
+            child = spawner.join().expect("join");
+        });
+        assert!(has(&waking, fork_of(child)), "{waking:?}");
+
+        // Out of the set again, and after a clear: quiet only.
+        creators.set(me.get(), true);
+        creators.clear();
+        let (waking, quiet) = after(&sockets, || child = run_true());
+        assert!(!has(&waking, fork_of(child)), "{waking:?}");
+        assert!(has(&quiet, fork_of(child)), "{quiet:?}");
+    }
+
+    /// Without the set, every fork wakes the thread.
+    #[test]
+    fn without_the_set_every_fork_wakes() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: the proc connector needs root");
+            return;
+        }
+        let (sockets, mut creators) = Sockets::open(1 << 20).expect("open the connector");
+        creators
+            .every_fork(&io::Error::other("a test"))
+            .expect("attach the classic filter");
+        use crate::session::RecordsWatch;
+        creators.set(1, true); // ignored now
+        let mut child = ProcessId::new(0);
+        let (waking, _) = after(&sockets, || child = run_true());
+        assert!(has(&waking, fork_of(child)), "{waking:?}");
+        for e in &waking {
+            assert!(!matches!(e, Event::Exit { .. }), "{e:?}");
+        }
+    }
+
+    /// A new process passed by both sockets reaches the engine once, whichever batch the
+    /// quiet copy comes in.
+    #[test]
+    fn a_fork_on_both_sockets_is_handled_once() {
+        let fork = |t: u64, pid: u32| {
+            let p = ProcessId::new(pid);
+            (t, fork_of(p))
+        };
+        let exec = (
+            7,
+            Event::Exec {
+                tid: ThreadId::new(11),
+                pid: ProcessId::new(11),
+            },
         );
+        let mut both = OnBoth::default();
+        // Same batch: waking [fork 11, exec 11], quiet [fork 11, fork 12].
+        let mut events = vec![fork(5, 11), exec, fork(5, 11), fork(6, 12)];
+        both.note(&events[..2]);
+        both.drop_seen(&mut events, 2);
+        assert_eq!(events, vec![fork(5, 11), exec, fork(6, 12)]);
+        // The quiet copy in the next batch.
+        both.note(&[fork(9, 13)]);
+        let mut events = vec![fork(9, 13)];
+        both.drop_seen(&mut events, 0);
+        assert!(events.is_empty());
+        // A pid reused later is another fork (another timestamp).
+        let mut events = vec![fork(20, 13)];
+        both.drop_seen(&mut events, 0);
+        assert_eq!(events, vec![fork(20, 13)]);
     }
 
     #[test]

@@ -106,6 +106,38 @@ impl State {
         vm || self.created.as_ref().is_none_or(|c| c.contains(group))
     }
 
+    /// Every task id with a record, in order, each once.
+    pub fn recorded_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = (self.tasks.keys())
+            .chain(self.attrs.keys())
+            .chain(self.why.keys())
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Tells `watch` what changed since the last commit: which ids gained or lost their
+    /// last record (after a `clear` of everything, if a map was emptied wholesale).
+    pub fn report_records(&self, watch: &mut dyn crate::session::RecordsWatch) {
+        if self.cleared() {
+            watch.clear();
+        }
+        let changed = (self.tasks.changed().map(|c| c.0))
+            .chain(self.attrs.changed().map(|c| c.0))
+            .chain(self.why.changed().map(|c| c.0));
+        let mut seen = std::collections::BTreeSet::new();
+        for id in changed {
+            if seen.insert(id) {
+                let recorded = self.tasks.contains_key(&id)
+                    || self.attrs.contains_key(&id)
+                    || self.why.contains_key(&id);
+                watch.set(id, recorded);
+            }
+        }
+    }
+
     /// Whether a map was emptied wholesale since the last commit.
     fn cleared(&self) -> bool {
         self.tasks.cleared() || self.attrs.cleared() || self.why.cleared()

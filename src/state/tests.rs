@@ -466,3 +466,51 @@ fn flushed_on_a_disk_not_on_tmpfs() {
         assert_eq!(sd.load(Path::new("/cg")).unwrap().tasks, s.tasks);
     }
 }
+
+/// What a `RecordsWatch` was told, in order.
+#[derive(Default)]
+struct Told(Vec<(u32, bool)>, usize);
+
+impl crate::session::RecordsWatch for Told {
+    fn set(&mut self, id: u32, recorded: bool) {
+        self.0.push((id, recorded));
+    }
+    fn clear(&mut self) {
+        self.0.clear();
+        self.1 += 1;
+    }
+}
+
+#[test]
+fn a_task_leaves_the_watched_set_only_with_its_last_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sd, mut s) = started(dir.path());
+    s.remember(ThreadId::new(10), rec(5, "/a"));
+    s.why.insert(10, why(1));
+    s.why.insert(12, why(1));
+    let mut told = Told::default();
+    s.report_records(&mut told);
+    assert_eq!(told.0, vec![(10, true), (12, true)]);
+    assert_eq!(s.recorded_ids(), vec![10, 12]);
+    sd.save(&mut s).unwrap();
+
+    // 10 keeps its origin record: still recorded; 12 has none left.
+    s.why.remove(&10);
+    s.why.remove(&12);
+    let mut told = Told::default();
+    s.report_records(&mut told);
+    assert_eq!(told.0, vec![(10, true), (12, false)]);
+    sd.save(&mut s).unwrap();
+
+    // Nothing changed: nothing to tell.
+    let mut told = Told::default();
+    s.report_records(&mut told);
+    assert!(told.0.is_empty() && told.1 == 0);
+
+    // Emptied wholesale, then one new record: a clear, then that one.
+    s.tasks.clear();
+    s.why.insert(13, why(2));
+    let mut told = Told::default();
+    s.report_records(&mut told);
+    assert_eq!((told.0, told.1), (vec![(13, true)], 1));
+}

@@ -83,6 +83,7 @@ impl Engine {
                 proc,
                 sd,
                 state,
+                records_watch: None,
             },
             watched: HashSet::new(),
             vms: Default::default(),
