@@ -18,8 +18,10 @@
 //!    connector's own timestamp) to the task in its group and class (`/proc/<pid>/cgroup`)
 //!    with its nice value (`/proc/<pid>/stat` field 19), busy-polled; 1,000 execs after a
 //!    warm-up, 2 ms apart, each process kept alive 1.2 s (the daemon's rechecks, 0.1 s and
-//!    1 s after a classification, count in its CPU per process). Baseline in the same run:
-//!    spawn to the child visible in /proc as the new program (fork + exec). The daemon's CPU
+//!    1 s after a classification, count in its CPU per process). Baselines in the same run:
+//!    spawn to the child visible in /proc as the new program (fork + exec), and the exec
+//!    event to our own listener (a thread asleep in `recv` on the connector) having it: the
+//!    wake-up that any reaction to an event waits for. The daemon's CPU
 //!    per matching and per non-matching process; the same latency for the rule without a
 //!    group (500 execs).
 //! 3. **Fork storms**: 2,000 forks/s (paced, 2 spawner threads) for 10 s; per 10 forks, 1
@@ -448,9 +450,9 @@ impl CountSnap {
 
 struct Listener {
     counts: Counts,
-    /// When on, the kernel timestamp of every exec, by tgid.
+    /// When on, the kernel timestamp of every exec, and when this listener had it, by tgid.
     record_execs: AtomicBool,
-    execs: Mutex<HashMap<u32, u64>>,
+    execs: Mutex<HashMap<u32, (u64, u64)>>,
 }
 
 fn u32_at(b: &[u8], o: usize) -> Option<u32> {
@@ -489,7 +491,8 @@ impl Listener {
                         c.exec.fetch_add(1, Ordering::Relaxed);
                         if self.record_execs.load(Ordering::Relaxed) {
                             let ts = u64_at(ev, 8).unwrap_or(0);
-                            self.execs.lock().unwrap().insert(field(1), ts);
+                            let had = monotonic_ns();
+                            self.execs.lock().unwrap().insert(field(1), (ts, had));
                         }
                     }
                     Some(EV_COMM) => {
@@ -778,6 +781,7 @@ fn latency(ctx: &Ctx, matching: &Program, group_cg: Option<&str>, warmup: usize,
     let mut to_visible = Vec::with_capacity(runs);
     let mut to_exec = Vec::with_capacity(runs);
     let mut exec_to_class = Vec::with_capacity(runs);
+    let mut exec_to_listener = Vec::with_capacity(runs);
     let mut spawn_to_class = Vec::with_capacity(runs);
     let (mut already, mut timeouts, mut timeouts_warmup, mut no_exec_event) = (0, 0, 0, 0);
     let mut polls = 0u64;
@@ -838,7 +842,7 @@ fn latency(ctx: &Ctx, matching: &Program, group_cg: Option<&str>, warmup: usize,
         let t_exec = loop {
             let got = listener.execs.lock().unwrap().remove(&pid);
             match got {
-                Some(ts) if ts >= t_spawn => break Some(ts),
+                Some(ts) if ts.0 >= t_spawn => break Some(ts),
                 _ if Instant::now() > deadline => break None,
                 _ => std::thread::sleep(Duration::from_micros(50)),
             }
@@ -859,9 +863,10 @@ fn latency(ctx: &Ctx, matching: &Program, group_cg: Option<&str>, warmup: usize,
                     to_visible.push(v - t_spawn);
                     spawn_to_class.push(cl - t_spawn);
                     match t_exec {
-                        Some(e) => {
+                        Some((e, had)) => {
                             to_exec.push(e - t_spawn);
                             exec_to_class.push(cl.saturating_sub(e));
+                            exec_to_listener.push(had.saturating_sub(e));
                         }
                         None => no_exec_event += 1,
                     }
@@ -908,6 +913,11 @@ fn latency(ctx: &Ctx, matching: &Program, group_cg: Option<&str>, warmup: usize,
         to_visible,
     );
     lat_row("spawn -> kernel exec event (its timestamp)", to_exec);
+    // The floor of any reaction to an event: a thread asleep in recv woken with it.
+    lat_row(
+        "exec event -> our own listener has it (baseline)",
+        exec_to_listener,
+    );
     lat_row(
         if group_cg.is_some() {
             "exec event -> in group, class and nice (classified)"
