@@ -44,15 +44,23 @@ pub fn attach_socket_filter(fd: BorrowedFd<'_>, program: &[SockFilter]) -> io::R
         len,
         filter: program.as_ptr().cast_mut(),
     };
-    // SAFETY: `prog` points at `len` live instructions for the call's duration; the kernel
-    // copies (and checks) the program, and reads, never writes, through `filter`.
+    // The kernel copies (and checks) the program, and reads, never writes, through `filter`,
+    // which points at `len` live instructions for the call's duration.
+    set_socket_option(fd, libc::SO_ATTACH_FILTER, &prog)
+}
+
+/// `setsockopt(fd, SOL_SOCKET, opt, value)`.
+fn set_socket_option<T>(fd: BorrowedFd<'_>, opt: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is a live, initialised `T` for the call's duration and its size is
+    // passed; the kernel only reads it (and, for the options used here, what it points to,
+    // which its caller keeps alive).
     let r = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&raw const prog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            opt,
+            std::ptr::from_ref(value).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if r == 0 {
@@ -83,29 +91,20 @@ const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
 /// Elements are allocated when inserted: an empty set costs next to nothing.
 const BPF_F_NO_PREALLOC: u32 = 1;
-/// `SO_ATTACH_BPF`: 50 where the architecture uses asm-generic/socket.h.
-#[cfg(any(
-    target_arch = "x86_64",
-    target_arch = "x86",
-    target_arch = "aarch64",
-    target_arch = "arm",
-    target_arch = "riscv64",
-    target_arch = "loongarch64",
-    target_arch = "powerpc64",
-    target_arch = "s390x"
-))]
-const SO_ATTACH_BPF: Option<libc::c_int> = Some(50);
-#[cfg(not(any(
-    target_arch = "x86_64",
-    target_arch = "x86",
-    target_arch = "aarch64",
-    target_arch = "arm",
-    target_arch = "riscv64",
-    target_arch = "loongarch64",
-    target_arch = "powerpc64",
-    target_arch = "s390x"
-)))]
-const SO_ATTACH_BPF: Option<libc::c_int> = None;
+/// `SO_ATTACH_BPF`: 50 where the architecture uses asm-generic/socket.h; MIPS and SPARC
+/// number their socket options their own way (not looked up: no set of creators there).
+const SO_ATTACH_BPF: Option<libc::c_int> = if cfg!(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "mips32r6",
+    target_arch = "mips64r6",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+)) {
+    None
+} else {
+    Some(50)
+};
 
 /// `union bpf_attr` for BPF_MAP_CREATE, up to `map_flags`.
 #[repr(C)]
@@ -289,21 +288,7 @@ pub fn attach_socket_bpf(fd: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Res
         return Err(io::Error::from_raw_os_error(libc::ENOPROTOOPT));
     };
     let prog: libc::c_int = program.as_raw_fd();
-    // SAFETY: `prog` is a live c_int for the call's duration; the kernel only reads it.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&raw const prog).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    set_socket_option(fd, opt, &prog)
 }
 
 /// `sched_getattr(2)`: a task's attributes (`tid` 0: the calling thread).

@@ -616,6 +616,15 @@ mod tests {
         (drain(&sockets.waking), drain(&sockets.quiet))
     }
 
+    /// The two sockets, or `None` (and a note) when not root: the connector needs it.
+    fn sockets_as_root() -> Option<(Sockets, Creators)> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: the proc connector needs root");
+            return None;
+        }
+        Some(Sockets::open(1 << 20).expect("open the connector"))
+    }
+
     /// Runs `true` and returns its pid.
     fn run_true() -> ProcessId {
         let child = std::process::Command::new("true")
@@ -653,11 +662,9 @@ mod tests {
     /// when its creating thread or its creator's process is in the set of creators.
     #[test]
     fn filtered_sockets_pass_only_their_events() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: the proc connector needs root");
+        let Some((sockets, mut creators)) = sockets_as_root() else {
             return;
-        }
-        let (sockets, mut creators) = Sockets::open(1 << 20).expect("open the connector");
+        };
         assert!(
             creators.set.is_some(),
             "this kernel runs eBPF socket filters, so the set of creators must be in use"
@@ -741,11 +748,9 @@ mod tests {
     /// Without the set, every fork wakes the thread.
     #[test]
     fn without_the_set_every_fork_wakes() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: the proc connector needs root");
+        let Some((sockets, mut creators)) = sockets_as_root() else {
             return;
-        }
-        let (sockets, mut creators) = Sockets::open(1 << 20).expect("open the connector");
+        };
         creators
             .every_fork(&io::Error::other("a test"))
             .expect("attach the classic filter");
