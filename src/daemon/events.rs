@@ -764,6 +764,28 @@ mod tests {
         }
     }
 
+    /// A set that fills up gives way to waking on every fork, and no new process is missed.
+    #[test]
+    fn a_full_set_falls_back_to_every_fork() {
+        let Some((sockets, mut creators)) = sockets_as_root() else {
+            return;
+        };
+        let small = crate::sys::BpfSet::new(2).expect("a set of two");
+        let program = crate::sys::load_socket_filter(&waking_program(small.fd())).expect("load");
+        crate::sys::attach_socket_bpf(sockets.waking.as_fd(), program.as_fd()).expect("attach");
+        creators.set = Some(small);
+        creators.ids.clear();
+        use crate::session::RecordsWatch;
+        creators.set(1, true);
+        creators.set(2, true);
+        assert!(creators.set.is_some());
+        creators.set(3, true); // E2BIG
+        assert!(creators.set.is_none() && creators.ids.is_empty());
+        let mut child = ProcessId::new(0);
+        let (waking, _) = after(&sockets, || child = run_true());
+        assert!(has(&waking, fork_of(child)), "{waking:?}");
+    }
+
     /// A new process passed by both sockets reaches the engine once, whichever batch the
     /// quiet copy comes in.
     #[test]
