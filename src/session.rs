@@ -9,7 +9,7 @@ use crate::error::{CliError, CliResult};
 use crate::model::Code;
 use crate::place::{CgroupMap, Placer, ThreadPlace};
 use crate::procfs::{Procfs, TaskKey};
-use crate::state::{State, StateDir};
+use crate::state::{RecordsWatch, State, StateDir};
 
 /// A cgroup tree, the view of it from /proc, and the locked record of what cgqos changed.
 pub struct Session {
@@ -21,14 +21,6 @@ pub struct Session {
     /// Told at each save which tasks gained or lost their last record (the daemon's events
     /// thread keeps the kernel's set of creators whose new processes wake it).
     pub records_watch: Option<Box<dyn RecordsWatch>>,
-}
-
-/// Follows which task ids have a record (of origin, original attributes, or why).
-pub trait RecordsWatch: Send {
-    /// `id` has a record now (`true`) or none any more (`false`).
-    fn set(&mut self, id: u32, recorded: bool);
-    /// No task has a record any more.
-    fn clear(&mut self);
 }
 
 impl Session {

@@ -241,7 +241,7 @@ impl Creators {
     }
 }
 
-impl crate::session::RecordsWatch for Creators {
+impl crate::state::RecordsWatch for Creators {
     fn set(&mut self, id: u32, recorded: bool) {
         if self.set.is_none() {
             return;
@@ -713,7 +713,7 @@ mod tests {
 
         // This process in the set: its new process wakes the thread (and is on the quiet
         // socket too, as every new process is).
-        use crate::session::RecordsWatch;
+        use crate::state::RecordsWatch;
         creators.set(me.get(), true);
         let (waking, quiet) = after(&sockets, || child = run_true());
         assert!(has(&waking, fork_of(child)), "{waking:?}");
@@ -754,7 +754,7 @@ mod tests {
         creators
             .every_fork(&io::Error::other("a test"))
             .expect("attach the classic filter");
-        use crate::session::RecordsWatch;
+        use crate::state::RecordsWatch;
         creators.set(1, true); // ignored now
         let mut child = ProcessId::new(0);
         let (waking, _) = after(&sockets, || child = run_true());
@@ -775,7 +775,7 @@ mod tests {
         crate::sys::attach_socket_bpf(sockets.waking.as_fd(), program.as_fd()).expect("attach");
         creators.set = Some(small);
         creators.ids.clear();
-        use crate::session::RecordsWatch;
+        use crate::state::RecordsWatch;
         creators.set(1, true);
         creators.set(2, true);
         assert!(creators.set.is_some());

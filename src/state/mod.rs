@@ -120,7 +120,7 @@ impl State {
 
     /// Tells `watch` what changed since the last commit: which ids gained or lost their
     /// last record (after a `clear` of everything, if a map was emptied wholesale).
-    pub fn report_records(&self, watch: &mut dyn crate::session::RecordsWatch) {
+    pub fn report_records(&self, watch: &mut dyn RecordsWatch) {
         if self.cleared() {
             watch.clear();
         }
@@ -242,6 +242,14 @@ pub enum StateError {
     /// A state directory others could plant files in.
     #[error("state directory {path}: {why}; refusing to use it as root")]
     Unsafe { path: PathBuf, why: String },
+}
+
+/// Follows which task ids have a record (of origin, original attributes, or why).
+pub trait RecordsWatch: Send {
+    /// `id` has a record now (`true`) or none any more (`false`).
+    fn set(&mut self, id: u32, recorded: bool);
+    /// No task has a record any more.
+    fn clear(&mut self);
 }
 
 impl State {

@@ -471,7 +471,7 @@ fn flushed_on_a_disk_not_on_tmpfs() {
 #[derive(Default)]
 struct Told(Vec<(u32, bool)>, usize);
 
-impl crate::session::RecordsWatch for Told {
+impl crate::state::RecordsWatch for Told {
     fn set(&mut self, id: u32, recorded: bool) {
         self.0.push((id, recorded));
     }
