@@ -1,7 +1,10 @@
-//! A multi-threaded process for tests and benchmarks: `threads N [--spin] [--name PREFIX]`.
+//! A multi-threaded process for tests and benchmarks:
+//! `threads N [--spin] [--name PREFIX] [--wait-stdin] [--fork-after MS]`.
 //!
 //! Starts N named threads (idle, or spinning with --spin), prints one line
-//! `pid <pid> tids <tid> <tid> ...` and then waits until stdin closes or it is killed.
+//! `pid <pid> tids <tid> <tid> ...` and then waits until stdin closes or it is killed. With
+//! `--fork-after MS` it then forks once, MS milliseconds later, without exec (as a zygote
+//! does), prints `child <pid>`, and the child waits until it is killed.
 
 use std::io::{Read, Write};
 
@@ -16,7 +19,7 @@ fn main() {
         .first()
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| {
-            eprintln!("usage: threads N [--spin] [--name PREFIX] [--wait-stdin]");
+            eprintln!("usage: threads N [--spin] [--name PREFIX] [--wait-stdin] [--fork-after MS]");
             std::process::exit(2);
         });
     let spin = args.iter().any(|a| a == "--spin");
@@ -52,6 +55,26 @@ fn main() {
     let line: Vec<String> = tids.iter().map(|t| t.to_string()).collect();
     println!("pid {} tids {}", std::process::id(), line.join(" "));
     std::io::stdout().flush().unwrap();
+    let fork_after = args
+        .iter()
+        .position(|a| a == "--fork-after")
+        .and_then(|i| args.get(i + 1)?.parse().ok());
+    if let Some(ms) = fork_after {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        // SAFETY: the child only calls pause(2), async-signal-safe, until it is killed: no
+        // allocation or lock after a fork of a multi-threaded process.
+        match unsafe { libc::fork() } {
+            0 => loop {
+                // SAFETY: pause has no preconditions.
+                unsafe { libc::pause() };
+            },
+            -1 => panic!("fork: {}", std::io::Error::last_os_error()),
+            child => {
+                println!("child {child}");
+                std::io::stdout().flush().unwrap();
+            }
+        }
+    }
     if wait_stdin {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
     } else {

@@ -2,7 +2,8 @@
 # shellcheck source-path=SCRIPTDIR disable=SC2086,SC2046
 # 70-rules: thread classes on a real kernel: move --thread applies the class's attributes
 # (per-task uclamp.min 614 where the kernel has uclamp, nice -8), and the daemon's rules
-# classify a program when it starts; reset restores nice and cgroup.
+# classify a program when it starts, and a child it forks without exec; reset restores nice
+# and cgroup.
 # shellcheck source=../scenario-lib.sh
 . /vmtest/scenario-lib.sh
 
@@ -58,11 +59,25 @@ while [ $i -lt 100 ] && [ "$(nice_of $q $q 2>/dev/null)" != 1 ]; do sleep 0.05; 
 t_eq "a started program is classified by rule (nice 1)" 1 "$(nice_of $q $q)"
 t_eq "and placed in background/non-urgent" /chrome/background/non-urgent "$(sed -n 's/^0:://p' /proc/$q/cgroup)"
 t_check "why names the rule" sh -c "/vmtest/cgqos why $q | grep -q 'rule threads-app (/etc/cgqos/rules.d/10-threads.yaml:2)'"
+# A process forked without exec by a classified one (a zygote's child): classified on its
+# fork event (its creator is in the daemon's set of creators), recorded, and undone.
+/vmtest/threads 1 --fork-after 300 >/tmp/t70c.out &
+z=$!
+i=0
+while [ $i -lt 100 ] && ! grep -q '^child ' /tmp/t70c.out; do sleep 0.05; i=$((i + 1)); done
+c=$(sed -n 's/^child //p' /tmp/t70c.out)
+i=0
+while [ $i -lt 100 ] && ! /vmtest/cgqos why "$c" 2>/dev/null | grep -q 'rule threads-app'; do sleep 0.05; i=$((i + 1)); done
+t_check "a child forked without exec is classified by the rule" sh -c "/vmtest/cgqos why $c | grep -q 'rule threads-app'"
+t_eq "and sits in background/non-urgent" /chrome/background/non-urgent "$(sed -n 's/^0:://p' /proc/$c/cgroup)"
+t_check "the daemon used its set of creators" sh -c "grep -q 'listening to process events' /tmp/d70.log && ! grep -q 'no set of creators' /tmp/d70.log"
 kill "$d"
 wait "$d" 2>/dev/null
 t_check "reset after the daemon" /vmtest/cgqos reset
 t_eq "nice restored" 0 "$(nice_of $q $q)"
-kill "$q"
+t_eq "the forked child's nice restored" 0 "$(nice_of $c $c)"
+t_eq "and its cgroup" / "$(sed -n 's/^0:://p' /proc/$c/cgroup)"
+kill "$q" "$z" "$c"
 rm -r /etc/cgqos/rules.d
 /vmtest/cgqos teardown >/dev/null 2>&1
 t_done
