@@ -215,7 +215,12 @@ impl Creators {
             waking,
         };
         match set {
-            Ok(set) => creators.set = Some(set),
+            Ok(set) => {
+                tracing::info!(
+                    "process events: new processes of tasks cgqos has a record of wake the events thread (an eBPF set of at most {MAX_CREATORS})"
+                );
+                creators.set = Some(set);
+            }
             Err(e) => creators.every_fork(&e)?,
         }
         Ok(creators)

@@ -119,10 +119,15 @@ impl State {
     }
 
     /// Tells `watch` what changed since the last commit: which ids gained or lost their
-    /// last record (after a `clear` of everything, if a map was emptied wholesale).
+    /// last record. If a map was emptied wholesale, a `clear` and then every id recorded
+    /// now (the other maps may still hold some).
     pub fn report_records(&self, watch: &mut dyn RecordsWatch) {
         if self.cleared() {
             watch.clear();
+            for id in self.recorded_ids() {
+                watch.set(id, true);
+            }
+            return;
         }
         let changed = (self.tasks.changed().map(|c| c.0))
             .chain(self.attrs.changed().map(|c| c.0))

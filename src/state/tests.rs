@@ -507,10 +507,13 @@ fn a_task_leaves_the_watched_set_only_with_its_last_record() {
     s.report_records(&mut told);
     assert!(told.0.is_empty() && told.1 == 0);
 
-    // Emptied wholesale, then one new record: a clear, then that one.
+    // One map emptied wholesale while another keeps 15, then a new record: a clear, then
+    // every id recorded now.
+    s.why.insert(15, why(2));
+    sd.save(&mut s).unwrap();
     s.tasks.clear();
     s.why.insert(13, why(2));
     let mut told = Told::default();
     s.report_records(&mut told);
-    assert_eq!((told.0, told.1), (vec![(13, true)], 1));
+    assert_eq!((told.0, told.1), (vec![(13, true), (15, true)], 1));
 }
