@@ -70,7 +70,7 @@ i=0
 while [ $i -lt 100 ] && ! /vmtest/cgqos why "$c" 2>/dev/null | grep -q 'rule threads-app'; do sleep 0.05; i=$((i + 1)); done
 t_check "a child forked without exec is classified by the rule" sh -c "/vmtest/cgqos why $c | grep -q 'rule threads-app'"
 t_eq "and sits in background/non-urgent" /chrome/background/non-urgent "$(sed -n 's/^0:://p' /proc/$c/cgroup)"
-t_check "the daemon used its set of creators" sh -c "grep -q 'listening to process events' /tmp/d70.log && ! grep -q 'no set of creators' /tmp/d70.log"
+t_check "the daemon used its set of creators" sh -c "grep -q 'an eBPF set of at most' /tmp/d70.log && ! grep -q 'no set of creators' /tmp/d70.log"
 kill "$d"
 wait "$d" 2>/dev/null
 t_check "reset after the daemon" /vmtest/cgqos reset
