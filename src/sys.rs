@@ -44,16 +44,20 @@ pub fn attach_socket_filter(fd: BorrowedFd<'_>, program: &[SockFilter]) -> io::R
         len,
         filter: program.as_ptr().cast_mut(),
     };
-    // The kernel copies (and checks) the program, and reads, never writes, through `filter`,
-    // which points at `len` live instructions for the call's duration.
-    set_socket_option(fd, libc::SO_ATTACH_FILTER, &prog)
+    // SAFETY: SO_ATTACH_FILTER takes a sock_fprog; the kernel copies (and checks) the
+    // program, reading, never writing, through `filter`, which points at `len` live
+    // instructions for the call's duration.
+    unsafe { set_socket_option(fd, libc::SO_ATTACH_FILTER, &prog) }
 }
 
 /// `setsockopt(fd, SOL_SOCKET, opt, value)`.
-fn set_socket_option<T>(fd: BorrowedFd<'_>, opt: libc::c_int, value: &T) -> io::Result<()> {
+///
+/// # Safety
+/// `T` must be the type the kernel expects for `opt`, and every pointer inside `value` must
+/// be valid for what the kernel does through it during the call.
+unsafe fn set_socket_option<T>(fd: BorrowedFd<'_>, opt: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: `value` is a live, initialised `T` for the call's duration and its size is
-    // passed; the kernel only reads it (and, for the options used here, what it points to,
-    // which its caller keeps alive).
+    // passed; the kernel only reads it, and the caller vouches for what it points to.
     let r = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
@@ -288,7 +292,8 @@ pub fn attach_socket_bpf(fd: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Res
         return Err(io::Error::from_raw_os_error(libc::ENOPROTOOPT));
     };
     let prog: libc::c_int = program.as_raw_fd();
-    set_socket_option(fd, opt, &prog)
+    // SAFETY: SO_ATTACH_BPF takes a plain int, the program's descriptor: no pointer in it.
+    unsafe { set_socket_option(fd, opt, &prog) }
 }
 
 /// `sched_getattr(2)`: a task's attributes (`tid` 0: the calling thread).
